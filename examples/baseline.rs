@@ -1,0 +1,106 @@
+//! The foundation's performance baseline: `full` and `flash` against matrixmultiply's sgemm
+//! at b=1, h=8, d=64, n=4096 (non-causal), peak heap bytes at n=1024 and n=8192, and a scan
+//! of flash block sizes.
+//!
+//! ```text
+//! cargo run --release --example baseline            # baseline numbers
+//! cargo run --release --example baseline -- tiling  # also scan (bq, bk) at n=4096
+//! ```
+
+use std::time::Duration;
+
+use attnbench::harness::memory::{CountingAlloc, measure};
+use attnbench::harness::timing::{TimingConfig, time};
+use attnbench::kernels::gemm::gemm;
+use attnbench::workload::gaussian;
+use attnbench::{Options, Problem, Registry, Shape};
+use ndarray::{Array2, Array4};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn main() -> attnbench::Result<()> {
+    let scan = std::env::args().any(|a| a == "tiling");
+    let reg = Registry::builtin();
+    let cfg = TimingConfig {
+        warmup: 1,
+        min_repeats: 5,
+        min_time: Duration::from_secs(2),
+        max_repeats: 100,
+    };
+    let (h, d, n) = (8, 64, 4096);
+    println!("threads: {}", rayon::current_num_threads());
+
+    // The GEMM ceiling at the attention shape: (n x d) * (d x n), one head per thread.
+    let a = Array2::<f32>::from_elem((n, d), 0.5);
+    let b = Array2::<f32>::from_elem((d, n), 0.25);
+    let mut cs: Vec<Array2<f32>> = (0..h).map(|_| Array2::zeros((n, n))).collect();
+    let t = time(&cfg, || {
+        use rayon::prelude::*;
+        cs.par_iter_mut()
+            .for_each(|c| gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut()));
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let gemm_gflops = 2.0 * (n * n * d * h) as f64 / t.median.as_secs_f64() / 1e9;
+    println!(
+        "sgemm {n}x{d} * {d}x{n}, {h} heads: median {:.2} ms, {gemm_gflops:.1} GFLOP/s",
+        t.median.as_secs_f64() * 1e3
+    );
+    drop(cs);
+
+    let shape = Shape::self_attention(1, h, n, d)?;
+    let qkv = gaussian(&shape, 1.0, 0);
+    let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), Options::new())?;
+    let mut out = Array4::<f32>::zeros(shape.out_dims());
+    let flops = 4.0 * (n * n * d * h) as f64;
+    let mut specs = vec!["full".to_string(), "flash".to_string()];
+    if scan {
+        for bq in [16, 32, 64, 128] {
+            for bk in [64, 128, 256, 512, 1024] {
+                specs.push(format!("flash(bq={bq},bk={bk})"));
+            }
+        }
+    }
+    let mut medians = Vec::new();
+    for spec in &specs {
+        let v = reg.build(spec)?;
+        let t = time(&cfg, || v.forward(&p, out.view_mut()))?;
+        medians.push((v.to_string(), t.median.as_secs_f64()));
+        println!(
+            "{:<24} n={n}: median {:8.2} ms (min {:.2}, max {:.2}, {} runs), {:6.1} GFLOP/s, {:4.0}% of sgemm",
+            v.to_string(),
+            t.median.as_secs_f64() * 1e3,
+            t.min.as_secs_f64() * 1e3,
+            t.max.as_secs_f64() * 1e3,
+            t.repeats,
+            flops / t.median.as_secs_f64() / 1e9,
+            100.0 * flops / t.median.as_secs_f64() / 1e9 / gemm_gflops
+        );
+    }
+    println!(
+        "flash / full time ratio at n={n}: {:.2}",
+        medians[1].1 / medians[0].1
+    );
+
+    for n in [1024, 8192] {
+        let shape = Shape::self_attention(1, h, n, d)?;
+        let qkv = gaussian(&shape, 1.0, 0);
+        let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), Options::new())?;
+        let mut out = Array4::<f32>::zeros(shape.out_dims());
+        for spec in ["full", "flash"] {
+            let v = reg.build(spec)?;
+            v.forward(&p, out.view_mut())?; // warm-up: rayon's pool start-up allocates
+            let (r, peak) = measure(|| v.forward(&p, out.view_mut()));
+            r?;
+            let cost = v.cost(&shape, &p.opts);
+            println!(
+                "{:<24} n={n:5}: peak heap {:>12} bytes (analytic workspace {:>12})",
+                v.to_string(),
+                peak.expect("the counting allocator is installed"),
+                cost.workspace_bytes
+            );
+        }
+    }
+    Ok(())
+}

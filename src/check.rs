@@ -1,0 +1,147 @@
+//! Conformance checks: every variant against the f64 oracle on a fixed set of small cases.
+//!
+//! The cases cover what kernels get wrong: lengths that are not a multiple of any block size,
+//! cross-attention in both directions (`n_q < n_kv` and `n_q > n_kv`, where causal rows can be
+//! empty), head dimensions 1, 16, 64 and 128, `d_v != d`, grouped-query and multi-query heads,
+//! batches, a single token, decoding against a long KV, and peaked logits. Each runs causal and
+//! bidirectional. `attnbench check` and the conformance tests both use [`check`].
+
+use ndarray::Array4;
+
+use crate::attention::{Attention, Fidelity, Options, Problem, run};
+use crate::oracle::{ErrorStats, compare, oracle};
+use crate::shape::Shape;
+use crate::workload::gaussian;
+
+/// The relative Frobenius error an exact variant must stay within.
+pub const EXACT_TOLERANCE: f64 = 1e-5;
+
+/// One conformance case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// A short description, e.g. `"gqa h=8/h_kv=2"`.
+    pub name: String,
+    /// The sizes.
+    pub shape: Shape,
+    /// Causal masking.
+    pub causal: bool,
+    /// The scale of the Gaussian Q and K (1 = logits of unit variance).
+    pub input_scale: f32,
+}
+
+impl Case {
+    fn new(name: &str, shape: [usize; 7], input_scale: f32, causal: bool) -> Self {
+        let [b, h, h_kv, n_q, n_kv, d, d_v] = shape;
+        Self {
+            name: format!("{name}{}", if causal { " causal" } else { "" }),
+            shape: Shape::new(b, h, h_kv, n_q, n_kv, d, d_v).expect("case shapes are valid"),
+            causal,
+            input_scale,
+        }
+    }
+}
+
+/// The fixed case list, each bidirectional and causal.
+pub fn cases() -> Vec<Case> {
+    // [batch, heads, kv_heads, n_q, n_kv, head_dim, v_dim]
+    let base: [(&str, [usize; 7], f32); 13] = [
+        ("n=77 d=64", [1, 2, 2, 77, 77, 64, 64], 1.0),
+        ("n=300 d=16", [1, 2, 2, 300, 300, 16, 16], 1.0),
+        ("n=130 d=128", [1, 1, 1, 130, 130, 128, 128], 1.0),
+        ("cross n_q=37 n_kv=300", [1, 2, 2, 37, 300, 64, 64], 1.0),
+        ("cross n_q=300 n_kv=37", [1, 2, 2, 300, 37, 64, 64], 1.0),
+        ("d=64 d_v=32", [1, 2, 2, 100, 100, 64, 32], 1.0),
+        ("gqa h=8/h_kv=2", [1, 8, 2, 70, 70, 32, 32], 1.0),
+        ("mqa h=4/h_kv=1", [1, 4, 1, 50, 50, 32, 32], 1.0),
+        ("batch=2", [2, 2, 2, 65, 65, 32, 32], 1.0),
+        ("n=1", [1, 2, 2, 1, 1, 64, 64], 1.0),
+        ("d=1", [1, 2, 2, 40, 40, 1, 1], 1.0),
+        ("decode n_q=1 n_kv=1000", [1, 4, 2, 1, 1000, 64, 64], 1.0),
+        ("peaked logits n=257", [1, 2, 2, 257, 257, 64, 64], 3.0),
+    ];
+    base.iter()
+        .flat_map(|&(name, shape, scale)| {
+            [false, true].map(|causal| Case::new(name, shape, scale, causal))
+        })
+        .collect()
+}
+
+/// The result of one variant on one case.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The variant ran; `passed` says whether an exact variant met [`EXACT_TOLERANCE`]
+    /// against the oracle under its own pattern (approximate variants are compared with dense
+    /// attention and pass when their output is finite).
+    Ran {
+        /// The error statistics against the oracle.
+        stats: ErrorStats,
+        /// Whether the check passed.
+        passed: bool,
+    },
+    /// The variant declined the case; the reasons.
+    Unsupported(Vec<String>),
+    /// The variant returned an error.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Whether this outcome counts as a failure.
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Outcome::Ran { passed, .. } => !passed,
+            Outcome::Unsupported(_) => false,
+            Outcome::Failed(_) => true,
+        }
+    }
+}
+
+/// Runs `variant` on `case` and compares it with the oracle.
+pub fn check(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
+    let opts = Options::new().causal(case.causal);
+    let reasons = variant.unsupported(&case.shape, &opts);
+    if !reasons.is_empty() {
+        return Outcome::Unsupported(reasons);
+    }
+    let qkv = gaussian(&case.shape, case.input_scale, seed);
+    let problem = match Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    // NaN-filled so that a row the variant forgets to write cannot pass.
+    let mut out = Array4::from_elem(case.shape.out_dims(), f32::NAN);
+    if let Err(e) = run(variant, &problem, out.view_mut()) {
+        return Outcome::Failed(e.to_string());
+    }
+    let exact = variant.fidelity() == Fidelity::Exact;
+    let reference = oracle(&problem, if exact { variant.pattern() } else { None });
+    let stats = compare(out.view(), reference.view());
+    let finite = out.iter().all(|x| x.is_finite());
+    let passed = finite && (!exact || stats.rel_frobenius <= EXACT_TOLERANCE);
+    Outcome::Ran { stats, passed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_cover_the_required_shapes() {
+        let cs = cases();
+        assert_eq!(cs.len(), 26);
+        assert!(
+            cs.iter()
+                .any(|c| c.shape.n_q != c.shape.n_kv && c.shape.n_q > 1)
+        );
+        assert!(cs.iter().any(|c| c.shape.n_q > c.shape.n_kv));
+        assert!(cs.iter().any(|c| c.shape.v_dim != c.shape.head_dim));
+        assert!(
+            cs.iter()
+                .any(|c| c.shape.kv_heads == 1 && c.shape.heads > 1)
+        );
+        assert!(cs.iter().any(|c| c.shape.batch == 2));
+        for d in [1, 16, 64, 128] {
+            assert!(cs.iter().any(|c| c.shape.head_dim == d), "d = {d}");
+        }
+        assert_eq!(cs.iter().filter(|c| c.causal).count(), 13);
+    }
+}

@@ -1,0 +1,192 @@
+//! The crate's error type: an [`Error`] wrapping a `#[non_exhaustive]` [`ErrorKind`].
+//!
+//! Every message says what was given and what was expected, so a user can fix the input
+//! without reading the source.
+
+use std::fmt;
+
+/// An error from validating input, parsing a spec or running a variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    kind: ErrorKind,
+}
+
+/// What went wrong. New kinds may be added without a breaking change.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A tensor did not have the expected number of axes.
+    Rank {
+        /// Which tensor (`"q"`, `"k"`, `"v"`, `"out"`).
+        tensor: &'static str,
+        /// The expected number of axes.
+        expected: usize,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// A tensor had an axis of length zero.
+    ZeroDim {
+        /// Which tensor.
+        tensor: &'static str,
+        /// The name of the axis (`"batch"`, `"heads"`, `"seq"`, `"head_dim"`).
+        axis: &'static str,
+        /// The shape that was given.
+        shape: Vec<usize>,
+    },
+    /// Two tensors disagree on an axis they must share.
+    ShapeMismatch {
+        /// What must agree, e.g. `"k and v: kv_heads"`.
+        what: String,
+        /// The expected length.
+        expected: usize,
+        /// The length that was given.
+        got: usize,
+    },
+    /// The number of query heads is not a multiple of the number of key/value heads.
+    HeadsNotMultiple {
+        /// Query heads.
+        heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+    },
+    /// A tensor holds NaN or infinity.
+    NonFinite {
+        /// Which tensor.
+        tensor: &'static str,
+        /// The index `[b, h, s, d]` of the first non-finite element.
+        index: [usize; 4],
+        /// The offending value.
+        value: f32,
+    },
+    /// An option is out of its valid range.
+    BadOption {
+        /// The option's name.
+        option: &'static str,
+        /// Why its value is invalid.
+        message: String,
+    },
+    /// The variant cannot run this shape or these options.
+    Unsupported {
+        /// The variant's spec string.
+        variant: String,
+        /// All reasons it gave.
+        reasons: Vec<String>,
+    },
+    /// A spec string names no registered variant.
+    UnknownVariant {
+        /// The name that was given.
+        name: String,
+        /// The registered names.
+        known: Vec<String>,
+    },
+    /// A spec string is malformed, names an unknown parameter or gives an invalid value.
+    BadSpec {
+        /// The spec string that was given.
+        spec: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Reading or writing a file failed.
+    Io {
+        /// The file involved.
+        path: String,
+        /// The underlying error's message.
+        message: String,
+    },
+    /// A data file is malformed.
+    Format {
+        /// The file involved.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Creates an error of the given kind.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self { kind }
+    }
+
+    /// The kind of this error.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// Shorthand for [`ErrorKind::BadSpec`].
+    pub fn bad_spec(spec: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadSpec {
+            spec: spec.into(),
+            message: message.into(),
+        })
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Self::new(kind)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Rank {
+                tensor,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{tensor} must have {expected} axes [batch, heads, seq, head_dim], got shape {got:?} ({} axes)",
+                got.len()
+            ),
+            ErrorKind::ZeroDim {
+                tensor,
+                axis,
+                shape,
+            } => write!(
+                f,
+                "{tensor} has a zero-length {axis} axis (shape {shape:?}); every axis must be at least 1"
+            ),
+            ErrorKind::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => write!(
+                f,
+                "shape mismatch in {what}: expected {expected}, got {got}"
+            ),
+            ErrorKind::HeadsNotMultiple { heads, kv_heads } => write!(
+                f,
+                "q has {heads} heads, which is not a multiple of the {kv_heads} key/value heads of k and v"
+            ),
+            ErrorKind::NonFinite {
+                tensor,
+                index,
+                value,
+            } => write!(
+                f,
+                "{tensor} holds a non-finite value {value} at [b, h, s, d] = {index:?}; inputs must be finite"
+            ),
+            ErrorKind::BadOption { option, message } => {
+                write!(f, "invalid option {option}: {message}")
+            }
+            ErrorKind::Unsupported { variant, reasons } => {
+                write!(f, "{variant} cannot run this input: {}", reasons.join("; "))
+            }
+            ErrorKind::UnknownVariant { name, known } => write!(
+                f,
+                "unknown variant '{name}'; known variants: {}",
+                known.join(", ")
+            ),
+            ErrorKind::BadSpec { spec, message } => write!(f, "bad spec '{spec}': {message}"),
+            ErrorKind::Io { path, message } => write!(f, "{path}: {message}"),
+            ErrorKind::Format { path, message } => write!(f, "{path}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

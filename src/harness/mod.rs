@@ -1,0 +1,4 @@
+//! Measurement: wall time ([`timing`]) and peak heap bytes ([`memory`]).
+
+pub mod memory;
+pub mod timing;

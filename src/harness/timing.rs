@@ -1,0 +1,120 @@
+//! Wall-clock timing: warm-up, then repeats until both a minimum count and a minimum total
+//! time are reached.
+
+use std::time::{Duration, Instant};
+
+/// How long and how often to repeat a measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimingConfig {
+    /// Unmeasured calls before timing.
+    pub warmup: usize,
+    /// At least this many timed calls.
+    pub min_repeats: usize,
+    /// And at least this much total timed time.
+    pub min_time: Duration,
+    /// Stop after this many timed calls even if `min_time` is not reached.
+    pub max_repeats: usize,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            warmup: 1,
+            min_repeats: 3,
+            min_time: Duration::from_millis(300),
+            max_repeats: 1000,
+        }
+    }
+}
+
+/// Median, minimum and maximum of the timed calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Median call time.
+    pub median: Duration,
+    /// Fastest call.
+    pub min: Duration,
+    /// Slowest call.
+    pub max: Duration,
+    /// Number of timed calls.
+    pub repeats: usize,
+}
+
+/// Times `f` under `cfg`. `f` should do only the work being measured: allocate inputs and
+/// outputs outside it.
+pub fn time<E>(cfg: &TimingConfig, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+    for _ in 0..cfg.warmup {
+        f()?;
+    }
+    let mut samples = Vec::new();
+    let mut total = Duration::ZERO;
+    while samples.len() < cfg.min_repeats.max(1)
+        || (total < cfg.min_time && samples.len() < cfg.max_repeats)
+    {
+        let t = Instant::now();
+        f()?;
+        let dt = t.elapsed();
+        total += dt;
+        samples.push(dt);
+    }
+    samples.sort_unstable();
+    let n = samples.len();
+    let median = if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2
+    };
+    Ok(Timing {
+        median,
+        min: samples[0],
+        max: samples[n - 1],
+        repeats: n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_until_count_and_time_are_reached() {
+        let mut calls = 0;
+        let cfg = TimingConfig {
+            warmup: 2,
+            min_repeats: 5,
+            min_time: Duration::ZERO,
+            max_repeats: 100,
+        };
+        let t = time(&cfg, || {
+            calls += 1;
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(t.repeats, 5);
+        assert_eq!(calls, 7);
+        assert!(t.min <= t.median && t.median <= t.max);
+
+        let cfg = TimingConfig {
+            warmup: 0,
+            min_repeats: 1,
+            min_time: Duration::from_millis(20),
+            max_repeats: 1000,
+        };
+        let t = time(&cfg, || {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!(t.repeats >= 5 && t.repeats < 20, "{}", t.repeats);
+    }
+
+    #[test]
+    fn errors_stop_timing() {
+        let mut calls = 0;
+        let r = time(&TimingConfig::default(), || {
+            calls += 1;
+            if calls == 3 { Err("boom") } else { Ok(()) }
+        });
+        assert_eq!(r.unwrap_err(), "boom");
+    }
+}

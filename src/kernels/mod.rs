@@ -1,0 +1,8 @@
+//! Small numeric kernels shared by the variants.
+//!
+//! - [`exp`]: a branch-free `f32` exponential that the compiler vectorizes, and the row
+//!   operations of a numerically stable softmax built on it.
+//! - [`gemm`]: the single-precision matrix product (matrixmultiply, through ndarray).
+
+pub mod exp;
+pub mod gemm;

@@ -1,0 +1,78 @@
+//! attnbench: a reference CPU benchmark suite for efficient attention.
+//!
+//! Every attention variant implements one trait, [`Attention`], is registered once in the
+//! [`registry`], and is checked against an exact `f64` [`oracle`].
+//!
+//! # Tensor layout
+//! Tensors are `f32` [`ndarray`] views with four axes `[batch, heads, seq, head_dim]`:
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | Q | `[batch, heads, n_q, head_dim]` |
+//! | K | `[batch, kv_heads, n_kv, head_dim]` |
+//! | V | `[batch, kv_heads, n_kv, v_dim]` |
+//! | out | `[batch, heads, n_q, v_dim]` |
+//!
+//! Any strides are accepted (standard row-major arrays are fastest). `heads` must be a
+//! multiple of `kv_heads`; query head `h` reads key/value head `h / (heads / kv_heads)`
+//! (grouped-query attention; `kv_heads = 1` is multi-query attention). The score scale
+//! defaults to `1 / sqrt(head_dim)`. Causal masking is aligned bottom-right: query `i` sees
+//! key `j` iff `j <= i + n_kv - n_q`, so one query against a KV cache sees every key. A query
+//! with no allowed key gets a zero output row.
+//!
+//! # Example
+//! ```
+//! use attnbench::{Options, Registry, attend};
+//! use ndarray::Array4;
+//!
+//! let registry = Registry::builtin();
+//! let flash = registry.build("flash(bq=32,bk=64)")?;
+//! let q = Array4::<f32>::from_elem([1, 2, 100, 16], 0.1);
+//! let k = Array4::<f32>::from_elem([1, 2, 100, 16], 0.2);
+//! let v = Array4::<f32>::from_elem([1, 2, 100, 16], 1.0);
+//! let out = attend(flash.as_ref(), q.view(), k.view(), v.view(), &Options::new().causal(true))?;
+//! assert_eq!(out.shape(), &[1, 2, 100, 16]);
+//! assert!((out[[0, 1, 99, 3]] - 1.0).abs() < 1e-6);
+//! # Ok::<(), attnbench::Error>(())
+//! ```
+//!
+//! # Variants
+//! | spec | fidelity | what it computes |
+//! |---|---|---|
+//! | `full` | exact | materialized `n_q x n_kv` scores, softmax, `P V` |
+//! | `flash(bq=64,bk=256)` | exact | tiled, online softmax, memory independent of `n` |
+//!
+//! # Modules
+//! - [`attention`]: the trait, [`Options`], [`Problem`] (validated input) and [`attend`].
+//! - [`pattern`]: sparsity patterns and their tile classification.
+//! - [`variants`]: the built-in variants; [`variants::flash`] holds the tiled engine.
+//! - [`oracle`]: `f64` reference and error metrics; [`check`]: conformance cases.
+//! - [`registry`] and [`spec`]: spec strings such as `flash(bq=64,bk=256)`.
+//! - [`kernels`]: exp, softmax rows and GEMM; [`workload`]: input generators.
+
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod check;
+pub mod error;
+pub mod harness;
+pub mod kernels;
+pub mod oracle;
+pub mod parallel;
+pub mod pattern;
+pub mod registry;
+pub mod shape;
+pub mod spec;
+pub mod variants;
+pub mod workload;
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+pub use attention::{Attention, Cost, Fidelity, Options, Problem, attend, attend_into};
+pub use error::{Error, ErrorKind, Result};
+pub use pattern::{Geometry, Pattern, Tile};
+pub use registry::Registry;
+pub use shape::Shape;

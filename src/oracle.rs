@@ -1,0 +1,242 @@
+//! The exact reference: masked softmax attention in `f64`, and error metrics against it.
+//!
+//! [`oracle`] computes every query row; [`oracle_rows`] computes a chosen subset (from
+//! [`sample_rows`]) for lengths where all rows would be too slow. Both follow the crate's
+//! conventions: bottom-right causal alignment, GQA head sharing, and a zero output row for a
+//! query with no allowed key.
+
+use ndarray::{Array4, ArrayView2, ArrayView4, ArrayViewMut2, Axis};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::index;
+
+use crate::attention::Problem;
+use crate::parallel::for_each_head;
+use crate::pattern::{Mask, Pattern};
+
+/// Softmax attention of every query row under `pattern` (dense when `None`) and the problem's
+/// causal flag, in `f64`: `[batch, heads, n_q, v_dim]`.
+pub fn oracle(problem: &Problem<'_>, pattern: Option<&dyn Pattern>) -> Array4<f64> {
+    let rows: Vec<usize> = (0..problem.shape.n_q).collect();
+    oracle_rows(problem, pattern, &rows)
+}
+
+/// Like [`oracle`] for the query rows `rows` only: `[batch, heads, rows.len(), v_dim]`, row
+/// `r` of the result being query `rows[r]`.
+///
+/// # Panics
+/// If a row index is not below `n_q`.
+pub fn oracle_rows(
+    problem: &Problem<'_>,
+    pattern: Option<&dyn Pattern>,
+    rows: &[usize],
+) -> Array4<f64> {
+    let shape = problem.shape;
+    assert!(
+        rows.iter().all(|&r| r < shape.n_q),
+        "oracle rows must be below n_q = {}",
+        shape.n_q
+    );
+    let mask = problem.mask(pattern);
+    let scale = problem.scale() as f64;
+    let mut out = Array4::zeros([shape.batch, shape.heads, rows.len(), shape.v_dim]);
+    for_each_head(out.view_mut(), |b, h, head_out| {
+        let kvh = shape.kv_head_of(h);
+        head_oracle(
+            problem.q.index_axis(Axis(0), b).index_axis(Axis(0), h),
+            problem.k.index_axis(Axis(0), b).index_axis(Axis(0), kvh),
+            problem.v.index_axis(Axis(0), b).index_axis(Axis(0), kvh),
+            &mask,
+            scale,
+            rows,
+            head_out,
+        );
+    });
+    out
+}
+
+fn head_oracle(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    mask: &Mask<'_>,
+    scale: f64,
+    rows: &[usize],
+    mut out: ArrayViewMut2<f64>,
+) {
+    let g = crate::pattern::Geometry::new(q.nrows(), k.nrows());
+    let mut scores: Vec<(usize, f64)> = Vec::with_capacity(k.nrows());
+    for (r, &i) in rows.iter().enumerate() {
+        scores.clear();
+        let qi = q.row(i);
+        for j in 0..k.nrows() {
+            if mask.allows(g, i, j) {
+                let kj = k.row(j);
+                let dot: f64 = qi.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                scores.push((j, dot * scale));
+            }
+        }
+        let mut out_row = out.row_mut(r);
+        out_row.fill(0.0);
+        if scores.is_empty() {
+            continue;
+        }
+        let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+        let mut total = 0.0;
+        for &(j, s) in &scores {
+            let p = (s - m).exp();
+            total += p;
+            for (o, &x) in out_row.iter_mut().zip(v.row(j)) {
+                *o += p * x as f64;
+            }
+        }
+        out_row.mapv_inplace(|o| o / total);
+    }
+}
+
+/// `count` distinct query rows in `0..n_q`, sorted, chosen by `seed`, always including the
+/// first and the last row. All rows when `count >= n_q`.
+pub fn sample_rows(n_q: usize, count: usize, seed: u64) -> Vec<usize> {
+    if count >= n_q || n_q <= 2 {
+        return (0..n_q).collect();
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let inner = count.saturating_sub(2).min(n_q - 2);
+    let mut rows: Vec<usize> = index::sample(&mut rng, n_q - 2, inner)
+        .into_iter()
+        .map(|r| r + 1)
+        .collect();
+    rows.push(0);
+    rows.push(n_q - 1);
+    rows.sort_unstable();
+    rows
+}
+
+/// Differences between an output and the oracle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorStats {
+    /// The largest absolute element difference.
+    pub max_abs: f64,
+    /// `||out - ref||_F / ||ref||_F` (the absolute Frobenius norm when `ref` is zero).
+    pub rel_frobenius: f64,
+    /// The mean over rows of the cosine similarity of output and reference rows (a pair of
+    /// zero rows counts as 1, one zero row as 0).
+    pub mean_cosine: f64,
+}
+
+/// Compares `out` (`[b, h, rows, v_dim]`) with `reference` of the same shape.
+///
+/// # Panics
+/// If the shapes differ.
+pub fn compare(out: ArrayView4<f32>, reference: ArrayView4<f64>) -> ErrorStats {
+    assert_eq!(out.shape(), reference.shape(), "compare: shapes differ");
+    let mut max_abs: f64 = 0.0;
+    let mut diff2 = 0.0;
+    let mut ref2 = 0.0;
+    let mut cos_sum = 0.0;
+    let mut rows = 0usize;
+    let d = out.shape()[3];
+    let flat_out = out.to_shape((out.len() / d.max(1), d)).expect("4-d to 2-d");
+    let flat_ref = reference
+        .to_shape((reference.len() / d.max(1), d))
+        .expect("4-d to 2-d");
+    for (o, r) in flat_out.outer_iter().zip(flat_ref.outer_iter()) {
+        let (mut dot, mut oo, mut rr) = (0.0, 0.0, 0.0);
+        for (&a, &b) in o.iter().zip(r) {
+            let a = a as f64;
+            max_abs = max_abs.max((a - b).abs());
+            diff2 += (a - b) * (a - b);
+            dot += a * b;
+            oo += a * a;
+            rr += b * b;
+        }
+        ref2 += rr;
+        cos_sum += match (oo > 0.0, rr > 0.0) {
+            (false, false) => 1.0,
+            (true, true) => dot / (oo.sqrt() * rr.sqrt()),
+            _ => 0.0,
+        };
+        rows += 1;
+    }
+    let rel_frobenius = if ref2 > 0.0 {
+        (diff2 / ref2).sqrt()
+    } else {
+        diff2.sqrt()
+    };
+    ErrorStats {
+        max_abs,
+        rel_frobenius,
+        mean_cosine: cos_sum / rows.max(1) as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::Options;
+    use ndarray::Array4;
+
+    #[test]
+    fn sampled_rows_include_ends_and_are_reproducible() {
+        let rows = sample_rows(1000, 10, 7);
+        assert_eq!(rows.len(), 10);
+        assert_eq!(rows[0], 0);
+        assert_eq!(*rows.last().unwrap(), 999);
+        assert!(rows.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(rows, sample_rows(1000, 10, 7));
+        assert_ne!(rows, sample_rows(1000, 10, 8));
+        assert_eq!(sample_rows(5, 10, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(sample_rows(1, 1, 0), vec![0]);
+        assert_eq!(sample_rows(100, 2, 0), vec![0, 99]);
+    }
+
+    #[test]
+    fn hand_computed_two_keys() {
+        // One query [1, 0], keys [1, 0] and [0, 0], values [1] and [3], scale 1:
+        // weights e/(e+1) and 1/(e+1).
+        let q = Array4::from_shape_vec([1, 1, 1, 2], vec![1.0, 0.0]).unwrap();
+        let k = Array4::from_shape_vec([1, 1, 2, 2], vec![1.0, 0.0, 0.0, 0.0]).unwrap();
+        let v = Array4::from_shape_vec([1, 1, 2, 1], vec![1.0, 3.0]).unwrap();
+        let p = Problem::new(q.view(), k.view(), v.view(), Options::new().scale(1.0)).unwrap();
+        let e = std::f64::consts::E;
+        let want = (e * 1.0 + 3.0) / (e + 1.0);
+        assert!((oracle(&p, None)[[0, 0, 0, 0]] - want).abs() < 1e-12);
+        // Causal with n_q = 1: the single query sees both keys (bottom-right alignment).
+        let pc = Problem::new(
+            q.view(),
+            k.view(),
+            v.view(),
+            Options::new().scale(1.0).causal(true),
+        )
+        .unwrap();
+        assert!((oracle(&pc, None)[[0, 0, 0, 0]] - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rows_with_no_allowed_key_are_zero() {
+        // Causal with n_q = 3 > n_kv = 1: queries 0 and 1 see no key.
+        let q = Array4::from_elem([1, 1, 3, 2], 0.5f32);
+        let k = Array4::from_elem([1, 1, 1, 2], 0.5f32);
+        let v = Array4::from_elem([1, 1, 1, 2], 2.0f32);
+        let p = Problem::new(q.view(), k.view(), v.view(), Options::new().causal(true)).unwrap();
+        let o = oracle(&p, None);
+        assert_eq!(o.index_axis(Axis(2), 0).sum(), 0.0);
+        assert_eq!(o.index_axis(Axis(2), 1).sum(), 0.0);
+        assert_eq!(o[[0, 0, 2, 0]], 2.0);
+    }
+
+    #[test]
+    fn compare_metrics() {
+        let r = Array4::from_shape_vec([1, 1, 2, 2], vec![1.0, 0.0, 0.0, 2.0]).unwrap();
+        let o = Array4::from_shape_vec([1, 1, 2, 2], vec![1.0f32, 0.0, 0.0, 2.0]).unwrap();
+        let s = compare(o.view(), r.view());
+        assert_eq!(s.max_abs, 0.0);
+        assert_eq!(s.rel_frobenius, 0.0);
+        assert!((s.mean_cosine - 1.0).abs() < 1e-12);
+        let o = Array4::from_shape_vec([1, 1, 2, 2], vec![0.0f32, 1.0, 0.0, 2.0]).unwrap();
+        let s = compare(o.view(), r.view());
+        assert_eq!(s.max_abs, 1.0);
+        assert!((s.rel_frobenius - (2.0f64 / 5.0).sqrt()).abs() < 1e-12);
+        assert!((s.mean_cosine - 0.5).abs() < 1e-12);
+    }
+}

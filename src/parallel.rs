@@ -1,0 +1,41 @@
+//! Work splitting: run a closure on disjoint mutable views of an output, in parallel.
+//!
+//! Both functions split by nested rayon parallel iterators over ndarray's axis iterators, so
+//! no list of tasks is materialized: the bookkeeping memory does not grow with the length.
+
+use ndarray::{ArrayViewMut2, ArrayViewMut4, Axis};
+use rayon::prelude::*;
+
+/// Calls `f(b, h, slab)` for each `[seq, dim]` slab of a `[batch, heads, seq, dim]` output.
+pub fn for_each_head<T, F>(out: ArrayViewMut4<'_, T>, f: F)
+where
+    T: Send + Sync,
+    F: Fn(usize, usize, ArrayViewMut2<'_, T>) + Sync,
+{
+    out.into_axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, per_batch)| {
+            per_batch
+                .into_axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(h, head)| f(b, h, head));
+        });
+}
+
+/// Calls `f(workspace, b, h, first_row, rows)` for each block of `block` query rows of each
+/// (batch, head). `init` makes a per-worker workspace; at most a few are alive per thread.
+pub fn for_each_row_block<T, W, I, F>(out: ArrayViewMut4<'_, T>, block: usize, init: I, f: F)
+where
+    T: Send + Sync,
+    I: Fn() -> W + Sync,
+    F: Fn(&mut W, usize, usize, usize, ArrayViewMut2<'_, T>) + Sync,
+{
+    for_each_head(out, |b, h, head| {
+        head.into_axis_chunks_iter_mut(Axis(0), block)
+            .into_par_iter()
+            .enumerate()
+            .for_each_init(&init, |w, (i, rows)| f(w, b, h, i * block, rows));
+    });
+}

@@ -1,0 +1,421 @@
+//! Sparsity patterns: which (query, key) pairs a variant attends.
+//!
+//! A [`Pattern`] answers [`allows`](Pattern::allows) for one pair and classifies a whole tile of
+//! pairs as [`Tile::Empty`], [`Tile::Full`] or [`Tile::Partial`]. The tiled engine
+//! ([`crate::variants::flash`]) uses the classification to skip empty tiles and to run full
+//! tiles without per-element masking, so a pattern's cost follows its number of allowed pairs.
+//!
+//! # Alignment
+//! Query `i` and key `j` are indices into their own sequences. When `n_q != n_kv` the query
+//! sequence is aligned with the *end* of the key sequence: query `i` sits at key position
+//! `i + (n_kv - n_q)` ([`Geometry::pos`]). [`Causal`] therefore lets query `i` see key `j` iff
+//! `j <= i + n_kv - n_q`, and a single query against a long KV cache sees every key.
+//!
+//! Patterns compose with [`Intersection`] and [`Union`]; a variant's effective mask is its own
+//! pattern intersected with [`Causal`] when the call is causal.
+
+use std::fmt;
+use std::ops::Range;
+
+/// The sequence lengths a pattern is evaluated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    /// Query sequence length.
+    pub n_q: usize,
+    /// Key sequence length.
+    pub n_kv: usize,
+}
+
+impl Geometry {
+    /// A geometry of `n_q` queries and `n_kv` keys.
+    pub fn new(n_q: usize, n_kv: usize) -> Self {
+        Self { n_q, n_kv }
+    }
+
+    /// `n_kv - n_q`: how far the query sequence is shifted to align with the end of the keys.
+    pub fn offset(&self) -> isize {
+        self.n_kv as isize - self.n_q as isize
+    }
+
+    /// The position of query `i` in key coordinates, `i + n_kv - n_q` (negative when
+    /// `n_q > n_kv` and `i` is early).
+    pub fn pos(&self, i: usize) -> isize {
+        i as isize + self.offset()
+    }
+}
+
+/// How a rectangular tile of (query, key) pairs relates to a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tile {
+    /// No pair in the tile is allowed: the tile is skipped.
+    Empty,
+    /// Every pair is allowed: the tile is computed without masking.
+    Full,
+    /// Some pairs are allowed, or the pattern could not tell cheaply: each pair is checked.
+    Partial,
+}
+
+/// A set of allowed (query, key) pairs.
+///
+/// Only [`allows`](Pattern::allows) is required. The provided
+/// [`classify`](Pattern::classify) scans every pair of the tile, which is correct for any
+/// pattern but costs O(tile size); built-in patterns override it with an O(1) answer. An
+/// override must never answer `Empty` or `Full` wrongly; answering `Partial` is always safe.
+///
+/// A query row with no allowed key produces a zero output row in every variant and in the
+/// oracle (rather than NaN, which a softmax over nothing would give).
+pub trait Pattern: fmt::Debug + Send + Sync {
+    /// Whether query `i` may attend key `j` in geometry `g`.
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool;
+
+    /// Classifies the tile `rows x cols` (both non-empty, within the geometry).
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        let mut any = false;
+        let mut all = true;
+        for i in rows {
+            for j in cols.clone() {
+                let a = self.allows(g, i, j);
+                any |= a;
+                all &= a;
+            }
+        }
+        tile_from(any, all)
+    }
+
+    /// The number of keys query `i` may attend.
+    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+        (0..g.n_kv).filter(|&j| self.allows(g, i, j)).count()
+    }
+
+    /// The fraction of all `n_q * n_kv` pairs that are allowed.
+    fn density(&self, g: Geometry) -> f64 {
+        let allowed: usize = (0..g.n_q).map(|i| self.keys_in_row(g, i)).sum();
+        allowed as f64 / (g.n_q as f64 * g.n_kv as f64)
+    }
+}
+
+fn tile_from(any: bool, all: bool) -> Tile {
+    match (any, all) {
+        (_, true) => Tile::Full,
+        (false, _) => Tile::Empty,
+        _ => Tile::Partial,
+    }
+}
+
+/// Every pair is allowed: dense attention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dense;
+
+impl Pattern for Dense {
+    fn allows(&self, _g: Geometry, _i: usize, _j: usize) -> bool {
+        true
+    }
+
+    fn classify(&self, _g: Geometry, _rows: Range<usize>, _cols: Range<usize>) -> Tile {
+        Tile::Full
+    }
+
+    fn keys_in_row(&self, g: Geometry, _i: usize) -> usize {
+        g.n_kv
+    }
+
+    fn density(&self, _g: Geometry) -> f64 {
+        1.0
+    }
+}
+
+/// Causal masking, aligned bottom-right: query `i` sees key `j` iff `j <= i + n_kv - n_q`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Causal;
+
+impl Pattern for Causal {
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+        j as isize <= g.pos(i)
+    }
+
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        // The first row sees the fewest keys and the last row the most.
+        let first = g.pos(rows.start);
+        let last = g.pos(rows.end - 1);
+        if (cols.end - 1) as isize <= first {
+            Tile::Full
+        } else if cols.start as isize > last {
+            Tile::Empty
+        } else {
+            Tile::Partial
+        }
+    }
+
+    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+        (g.pos(i) + 1).clamp(0, g.n_kv as isize) as usize
+    }
+
+    fn density(&self, g: Geometry) -> f64 {
+        let allowed: usize = (0..g.n_q).map(|i| self.keys_in_row(g, i)).sum();
+        allowed as f64 / (g.n_q as f64 * g.n_kv as f64)
+    }
+}
+
+/// The pairs allowed by both patterns.
+#[derive(Debug, Clone, Copy)]
+pub struct Intersection<A, B>(pub A, pub B);
+
+impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+        self.0.allows(g, i, j) && self.1.allows(g, i, j)
+    }
+
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        match self.0.classify(g, rows.clone(), cols.clone()) {
+            Tile::Empty => Tile::Empty,
+            Tile::Full => self.1.classify(g, rows, cols),
+            Tile::Partial => match self.1.classify(g, rows, cols) {
+                Tile::Empty => Tile::Empty,
+                _ => Tile::Partial,
+            },
+        }
+    }
+}
+
+/// The pairs allowed by either pattern.
+#[derive(Debug, Clone, Copy)]
+pub struct Union<A, B>(pub A, pub B);
+
+impl<A: Pattern, B: Pattern> Pattern for Union<A, B> {
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+        self.0.allows(g, i, j) || self.1.allows(g, i, j)
+    }
+
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        match self.0.classify(g, rows.clone(), cols.clone()) {
+            Tile::Full => Tile::Full,
+            Tile::Empty => self.1.classify(g, rows, cols),
+            Tile::Partial => match self.1.classify(g, rows, cols) {
+                Tile::Full => Tile::Full,
+                _ => Tile::Partial,
+            },
+        }
+    }
+}
+
+impl<P: Pattern + ?Sized> Pattern for &P {
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+        (**self).allows(g, i, j)
+    }
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        (**self).classify(g, rows, cols)
+    }
+    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+        (**self).keys_in_row(g, i)
+    }
+    fn density(&self, g: Geometry) -> f64 {
+        (**self).density(g)
+    }
+}
+
+impl<P: Pattern + ?Sized> Pattern for Box<P> {
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+        (**self).allows(g, i, j)
+    }
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        (**self).classify(g, rows, cols)
+    }
+    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+        (**self).keys_in_row(g, i)
+    }
+    fn density(&self, g: Geometry) -> f64 {
+        (**self).density(g)
+    }
+}
+
+/// The mask a call actually applies: a variant's pattern (dense when it has none),
+/// intersected with [`Causal`] when the call is causal.
+#[derive(Debug, Clone, Copy)]
+pub struct Mask<'a> {
+    pattern: Option<&'a dyn Pattern>,
+    causal: bool,
+}
+
+impl<'a> Mask<'a> {
+    /// The effective mask of `pattern` (dense when `None`) under the causal flag.
+    pub fn new(pattern: Option<&'a dyn Pattern>, causal: bool) -> Self {
+        Self { pattern, causal }
+    }
+
+    /// Whether the mask allows every pair (dense, not causal).
+    pub fn is_dense(&self) -> bool {
+        self.pattern.is_none() && !self.causal
+    }
+}
+
+impl Pattern for Mask<'_> {
+    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+        (!self.causal || Causal.allows(g, i, j)) && self.pattern.is_none_or(|p| p.allows(g, i, j))
+    }
+
+    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        match (self.pattern, self.causal) {
+            (None, false) => Tile::Full,
+            (None, true) => Causal.classify(g, rows, cols),
+            (Some(p), false) => p.classify(g, rows, cols),
+            (Some(p), true) => Intersection(Causal, p).classify(g, rows, cols),
+        }
+    }
+
+    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+        match (self.pattern, self.causal) {
+            (None, false) => g.n_kv,
+            (None, true) => Causal.keys_in_row(g, i),
+            (Some(p), false) => p.keys_in_row(g, i),
+            (Some(p), true) => Intersection(Causal, p).keys_in_row(g, i),
+        }
+    }
+
+    fn density(&self, g: Geometry) -> f64 {
+        match (self.pattern, self.causal) {
+            (None, false) => 1.0,
+            (None, true) => Causal.density(g),
+            (Some(p), false) => p.density(g),
+            (Some(p), true) => Intersection(Causal, p).density(g),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute(p: &dyn Pattern, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+        let mut any = false;
+        let mut all = true;
+        for i in rows {
+            for j in cols.clone() {
+                any |= p.allows(g, i, j);
+                all &= p.allows(g, i, j);
+            }
+        }
+        tile_from(any, all)
+    }
+
+    fn mask_string(p: &dyn Pattern, g: Geometry) -> String {
+        let mut s = String::new();
+        for i in 0..g.n_q {
+            for j in 0..g.n_kv {
+                s.push(if p.allows(g, i, j) { '#' } else { '.' });
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    #[test]
+    fn causal_square_is_lower_triangular() {
+        let expected = "\
+#....
+##...
+###..
+####.
+#####
+";
+        assert_eq!(mask_string(&Causal, Geometry::new(5, 5)), expected);
+    }
+
+    #[test]
+    fn causal_is_bottom_right_aligned() {
+        // Fewer queries than keys: the last query sees every key.
+        let expected = "\
+###..
+####.
+#####
+";
+        assert_eq!(mask_string(&Causal, Geometry::new(3, 5)), expected);
+        // More queries than keys: early queries see nothing.
+        let expected = "\
+..
+..
+#.
+##
+";
+        assert_eq!(mask_string(&Causal, Geometry::new(4, 2)), expected);
+        assert_eq!(Causal.keys_in_row(Geometry::new(4, 2), 0), 0);
+        assert_eq!(Causal.keys_in_row(Geometry::new(4, 2), 3), 2);
+    }
+
+    #[test]
+    fn causal_classification_matches_brute_force() {
+        for (n_q, n_kv) in [(17, 17), (5, 40), (40, 5), (1, 33), (33, 1)] {
+            let g = Geometry::new(n_q, n_kv);
+            for bq in [1, 2, 3, 7] {
+                for bk in [1, 4, 5, 16] {
+                    for r0 in (0..n_q).step_by(bq) {
+                        for c0 in (0..n_kv).step_by(bk) {
+                            let rows = r0..(r0 + bq).min(n_q);
+                            let cols = c0..(c0 + bk).min(n_kv);
+                            assert_eq!(
+                                Causal.classify(g, rows.clone(), cols.clone()),
+                                brute(&Causal, g, rows.clone(), cols.clone()),
+                                "{g:?} {rows:?} {cols:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Even;
+    impl Pattern for Even {
+        fn allows(&self, _g: Geometry, _i: usize, j: usize) -> bool {
+            j % 2 == 0
+        }
+    }
+
+    #[test]
+    fn combinators_follow_set_algebra() {
+        let g = Geometry::new(6, 6);
+        let and = Intersection(Causal, Even);
+        let or = Union(Causal, Even);
+        for i in 0..6 {
+            for j in 0..6 {
+                let c = j <= i;
+                let e = j % 2 == 0;
+                assert_eq!(and.allows(g, i, j), c && e);
+                assert_eq!(or.allows(g, i, j), c || e);
+            }
+        }
+        for (rows, cols) in [(0..2, 0..2), (0..1, 4..6), (2..4, 0..6), (4..6, 0..1)] {
+            let b = brute(&and, g, rows.clone(), cols.clone());
+            let c = and.classify(g, rows.clone(), cols.clone());
+            assert!(
+                c == b || c == Tile::Partial,
+                "{rows:?} {cols:?}: {c:?} vs {b:?}"
+            );
+            let b = brute(&or, g, rows.clone(), cols.clone());
+            let c = or.classify(g, rows.clone(), cols.clone());
+            assert!(
+                c == b || c == Tile::Partial,
+                "{rows:?} {cols:?}: {c:?} vs {b:?}"
+            );
+        }
+        assert_eq!(Even.density(g), 0.5);
+        assert!((Causal.density(g) - 21.0 / 36.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mask_combines_pattern_and_causal() {
+        let g = Geometry::new(6, 8);
+        let m = Mask::new(Some(&Even), true);
+        for i in 0..6 {
+            for j in 0..8 {
+                assert_eq!(m.allows(g, i, j), j % 2 == 0 && j as isize <= g.pos(i));
+            }
+            assert_eq!(
+                m.keys_in_row(g, i),
+                (0..8).filter(|&j| m.allows(g, i, j)).count()
+            );
+        }
+        assert!(Mask::new(None, false).is_dense());
+        assert!(!Mask::new(None, true).is_dense());
+    }
+}

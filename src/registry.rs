@@ -1,0 +1,288 @@
+//! The registry: spec string -> `Box<dyn Attention>`.
+//!
+//! Each variant describes itself once in a [`VariantInfo`] (name, one-line summary, parameters
+//! with defaults, and a constructor); [`Registry::builtin`] lists them explicitly. The CLI, the
+//! conformance tests and the harness all enumerate the registry, so a new variant is one file
+//! plus one line in [`BUILTIN`]. Variants defined outside the crate join a registry at run
+//! time with [`Registry::register`].
+
+use crate::attention::Attention;
+use crate::error::{Error, ErrorKind, Result};
+use crate::spec::Spec;
+use crate::variants;
+
+/// One parameter of a variant.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamInfo {
+    /// The key in the spec string.
+    pub name: &'static str,
+    /// The default value, as written in a spec.
+    pub default: &'static str,
+    /// A one-line description.
+    pub help: &'static str,
+}
+
+/// How to build a variant from its parameters.
+pub type BuildFn = fn(&Params<'_>) -> Result<Box<dyn Attention>>;
+
+/// A registered variant: its name, summary, parameters and constructor.
+#[derive(Debug, Clone, Copy)]
+pub struct VariantInfo {
+    /// The registry name (the spec's name part).
+    pub name: &'static str,
+    /// A one-line description for `attnbench list`.
+    pub summary: &'static str,
+    /// The parameters, in canonical order.
+    pub params: &'static [ParamInfo],
+    /// The constructor; it reads parameters through [`Params`].
+    pub build: BuildFn,
+}
+
+/// The built-in variants, in the order they are listed and swept.
+pub const BUILTIN: &[VariantInfo] = &[variants::full::INFO, variants::flash::INFO];
+
+/// The parameters of one spec, with the variant's defaults for those not given.
+#[derive(Debug)]
+pub struct Params<'a> {
+    spec: String,
+    info: &'a VariantInfo,
+    given: Vec<(String, String)>,
+}
+
+impl Params<'_> {
+    /// The raw value of `name`: the one given, else its default.
+    ///
+    /// # Panics
+    /// If the variant did not declare `name` in its [`VariantInfo::params`] (a bug in the
+    /// variant, not a user error).
+    pub fn raw(&self, name: &str) -> &str {
+        if let Some((_, v)) = self.given.iter().find(|(k, _)| k == name) {
+            return v;
+        }
+        self.info
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.default)
+            .unwrap_or_else(|| panic!("{} reads undeclared parameter '{name}'", self.info.name))
+    }
+
+    /// Parses the value of `name` with `FromStr`.
+    pub fn parse<T: std::str::FromStr>(&self, name: &str, expected: &str) -> Result<T> {
+        let raw = self.raw(name);
+        raw.parse()
+            .map_err(|_| self.invalid(name, &format!("expected {expected}, got '{raw}'")))
+    }
+
+    /// A non-negative integer.
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        self.parse(name, "a non-negative integer")
+    }
+
+    /// An integer of at least 1.
+    pub fn positive(&self, name: &str) -> Result<usize> {
+        match self.usize(name)? {
+            0 => Err(self.invalid(name, "must be at least 1, got 0")),
+            n => Ok(n),
+        }
+    }
+
+    /// A `true`/`false` flag.
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        self.parse(name, "true or false")
+    }
+
+    /// An error naming parameter `name` of this spec.
+    pub fn invalid(&self, name: &str, message: &str) -> Error {
+        Error::bad_spec(
+            &self.spec,
+            format!("parameter {name} of {}: {message}", self.info.name),
+        )
+    }
+}
+
+/// A set of variants that specs are resolved against.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    variants: Vec<VariantInfo>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Registry {
+    /// The built-in variants ([`BUILTIN`]).
+    pub fn builtin() -> Self {
+        Self {
+            variants: BUILTIN.to_vec(),
+        }
+    }
+
+    /// Adds a variant; an error if its name is taken or its defaults do not build.
+    pub fn register(&mut self, info: VariantInfo) -> Result<()> {
+        if self.info(info.name).is_some() {
+            return Err(Error::bad_spec(
+                info.name,
+                "a variant of this name is already registered",
+            ));
+        }
+        check_bare_name(info.name)?;
+        self.variants.push(info);
+        if let Err(e) = self.build(info.name) {
+            self.variants.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The registered variants, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &VariantInfo> {
+        self.variants.iter()
+    }
+
+    /// The registered names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.variants.iter().map(|v| v.name.to_string()).collect()
+    }
+
+    /// The variant called `name`, if registered.
+    pub fn info(&self, name: &str) -> Option<&VariantInfo> {
+        self.variants.iter().find(|v| v.name == name)
+    }
+
+    /// Builds the variant a spec string describes, e.g. `flash(bq=128,bk=128)`.
+    pub fn build(&self, spec: &str) -> Result<Box<dyn Attention>> {
+        let parsed: Spec = spec.parse()?;
+        let info = self.info(&parsed.name).ok_or_else(|| {
+            Error::new(ErrorKind::UnknownVariant {
+                name: parsed.name.clone(),
+                known: self.names(),
+            })
+        })?;
+        for (key, _) in &parsed.params {
+            if !info.params.iter().any(|p| p.name == key) {
+                let known: Vec<&str> = info.params.iter().map(|p| p.name).collect();
+                let message = if known.is_empty() {
+                    format!("{} takes no parameters, got '{key}'", info.name)
+                } else {
+                    format!(
+                        "unknown parameter '{key}' for {}; its parameters are {}",
+                        info.name,
+                        known.join(", ")
+                    )
+                };
+                return Err(Error::bad_spec(spec, message));
+            }
+        }
+        (info.build)(&Params {
+            spec: spec.trim().to_string(),
+            info,
+            given: parsed.params,
+        })
+    }
+
+    /// Builds every variant with its default parameters.
+    pub fn defaults(&self) -> Vec<Box<dyn Attention>> {
+        self.variants
+            .iter()
+            .map(|v| {
+                (v.build)(&Params {
+                    spec: v.name.to_string(),
+                    info: v,
+                    given: Vec::new(),
+                })
+            })
+            .collect::<Result<_>>()
+            .expect("registered variants build with their defaults (checked on registration)")
+    }
+
+    /// Builds a comma-separated list of specs (commas inside parentheses belong to a spec).
+    pub fn build_list(&self, list: &str) -> Result<Vec<Box<dyn Attention>>> {
+        crate::spec::split_list(list)?
+            .iter()
+            .map(|s| self.build(s))
+            .collect()
+    }
+}
+
+fn check_bare_name(name: &str) -> Result<()> {
+    let spec: Spec = name.parse()?;
+    if !spec.params.is_empty() || spec.name != name {
+        return Err(Error::bad_spec(name, "a variant name must be a bare name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_round_trips_through_its_display() {
+        let reg = Registry::builtin();
+        for v in reg.defaults() {
+            let spec = v.to_string();
+            let again = reg.build(&spec).unwrap();
+            assert_eq!(again.to_string(), spec);
+            assert_eq!(again.name(), v.name());
+        }
+    }
+
+    #[test]
+    fn explicit_parameters_round_trip() {
+        let reg = Registry::builtin();
+        let v = reg.build("flash(bq=128,bk=128)").unwrap();
+        assert_eq!(v.to_string(), "flash(bq=128,bk=128)");
+        // Parameters may be given in any order and partially; Display is canonical.
+        let v = reg.build("flash( bk = 32 )").unwrap();
+        assert_eq!(v.to_string(), "flash(bq=64,bk=32)");
+        assert_eq!(reg.build("full").unwrap().to_string(), "full");
+    }
+
+    fn err(spec: &str) -> String {
+        Registry::builtin().build(spec).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let e = err("fulll");
+        assert!(
+            e.contains("unknown variant 'fulll'") && e.contains("full, flash"),
+            "{e}"
+        );
+        let e = err("flash(bq=0)");
+        assert!(e.contains("bq") && e.contains("at least 1"), "{e}");
+        let e = err("flash(bq=-3)");
+        assert!(
+            e.contains("bq") && e.contains("non-negative integer"),
+            "{e}"
+        );
+        let e = err("flash(bq=1.5)");
+        assert!(e.contains("'1.5'"), "{e}");
+        let e = err("flash(bz=8)");
+        assert!(
+            e.contains("unknown parameter 'bz'") && e.contains("bq, bk"),
+            "{e}"
+        );
+        let e = err("full(bq=8)");
+        assert!(e.contains("takes no parameters"), "{e}");
+        let e = err("flash(bq=8");
+        assert!(e.contains("bad spec"), "{e}");
+    }
+
+    #[test]
+    fn lists_and_registration() {
+        let mut reg = Registry::builtin();
+        let vs = reg.build_list("full,flash(bq=16,bk=32)").unwrap();
+        assert_eq!(vs.len(), 2);
+        assert_eq!(vs[1].to_string(), "flash(bq=16,bk=32)");
+        assert!(reg.register(crate::variants::full::INFO).is_err());
+        let mut renamed = crate::variants::flash::INFO;
+        renamed.name = "flash two";
+        assert!(reg.register(renamed).is_err());
+        assert_eq!(reg.names(), vec!["full", "flash"]);
+    }
+}

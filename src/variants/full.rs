@@ -1,0 +1,109 @@
+//! `full`: textbook attention that materializes the `n_q x n_kv` score matrix.
+//!
+//! Per (batch, head): `S = scale * Q K^T` (one sgemm), a numerically stable softmax of each
+//! row (row maximum subtracted; masked keys excluded), `O = P V` (a second sgemm), then each
+//! output row divided by its softmax denominator. (batch, head) pairs run in parallel, each
+//! with its own score matrix, so peak memory is `4 * n_q * n_kv` bytes per busy thread:
+//! this is the O(n^2)-memory baseline every efficient variant is compared with.
+
+use std::fmt;
+
+use ndarray::{Array2, ArrayViewMut2, Axis};
+
+use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
+use crate::error::Result;
+use crate::kernels::exp;
+use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
+use crate::parallel::for_each_head;
+use crate::pattern::{Causal, Pattern};
+use crate::registry::{Params, VariantInfo};
+use crate::shape::Shape;
+
+/// Dense attention through a materialized score matrix. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Full;
+
+/// The registry entry of [`Full`].
+pub const INFO: VariantInfo = VariantInfo {
+    name: "full",
+    summary: "materializes the n_q x n_kv scores (two sgemm + softmax); O(n^2) memory",
+    params: &[],
+    build,
+};
+
+fn build(_: &Params) -> Result<Box<dyn Attention>> {
+    Ok(Box::new(Full))
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("full")
+    }
+}
+
+impl Attention for Full {
+    fn name(&self) -> &'static str {
+        "full"
+    }
+
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Exact
+    }
+
+    fn cost(&self, s: &Shape, _opts: &Options) -> Cost {
+        // Causal masking does not save work here: every score is computed.
+        let per_head = gemm_flops(s.n_q, s.head_dim, s.n_kv) + gemm_flops(s.n_q, s.n_kv, s.v_dim);
+        let pairs = s.batch * s.heads;
+        let busy = pairs.min(rayon::current_num_threads()) as u64;
+        Cost {
+            flops: per_head * pairs as f64,
+            workspace_bytes: busy
+                * ((s.n_q * s.n_kv + s.n_q) as u64 * 4
+                    + packing_bytes(s.n_q, s.head_dim, s.n_kv)
+                        .max(packing_bytes(s.n_q, s.n_kv, s.v_dim))),
+        }
+    }
+
+    fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
+        for_each_head(out, |b, h, head_out| head_forward(p, b, h, head_out));
+        Ok(())
+    }
+}
+
+fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>) {
+    let shape = p.shape;
+    let kvh = shape.kv_head_of(h);
+    let q = p.q.index_axis(Axis(0), b).index_axis_move(Axis(0), h);
+    let k = p.k.index_axis(Axis(0), b).index_axis_move(Axis(0), kvh);
+    let v = p.v.index_axis(Axis(0), b).index_axis_move(Axis(0), kvh);
+    let g = shape.geometry();
+
+    // Zeroed allocations of this size come from fresh pages: no memset is paid.
+    let mut scores = Array2::<f32>::zeros((shape.n_q, shape.n_kv));
+    gemm(p.scale(), &q, &k.t(), 0.0, &mut scores.view_mut());
+
+    let mut inv_sum = vec![0.0f32; shape.n_q];
+    let rows = scores
+        .as_slice_mut()
+        .expect("a fresh array is contiguous")
+        .chunks_exact_mut(shape.n_kv);
+    for (i, (row, inv)) in rows.zip(&mut inv_sum).enumerate() {
+        let allowed = if p.opts.causal {
+            Causal.keys_in_row(g, i)
+        } else {
+            shape.n_kv
+        };
+        let (seen, masked) = row.split_at_mut(allowed);
+        masked.fill(0.0);
+        if seen.is_empty() {
+            continue;
+        }
+        let m = exp::max(seen);
+        *inv = 1.0 / exp::exp_shifted_sum(seen, m);
+    }
+
+    gemm(1.0, &scores.view(), &v, 0.0, &mut out);
+    for (mut row, &inv) in out.outer_iter_mut().zip(&inv_sum) {
+        row.map_inplace(|x| *x *= inv);
+    }
+}

@@ -1,0 +1,12 @@
+//! The built-in attention variants, one file each.
+//!
+//! | variant | file | fidelity | memory |
+//! |---|---|---|---|
+//! | `full` | [`full`] | exact | O(n^2): the score matrix |
+//! | `flash(bq,bk)` | [`flash`] | exact | O(1) in n per worker |
+//!
+//! [`flash`] also holds the tiled engine ([`flash::tiled_forward`]) on which every
+//! pattern-restricted exact variant runs.
+
+pub mod flash;
+pub mod full;

@@ -1,0 +1,61 @@
+//! The command line: listing, checking, and clear errors on bad input.
+
+use std::process::Command;
+
+fn attnbench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn list_shows_every_variant_with_defaults() {
+    let (code, out, _) = attnbench(&["list"]);
+    assert_eq!(code, 0);
+    for name in attnbench::Registry::builtin().names() {
+        assert!(out.contains(&name), "{name} missing from:\n{out}");
+    }
+    assert!(out.contains("flash(bq=64,bk=256)"), "{out}");
+    assert!(out.contains("bk=256"), "{out}");
+}
+
+#[test]
+fn check_passes_and_prints_a_table() {
+    let (code, out, err) = attnbench(&["check", "--variants", "full,flash(bq=16,bk=32)"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("flash(bq=16,bk=32)"));
+    assert!(out.contains("gqa h=8/h_kv=2 causal"));
+    assert!(out.contains("52 of 52 checks passed"), "{out}");
+    assert!(!out.contains("FAIL"));
+}
+
+#[test]
+fn check_rejects_unknown_variants_and_bad_params() {
+    let (code, _, err) = attnbench(&["check", "--variants", "full,flashy"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown variant 'flashy'") && err.contains("known variants"),
+        "{err}"
+    );
+    let (code, _, err) = attnbench(&["check", "--variants", "flash(bq=0)"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bq") && err.contains("at least 1"), "{err}");
+}
+
+#[test]
+fn bad_flags_give_a_usage_error() {
+    let (code, _, err) = attnbench(&["check", "--frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage"), "{err}");
+    let (code, _, err) = attnbench(&["check", "--seed", "minus-one"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value"), "{err}");
+    let (code, _, _) = attnbench(&[]);
+    assert_eq!(code, 2);
+}

@@ -1,0 +1,140 @@
+//! Registry-driven conformance: every registered variant, with its defaults and with block
+//! sizes chosen to stress tile edges, against the f64 oracle on every check case. A variant
+//! added to the registry is tested here without writing a test.
+
+use attnbench::check::{self, EXACT_TOLERANCE, Outcome};
+use attnbench::oracle::{compare, oracle};
+use attnbench::workload::gaussian;
+use attnbench::{Attention, Fidelity, Options, Problem, Registry, Shape, attend};
+use ndarray::{Array4, Axis};
+
+/// Every registered variant with default parameters, plus extra specs that stress edges.
+fn variants_under_test() -> Vec<Box<dyn Attention>> {
+    let reg = Registry::builtin();
+    let mut vs = reg.defaults();
+    vs.extend(
+        reg.build_list(
+            "flash(bq=1,bk=1),flash(bq=7,bk=5),flash(bq=128,bk=128),flash(bq=16,bk=1024)",
+        )
+        .unwrap(),
+    );
+    vs
+}
+
+#[test]
+fn every_variant_passes_every_case() {
+    let mut failures = Vec::new();
+    for v in variants_under_test() {
+        for case in check::cases() {
+            let outcome = check::check(v.as_ref(), &case, 42);
+            if let Outcome::Ran { stats, .. } = &outcome {
+                if v.fidelity() == Fidelity::Exact {
+                    assert!(stats.rel_frobenius.is_finite());
+                }
+            }
+            if outcome.is_failure() {
+                failures.push(format!(
+                    "{v} on {} ({}): {outcome:?}",
+                    case.name, case.shape
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+}
+
+fn exact_error(v: &dyn Attention, shape: Shape, causal: bool, seed: u64) -> f64 {
+    let qkv = gaussian(&shape, 1.0, seed);
+    let opts = Options::new().causal(causal);
+    let out = attend(v, qkv.q.view(), qkv.k.view(), qkv.v.view(), &opts).unwrap();
+    let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).unwrap();
+    compare(out.view(), oracle(&p, v.pattern()).view()).rel_frobenius
+}
+
+#[test]
+fn edge_shapes() {
+    let edges = [
+        Shape::new(1, 1, 1, 1, 1, 1, 1).unwrap(),
+        Shape::new(1, 1, 1, 1, 1, 64, 64).unwrap(),
+        Shape::new(1, 3, 3, 5, 5, 1, 1).unwrap(),
+        // Decoding: one query against a long KV cache.
+        Shape::new(1, 2, 1, 1, 5000, 64, 64).unwrap(),
+        // A long KV with a few queries (speculative decoding / chunked prefill).
+        Shape::new(1, 2, 2, 3, 2049, 32, 16).unwrap(),
+    ];
+    for v in variants_under_test() {
+        if v.fidelity() != Fidelity::Exact {
+            continue;
+        }
+        for shape in edges {
+            for causal in [false, true] {
+                let e = exact_error(v.as_ref(), shape, causal, 7);
+                assert!(
+                    e <= EXACT_TOLERANCE,
+                    "{v} on {shape} causal={causal}: {e:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_views_are_accepted() {
+    // Q, K and V stored as [b, n, h, d] and viewed as [b, h, n, d]; out as a transposed view.
+    let shape = Shape::new(2, 4, 2, 45, 45, 16, 8).unwrap();
+    let qkv = gaussian(&shape, 1.0, 3);
+    let relayout = |a: &Array4<f32>| {
+        let mut t = a
+            .view()
+            .permuted_axes([0, 2, 1, 3])
+            .as_standard_layout()
+            .into_owned();
+        t.swap_axes(1, 2);
+        t
+    };
+    let (q, k, v) = (relayout(&qkv.q), relayout(&qkv.k), relayout(&qkv.v));
+    assert!(!q.is_standard_layout());
+    let opts = Options::new().causal(true);
+    let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).unwrap();
+    let reference = oracle(&p, None);
+    for variant in variants_under_test() {
+        let mut out_storage = Array4::<f32>::from_elem([2, 45, 4, 8], f32::NAN);
+        let mut out = out_storage.view_mut();
+        out.swap_axes(1, 2);
+        attnbench::attend_into(variant.as_ref(), q.view(), k.view(), v.view(), &opts, out).unwrap();
+        let mut got = out_storage.view();
+        got.swap_axes(1, 2);
+        let e = compare(got, reference.view()).rel_frobenius;
+        assert!(e <= EXACT_TOLERANCE, "{variant}: {e:e}");
+    }
+}
+
+#[test]
+fn heads_sharing_a_kv_head_differ_only_by_their_queries() {
+    // With identical queries, the heads of one GQA group must give identical outputs.
+    let shape = Shape::new(1, 4, 2, 33, 33, 16, 16).unwrap();
+    let mut qkv = gaussian(&shape, 1.0, 11);
+    let first = qkv.q.index_axis(Axis(1), 0).to_owned();
+    for h in 1..4 {
+        qkv.q.index_axis_mut(Axis(1), h).assign(&first);
+    }
+    for v in variants_under_test() {
+        let out = attend(
+            v.as_ref(),
+            qkv.q.view(),
+            qkv.k.view(),
+            qkv.v.view(),
+            &Options::new(),
+        )
+        .unwrap();
+        let close = |a: usize, b: usize| {
+            out.index_axis(Axis(1), a)
+                .iter()
+                .zip(out.index_axis(Axis(1), b).iter())
+                .all(|(x, y)| (x - y).abs() < 1e-6)
+        };
+        assert!(close(0, 1), "{v}: heads 0 and 1 share kv head 0");
+        assert!(close(2, 3), "{v}: heads 2 and 3 share kv head 1");
+        assert!(!close(1, 2), "{v}: heads 1 and 2 read different kv heads");
+    }
+}
