@@ -41,6 +41,7 @@
 //! |---|---|---|
 //! | `full` | exact | materialized `n_q x n_kv` scores, softmax, `P V` |
 //! | `flash(bq=64,bk=256)` | exact | tiled, online softmax, memory independent of `n` |
+//! | `window(w=256)`, `local(block=128)`, `strided(stride=128)`, `fixed(block=128,c=32)`, `longformer(w=256,g=16)`, `bigbird(block=64,w=3,g=2,r=3,seed=0)`, `dilated(w=128,dilation=2)` | exact under their [`pattern`] | the tiled engine on a sparse pattern |
 //!
 //! # Modules
 //! - [`attention`]: the trait, [`Options`], [`Problem`] (validated input) and [`attend`].

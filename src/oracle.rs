@@ -94,6 +94,63 @@ fn head_oracle(
     }
 }
 
+/// The softmax mass dense attention (under the problem's causal flag) puts on the pairs
+/// `pattern` drops, averaged over `rows` of every (batch, head): `1 - P(allowed)`.
+///
+/// It bounds how far a pattern-restricted variant can be from dense attention: each output
+/// row moves by at most `2 * mass * max |v|`.
+pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]) -> f64 {
+    let shape = problem.shape;
+    let g = shape.geometry();
+    let dense = problem.mask(None);
+    let scale = problem.scale() as f64;
+    let mut total = 0.0;
+    let mut count = 0usize;
+    for b in 0..shape.batch {
+        for h in 0..shape.heads {
+            let q = problem.q.index_axis(Axis(0), b).index_axis_move(Axis(0), h);
+            let kvh = shape.kv_head_of(h);
+            let k = problem
+                .k
+                .index_axis(Axis(0), b)
+                .index_axis_move(Axis(0), kvh);
+            for &i in rows {
+                let scores: Vec<(bool, f64)> = (0..shape.n_kv)
+                    .filter(|&j| dense.allows(g, i, j))
+                    .map(|j| {
+                        let dot: f64 = q
+                            .row(i)
+                            .iter()
+                            .zip(k.row(j))
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum();
+                        (pattern.allows(g, i, j), dot * scale)
+                    })
+                    .collect();
+                if scores.is_empty() {
+                    continue;
+                }
+                let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+                let (mut all, mut kept) = (0.0, 0.0);
+                for &(allowed, s) in &scores {
+                    let p = (s - m).exp();
+                    all += p;
+                    if allowed {
+                        kept += p;
+                    }
+                }
+                total += 1.0 - kept / all;
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    }
+}
+
 /// `count` distinct query rows in `0..n_q`, sorted, chosen by `seed`, always including the
 /// first and the last row. All rows when `count >= n_q`.
 pub fn sample_rows(n_q: usize, count: usize, seed: u64) -> Vec<usize> {
@@ -223,6 +280,26 @@ mod tests {
         assert_eq!(o.index_axis(Axis(2), 0).sum(), 0.0);
         assert_eq!(o.index_axis(Axis(2), 1).sum(), 0.0);
         assert_eq!(o[[0, 0, 2, 0]], 2.0);
+    }
+
+    #[test]
+    fn dropped_mass_of_uniform_attention_is_the_dropped_fraction() {
+        // Zero queries: every key gets the same weight, so the mass dropped by a pattern is
+        // the fraction of keys it drops.
+        let q = Array4::zeros([1, 1, 8, 4]);
+        let k = Array4::from_elem([1, 1, 8, 4], 1.0f32);
+        let p = Problem::new(q.view(), k.view(), k.view(), Options::new()).unwrap();
+        let rows: Vec<usize> = (0..8).collect();
+        let local = crate::pattern::Local { block: 2 };
+        assert!((dropped_mass(&p, &local, &rows) - 0.75).abs() < 1e-12);
+        assert_eq!(dropped_mass(&p, &crate::pattern::Dense, &rows), 0.0);
+        // Causal: row i sees i + 1 keys, of which local keeps 1 or 2.
+        let pc = Problem::new(q.view(), k.view(), k.view(), Options::new().causal(true)).unwrap();
+        let want: f64 = (0..8)
+            .map(|i| 1.0 - (1 + i % 2) as f64 / (i + 1) as f64)
+            .sum::<f64>()
+            / 8.0;
+        assert!((dropped_mass(&pc, &local, &rows) - want).abs() < 1e-12);
     }
 
     #[test]

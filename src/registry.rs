@@ -39,7 +39,17 @@ pub struct VariantInfo {
 }
 
 /// The built-in variants, in the order they are listed and swept.
-pub const BUILTIN: &[VariantInfo] = &[variants::full::INFO, variants::flash::INFO];
+pub const BUILTIN: &[VariantInfo] = &[
+    variants::full::INFO,
+    variants::flash::INFO,
+    variants::sparse::WINDOW,
+    variants::sparse::LOCAL,
+    variants::sparse::STRIDED,
+    variants::sparse::FIXED,
+    variants::sparse::LONGFORMER,
+    variants::sparse::BIGBIRD,
+    variants::sparse::DILATED,
+];
 
 /// The parameters of one spec, with the variant's defaults for those not given.
 #[derive(Debug)]
@@ -283,6 +293,6 @@ mod tests {
         let mut renamed = crate::variants::flash::INFO;
         renamed.name = "flash two";
         assert!(reg.register(renamed).is_err());
-        assert_eq!(reg.names(), vec!["full", "flash"]);
+        assert_eq!(reg.names(), Registry::builtin().names());
     }
 }

@@ -235,11 +235,7 @@ impl Task<'_> {
             let score_rows = scores.chunks_exact_mut(cols);
             for (i, row) in score_rows.enumerate() {
                 if tile == Tile::Partial {
-                    for (j, x) in row.iter_mut().enumerate() {
-                        if !self.mask.allows(self.g, self.r0 + i, c0 + j) {
-                            *x = f32::NEG_INFINITY;
-                        }
-                    }
+                    self.mask.mask_row(self.g, self.r0 + i, c0, row);
                 }
                 let tile_max = exp::max(row);
                 if tile_max == f32::NEG_INFINITY {

@@ -4,9 +4,11 @@
 //! |---|---|---|---|
 //! | `full` | [`full`] | exact | O(n^2): the score matrix |
 //! | `flash(bq,bk)` | [`flash`] | exact | O(1) in n per worker |
+//! | `window`, `local`, `strided`, `fixed`, `longformer`, `bigbird`, `dilated` | [`sparse`] | exact under their pattern | O(1) in n per worker |
 //!
 //! [`flash`] also holds the tiled engine ([`flash::tiled_forward`]) on which every
 //! pattern-restricted exact variant runs.
 
 pub mod flash;
 pub mod full;
+pub mod sparse;

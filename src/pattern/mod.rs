@@ -17,6 +17,10 @@
 use std::fmt;
 use std::ops::Range;
 
+mod sparse;
+
+pub use sparse::{BigBird, Dilated, Fixed, Global, Local, Longformer, Strided, Window};
+
 /// The sequence lengths a pattern is evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Geometry {
@@ -82,6 +86,23 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         tile_from(any, all)
     }
 
+    /// Sets `row[j - c0]` to `-inf` for every key `j` in `c0..c0 + row.len()` that query `i`
+    /// may not attend, leaving the others untouched. The provided version calls
+    /// [`allows`](Pattern::allows) per key; built-in patterns override it with interval fills.
+    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+        for (j, x) in (c0..).zip(row.iter_mut()) {
+            if !self.allows(g, i, j) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// Reasons this pattern is not meaningful for geometry `g` (e.g. more global tokens than
+    /// keys); empty when it is.
+    fn unsupported(&self, _g: Geometry) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The number of keys query `i` may attend.
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (0..g.n_kv).filter(|&j| self.allows(g, i, j)).count()
@@ -92,6 +113,19 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         let allowed: usize = (0..g.n_q).map(|i| self.keys_in_row(g, i)).sum();
         allowed as f64 / (g.n_q as f64 * g.n_kv as f64)
     }
+}
+
+/// Sets `row[j - c0]` to `-inf` for every `j` outside `lo..=hi`.
+pub(crate) fn fill_outside(row: &mut [f32], c0: usize, lo: isize, hi: isize) {
+    let len = row.len() as isize;
+    let c0 = c0 as isize;
+    let start = lo.saturating_sub(c0).clamp(0, len) as usize;
+    let end = hi
+        .saturating_sub(c0)
+        .saturating_add(1)
+        .clamp(start as isize, len) as usize;
+    row[..start].fill(f32::NEG_INFINITY);
+    row[end..].fill(f32::NEG_INFINITY);
 }
 
 fn tile_from(any: bool, all: bool) -> Tile {
@@ -114,6 +148,8 @@ impl Pattern for Dense {
     fn classify(&self, _g: Geometry, _rows: Range<usize>, _cols: Range<usize>) -> Tile {
         Tile::Full
     }
+
+    fn mask_row(&self, _g: Geometry, _i: usize, _c0: usize, _row: &mut [f32]) {}
 
     fn keys_in_row(&self, g: Geometry, _i: usize) -> usize {
         g.n_kv
@@ -146,6 +182,10 @@ impl Pattern for Causal {
         }
     }
 
+    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+        fill_outside(row, c0, isize::MIN, g.pos(i));
+    }
+
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (g.pos(i) + 1).clamp(0, g.n_kv as isize) as usize
     }
@@ -175,6 +215,18 @@ impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
             },
         }
     }
+
+    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+        // Masking is idempotent: applying both masks leaves exactly the intersection.
+        self.0.mask_row(g, i, c0, row);
+        self.1.mask_row(g, i, c0, row);
+    }
+
+    fn unsupported(&self, g: Geometry) -> Vec<String> {
+        let mut r = self.0.unsupported(g);
+        r.extend(self.1.unsupported(g));
+        r
+    }
 }
 
 /// The pairs allowed by either pattern.
@@ -196,6 +248,12 @@ impl<A: Pattern, B: Pattern> Pattern for Union<A, B> {
             },
         }
     }
+
+    fn unsupported(&self, g: Geometry) -> Vec<String> {
+        let mut r = self.0.unsupported(g);
+        r.extend(self.1.unsupported(g));
+        r
+    }
 }
 
 impl<P: Pattern + ?Sized> Pattern for &P {
@@ -204,6 +262,12 @@ impl<P: Pattern + ?Sized> Pattern for &P {
     }
     fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
         (**self).classify(g, rows, cols)
+    }
+    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+        (**self).mask_row(g, i, c0, row)
+    }
+    fn unsupported(&self, g: Geometry) -> Vec<String> {
+        (**self).unsupported(g)
     }
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (**self).keys_in_row(g, i)
@@ -219,6 +283,12 @@ impl<P: Pattern + ?Sized> Pattern for Box<P> {
     }
     fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
         (**self).classify(g, rows, cols)
+    }
+    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+        (**self).mask_row(g, i, c0, row)
+    }
+    fn unsupported(&self, g: Geometry) -> Vec<String> {
+        (**self).unsupported(g)
     }
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (**self).keys_in_row(g, i)
@@ -260,6 +330,19 @@ impl Pattern for Mask<'_> {
             (Some(p), false) => p.classify(g, rows, cols),
             (Some(p), true) => Intersection(Causal, p).classify(g, rows, cols),
         }
+    }
+
+    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+        if self.causal {
+            Causal.mask_row(g, i, c0, row);
+        }
+        if let Some(p) = self.pattern {
+            p.mask_row(g, i, c0, row);
+        }
+    }
+
+    fn unsupported(&self, g: Geometry) -> Vec<String> {
+        self.pattern.map(|p| p.unsupported(g)).unwrap_or_default()
     }
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {

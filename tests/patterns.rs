@@ -1,0 +1,432 @@
+//! Sparse patterns: hand-written masks, tile classification and row masking against
+//! brute force, key counts, user patterns with empty rows, and parameter errors.
+
+use attnbench::oracle::{compare, oracle};
+use attnbench::pattern::{
+    BigBird, Causal, Dilated, Fixed, Global, Intersection, Local, Longformer, Mask, Strided, Window,
+};
+use attnbench::variants::sparse::Sparse;
+use attnbench::workload::gaussian;
+use attnbench::{ErrorKind, Geometry, Options, Pattern, Problem, Registry, Shape, Tile, attend};
+use ndarray::Axis;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+fn mask_string(p: &dyn Pattern, g: Geometry) -> String {
+    let mut s = String::new();
+    for i in 0..g.n_q {
+        for j in 0..g.n_kv {
+            s.push(if p.allows(g, i, j) { '#' } else { '.' });
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn sq(n: usize) -> Geometry {
+    Geometry::new(n, n)
+}
+
+fn causal<P: Pattern>(p: P) -> Intersection<Causal, P> {
+    Intersection(Causal, p)
+}
+
+#[test]
+fn window_bounds_are_inclusive() {
+    let bidirectional = "\
+##......
+###.....
+.###....
+..###...
+...###..
+....###.
+.....###
+......##
+";
+    assert_eq!(mask_string(&Window { w: 1 }, sq(8)), bidirectional);
+    let causal_w2 = "\
+#.......
+##......
+###.....
+.###....
+..###...
+...###..
+....###.
+.....###
+";
+    assert_eq!(mask_string(&causal(Window { w: 2 }), sq(8)), causal_w2);
+    // w = 0: self only.
+    assert_eq!(mask_string(&Window { w: 0 }, sq(3)), "#..\n.#.\n..#\n");
+}
+
+#[test]
+fn local_blocks() {
+    let expected = "\
+###.....
+###.....
+###.....
+...###..
+...###..
+...###..
+......##
+......##
+";
+    assert_eq!(mask_string(&Local { block: 3 }, sq(8)), expected);
+}
+
+#[test]
+fn strided_is_recent_plus_stripes() {
+    // Causal, stride 3: i - 3 < j <= i, or (i - j) mod 3 == 0.
+    let expected = "\
+#.......
+##......
+###.....
+####....
+.####...
+..####..
+#..####.
+.#..####
+";
+    assert_eq!(mask_string(&causal(Strided { stride: 3 }), sq(8)), expected);
+    // Bidirectional: |i - j| < 3, or (i - j) mod 3 == 0.
+    let row0 = "####..#..#";
+    assert_eq!(&mask_string(&Strided { stride: 3 }, sq(10))[..10], row0);
+}
+
+#[test]
+fn fixed_is_own_block_plus_summaries() {
+    // block 4, c = 1: own block, plus column 3 and column 7 (the last of each block).
+    let expected = "\
+####...#
+####...#
+####...#
+####...#
+...#####
+...#####
+...#####
+...#####
+";
+    assert_eq!(mask_string(&Fixed { block: 4, c: 1 }, sq(8)), expected);
+}
+
+#[test]
+fn longformer_globals_see_and_are_seen() {
+    let expected = "\
+########
+###.....
+####....
+#.###...
+#..###..
+#...###.
+#....###
+#.....##
+";
+    // w = 1, g = 1: token 0 is global.
+    assert_eq!(mask_string(&Longformer { w: 1, g: 1 }, sq(8)), expected);
+    assert_eq!(
+        mask_string(&Global { g: 2 }, sq(4)),
+        "####\n####\n##..\n##..\n"
+    );
+}
+
+#[test]
+fn dilated_skips_positions() {
+    // w = 2, dilation = 2: j = i + {-4, -2, 0, 2, 4}.
+    let expected = "\
+#.#.#...
+.#.#.#..
+#.#.#.#.
+.#.#.#.#
+#.#.#.#.
+.#.#.#.#
+..#.#.#.
+...#.#.#
+";
+    assert_eq!(mask_string(&Dilated { w: 2, dilation: 2 }, sq(8)), expected);
+}
+
+#[test]
+fn bigbird_sliding_and_global_blocks() {
+    // block 2, w = 3 sliding blocks, g = 1 global block, no random blocks.
+    let bb = BigBird {
+        block: 2,
+        w: 3,
+        g: 1,
+        r: 0,
+        seed: 0,
+    };
+    let expected = "\
+##########
+##########
+######....
+######....
+########..
+########..
+##..######
+##..######
+##....####
+##....####
+";
+    assert_eq!(mask_string(&bb, sq(10)), expected);
+}
+
+#[test]
+fn bigbird_random_blocks_are_seeded() {
+    let g = sq(256);
+    let bb = |seed| BigBird {
+        block: 16,
+        w: 1,
+        g: 0,
+        r: 2,
+        seed,
+    };
+    assert_eq!(mask_string(&bb(5), g), mask_string(&bb(5), g));
+    assert_ne!(mask_string(&bb(5), g), mask_string(&bb(6), g));
+    // Own block plus at most two random blocks per query block.
+    for i in (0..256).step_by(16) {
+        let keys = bb(5).keys_in_row(g, i);
+        assert!((16..=48).contains(&keys), "row {i}: {keys}");
+        assert!(bb(5).allows(g, i, i));
+    }
+}
+
+/// Every built-in pattern with random parameters small enough to make tiles interesting.
+fn random_pattern(rng: &mut StdRng) -> Box<dyn Pattern> {
+    match rng.random_range(0..7) {
+        0 => Box::new(Window {
+            w: rng.random_range(0..12),
+        }),
+        1 => Box::new(Local {
+            block: rng.random_range(1..12),
+        }),
+        2 => Box::new(Strided {
+            stride: rng.random_range(1..9),
+        }),
+        3 => {
+            let block = rng.random_range(1..10);
+            Box::new(Fixed {
+                block,
+                c: rng.random_range(0..=block),
+            })
+        }
+        4 => Box::new(Longformer {
+            w: rng.random_range(0..8),
+            g: rng.random_range(0..5),
+        }),
+        5 => Box::new(BigBird {
+            block: rng.random_range(1..6),
+            w: rng.random_range(1..4),
+            g: rng.random_range(0..3),
+            r: rng.random_range(0..3),
+            seed: rng.random_range(0..100),
+        }),
+        _ => Box::new(Dilated {
+            w: rng.random_range(0..6),
+            dilation: rng.random_range(1..5),
+        }),
+    }
+}
+
+fn brute(
+    p: &dyn Pattern,
+    g: Geometry,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Tile {
+    let mut any = false;
+    let mut all = true;
+    for i in rows {
+        for j in cols.clone() {
+            let a = p.allows(g, i, j);
+            any |= a;
+            all &= a;
+        }
+    }
+    match (any, all) {
+        (_, true) => Tile::Full,
+        (false, _) => Tile::Empty,
+        _ => Tile::Partial,
+    }
+}
+
+#[test]
+fn classification_row_masks_and_counts_match_brute_force() {
+    let mut rng = StdRng::seed_from_u64(2024);
+    let mut conservative = 0usize;
+    let mut tiles = 0usize;
+    for _ in 0..400 {
+        let pattern = random_pattern(&mut rng);
+        let g = Geometry::new(rng.random_range(1..48), rng.random_range(1..48));
+        let causal_flag = rng.random_bool(0.5);
+        let mask = Mask::new(Some(pattern.as_ref()), causal_flag);
+        let (bq, bk) = (rng.random_range(1..10), rng.random_range(1..10));
+        for r0 in (0..g.n_q).step_by(bq) {
+            for c0 in (0..g.n_kv).step_by(bk) {
+                let rows = r0..(r0 + bq).min(g.n_q);
+                let cols = c0..(c0 + bk).min(g.n_kv);
+                for p in [pattern.as_ref(), &mask as &dyn Pattern] {
+                    let want = brute(p, g, rows.clone(), cols.clone());
+                    let got = p.classify(g, rows.clone(), cols.clone());
+                    tiles += 1;
+                    // Never wrong; exact about emptiness (so no empty tile is computed);
+                    // allowed to say Partial for a full tile of a composite pattern.
+                    assert!(
+                        got == want || (got == Tile::Partial && want == Tile::Full),
+                        "{p:?} causal={causal_flag} {g:?} rows {rows:?} cols {cols:?}: {got:?} vs {want:?}"
+                    );
+                    conservative += usize::from(got != want);
+                }
+            }
+        }
+        for i in 0..g.n_q {
+            let mut row = vec![1.0f32; g.n_kv];
+            mask.mask_row(g, i, 0, &mut row);
+            // A row masked in two pieces must equal the row masked at once.
+            let split = rng.random_range(0..=g.n_kv);
+            let mut pieces = vec![1.0f32; g.n_kv];
+            let (a, b) = pieces.split_at_mut(split);
+            mask.mask_row(g, i, 0, a);
+            mask.mask_row(g, i, split, b);
+            assert_eq!(row, pieces, "{pattern:?} row {i} split at {split}");
+            let allowed: Vec<bool> = (0..g.n_kv).map(|j| mask.allows(g, i, j)).collect();
+            let masked: Vec<bool> = row.iter().map(|&x| x == 1.0).collect();
+            assert_eq!(
+                allowed, masked,
+                "{pattern:?} causal={causal_flag} {g:?} row {i}"
+            );
+            let count = allowed.iter().filter(|&&a| a).count();
+            assert_eq!(
+                pattern.keys_in_row(g, i),
+                (0..g.n_kv).filter(|&j| pattern.allows(g, i, j)).count(),
+                "{pattern:?} {g:?} row {i}"
+            );
+            assert_eq!(
+                mask.keys_in_row(g, i),
+                count,
+                "{pattern:?} {g:?} causal row {i}"
+            );
+        }
+    }
+    // Conservative answers only cost speed; they must stay rare.
+    assert!(
+        conservative * 50 < tiles,
+        "{conservative} of {tiles} tiles classified as Partial but Full"
+    );
+}
+
+#[test]
+fn interval_patterns_classify_exactly() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..300 {
+        let patterns: [Box<dyn Pattern>; 5] = [
+            Box::new(Window {
+                w: rng.random_range(0..10),
+            }),
+            Box::new(Local {
+                block: rng.random_range(1..10),
+            }),
+            Box::new(Global {
+                g: rng.random_range(0..6),
+            }),
+            Box::new(Dilated {
+                w: rng.random_range(0..5),
+                dilation: rng.random_range(1..4),
+            }),
+            Box::new(Causal),
+        ];
+        let g = Geometry::new(rng.random_range(1..40), rng.random_range(1..40));
+        let (bq, bk) = (rng.random_range(1..9), rng.random_range(1..9));
+        for p in &patterns {
+            for r0 in (0..g.n_q).step_by(bq) {
+                for c0 in (0..g.n_kv).step_by(bk) {
+                    let rows = r0..(r0 + bq).min(g.n_q);
+                    let cols = c0..(c0 + bk).min(g.n_kv);
+                    assert_eq!(
+                        p.classify(g, rows.clone(), cols.clone()),
+                        brute(p.as_ref(), g, rows.clone(), cols.clone()),
+                        "{p:?} {g:?} {rows:?} {cols:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn density_matches_counts() {
+    let g = sq(1000);
+    let w = Window { w: 10 };
+    let exact: usize = (0..1000).map(|i| w.keys_in_row(g, i)).sum();
+    assert!((w.density(g) - exact as f64 / 1e6).abs() < 1e-12);
+    assert_eq!(exact, 1000 * 21 - 2 * (10 * 11 / 2));
+    let l = Local { block: 100 };
+    assert!((l.density(g) - 0.1).abs() < 1e-12);
+}
+
+/// Attends nothing from query 3 and everything elsewhere.
+#[derive(Debug)]
+struct SkipRowThree;
+
+impl Pattern for SkipRowThree {
+    fn allows(&self, _g: Geometry, i: usize, _j: usize) -> bool {
+        i != 3
+    }
+}
+
+impl std::fmt::Display for SkipRowThree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("skip3")
+    }
+}
+
+#[test]
+fn a_user_pattern_with_an_empty_row_gives_a_zero_row() {
+    let shape = Shape::self_attention(1, 2, 20, 8).unwrap();
+    let qkv = gaussian(&shape, 1.0, 1);
+    let v = Sparse::new("skip3", SkipRowThree);
+    for causal in [false, true] {
+        let opts = Options::new().causal(causal);
+        let out = attend(&v, qkv.q.view(), qkv.k.view(), qkv.v.view(), &opts).unwrap();
+        assert!(out.index_axis(Axis(2), 3).iter().all(|&x| x == 0.0));
+        let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).unwrap();
+        let e = compare(out.view(), oracle(&p, Some(&SkipRowThree)).view());
+        assert!(e.rel_frobenius < 1e-5, "{e:?}");
+    }
+}
+
+#[test]
+fn bad_parameters_name_the_parameter() {
+    let reg = Registry::builtin();
+    assert!(
+        reg.build("window(w=0)").is_ok(),
+        "w = 0 is self-only attention"
+    );
+    for (spec, param) in [
+        ("local(block=0)", "block"),
+        ("strided(stride=0)", "stride"),
+        ("fixed(block=8,c=9)", "c"),
+        ("fixed(block=0)", "block"),
+        ("dilated(dilation=0)", "dilation"),
+        ("bigbird(block=0)", "block"),
+        ("bigbird(w=0)", "w"),
+        ("window(w=-1)", "w"),
+        ("longformer(g=x)", "g"),
+    ] {
+        let e = reg.build(spec).unwrap_err().to_string();
+        assert!(e.contains(&format!("parameter {param}")), "{spec}: {e}");
+    }
+    // More global tokens than tokens: a clear error from attend, naming g.
+    let lf = reg.build("longformer(w=4,g=16)").unwrap();
+    let shape = Shape::self_attention(1, 1, 8, 4).unwrap();
+    let qkv = gaussian(&shape, 1.0, 0);
+    let e = attend(
+        lf.as_ref(),
+        qkv.q.view(),
+        qkv.k.view(),
+        qkv.v.view(),
+        &Options::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Unsupported { .. }));
+    assert!(e.to_string().contains("g=16"), "{e}");
+}
