@@ -15,9 +15,12 @@ pub enum Fidelity {
     /// Equal to softmax attention restricted to the variant's [`pattern`](Attention::pattern)
     /// (dense when it has none), up to float rounding. Checked against the f64 oracle.
     Exact,
-    /// An approximation of, or a different kernel than, softmax attention: only its deviation
-    /// from dense attention is measured.
+    /// An approximation of softmax attention (e.g. random features): its deviation from
+    /// dense attention is approximation error, which should fall as its budget grows.
     Approximate,
+    /// A different attention kernel (e.g. `elu(x) + 1` linear attention): its deviation from
+    /// softmax attention is model mismatch, not approximation error.
+    OtherKernel,
 }
 
 impl fmt::Display for Fidelity {
@@ -25,6 +28,7 @@ impl fmt::Display for Fidelity {
         f.pad(match self {
             Fidelity::Exact => "exact",
             Fidelity::Approximate => "approximate",
+            Fidelity::OtherKernel => "other-kernel",
         })
     }
 }

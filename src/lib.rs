@@ -56,6 +56,7 @@
 pub mod attention;
 pub mod check;
 pub mod error;
+pub mod feature;
 pub mod harness;
 pub mod kernels;
 pub mod oracle;

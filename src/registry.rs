@@ -34,6 +34,9 @@ pub struct VariantInfo {
     pub summary: &'static str,
     /// The parameters, in canonical order.
     pub params: &'static [ParamInfo],
+    /// The specs a default sweep or check runs; empty means the name alone (all defaults).
+    /// A variant with a mode parameter lists one spec per mode, e.g. `linear(phi=relu)`.
+    pub presets: &'static [&'static str],
     /// The constructor; it reads parameters through [`Params`].
     pub build: BuildFn,
 }
@@ -49,6 +52,7 @@ pub const BUILTIN: &[VariantInfo] = &[
     variants::sparse::LONGFORMER,
     variants::sparse::BIGBIRD,
     variants::sparse::DILATED,
+    variants::linear::INFO,
 ];
 
 /// The parameters of one spec, with the variant's defaults for those not given.
@@ -75,6 +79,11 @@ impl Params<'_> {
             .find(|p| p.name == name)
             .map(|p| p.default)
             .unwrap_or_else(|| panic!("{} reads undeclared parameter '{name}'", self.info.name))
+    }
+
+    /// Whether `name` was written in the spec (rather than defaulted).
+    pub fn given(&self, name: &str) -> bool {
+        self.given.iter().any(|(k, _)| k == name)
     }
 
     /// Parses the value of `name` with `FromStr`.
@@ -141,7 +150,12 @@ impl Registry {
         }
         check_bare_name(info.name)?;
         self.variants.push(info);
-        if let Err(e) = self.build(info.name) {
+        let presets = if info.presets.is_empty() {
+            &[info.name][..]
+        } else {
+            info.presets
+        };
+        if let Some(e) = presets.iter().find_map(|p| self.build(p).err()) {
             self.variants.pop();
             return Err(e);
         }
@@ -194,19 +208,21 @@ impl Registry {
         })
     }
 
-    /// Builds every variant with its default parameters.
+    /// Builds every variant's presets (its defaults when it lists none): what a default
+    /// sweep or check runs.
     pub fn defaults(&self) -> Vec<Box<dyn Attention>> {
         self.variants
             .iter()
-            .map(|v| {
-                (v.build)(&Params {
-                    spec: v.name.to_string(),
-                    info: v,
-                    given: Vec::new(),
-                })
+            .flat_map(|v| {
+                if v.presets.is_empty() {
+                    vec![v.name]
+                } else {
+                    v.presets.to_vec()
+                }
             })
+            .map(|spec| self.build(spec))
             .collect::<Result<_>>()
-            .expect("registered variants build with their defaults (checked on registration)")
+            .expect("registered presets build (checked on registration)")
     }
 
     /// Builds a comma-separated list of specs (commas inside parentheses belong to a spec).

@@ -69,6 +69,7 @@ pub const INFO: VariantInfo = VariantInfo {
             help: "keys per tile",
         },
     ],
+    presets: &[],
     build,
 };
 

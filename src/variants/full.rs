@@ -28,6 +28,7 @@ pub const INFO: VariantInfo = VariantInfo {
     name: "full",
     summary: "materializes the n_q x n_kv scores (two sgemm + softmax); O(n^2) memory",
     params: &[],
+    presets: &[],
     build,
 };
 

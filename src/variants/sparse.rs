@@ -104,6 +104,7 @@ pub const WINDOW: VariantInfo = VariantInfo {
         default: "256",
         help: "keys on each side (inclusive); 0 = self only",
     }],
+    presets: &[],
     build: |p| boxed("window", Window { w: p.usize("w")? }),
 };
 
@@ -116,6 +117,7 @@ pub const LOCAL: VariantInfo = VariantInfo {
         default: "128",
         help: "block length",
     }],
+    presets: &[],
     build: |p| {
         boxed(
             "local",
@@ -135,6 +137,7 @@ pub const STRIDED: VariantInfo = VariantInfo {
         default: "128",
         help: "local span and stripe period",
     }],
+    presets: &[],
     build: |p| {
         boxed(
             "strided",
@@ -161,6 +164,7 @@ pub const FIXED: VariantInfo = VariantInfo {
             help: "summary positions per block (<= block)",
         },
     ],
+    presets: &[],
     build: |p| {
         let block = p.positive("block")?;
         let c = p.usize("c")?;
@@ -187,6 +191,7 @@ pub const LONGFORMER: VariantInfo = VariantInfo {
             help: "global tokens (the first g positions; <= n)",
         },
     ],
+    presets: &[],
     build: |p| {
         boxed(
             "longformer",
@@ -229,6 +234,7 @@ pub const BIGBIRD: VariantInfo = VariantInfo {
             help: "seed of the random blocks",
         },
     ],
+    presets: &[],
     build: |p| {
         boxed(
             "bigbird",
@@ -259,6 +265,7 @@ pub const DILATED: VariantInfo = VariantInfo {
             help: "step between keys",
         },
     ],
+    presets: &[],
     build: |p| {
         boxed(
             "dilated",
