@@ -59,6 +59,7 @@ pub mod error;
 pub mod feature;
 pub mod harness;
 pub mod kernels;
+pub mod npy;
 pub mod oracle;
 pub mod parallel;
 pub mod pattern;

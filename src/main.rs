@@ -1,11 +1,22 @@
 //! The `attnbench` command line.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use attnbench::check::{self, Outcome};
+use attnbench::harness::memory::CountingAlloc;
+use attnbench::harness::record::Record;
+use attnbench::harness::sweep::{Event, SweepConfig, SweepOutput, run_sweep};
+use attnbench::harness::timing::TimingConfig;
+use attnbench::workload::Workload;
 use attnbench::{Attention, Fidelity, Registry};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+/// Peak heap bytes of every variant call are measured through this allocator.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Reference CPU benchmark suite for efficient attention.
 #[derive(Debug, Parser)]
@@ -29,6 +40,121 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Measure time, peak memory and error of variants across sequence lengths; write
+    /// results/<UTC time>-<label>.csv and .json.
+    Sweep(Box<SweepArgs>),
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// Comma-separated variant specs, e.g. `full,flash,window(w=128)`.
+    /// Default: every registered variant's presets.
+    #[arg(long, value_name = "SPEC,...")]
+    variants: Option<String>,
+    /// Sequence lengths: a list `256,512,1000` or a range of powers of two `256..8192`.
+    /// Default: 256..8192 (256..1024 with --quick).
+    #[arg(long, value_name = "LIST|A..B", value_parser = parse_lengths)]
+    lengths: Option<Lengths>,
+    /// Batch size (Gaussian workload).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Query heads (Gaussian workload).
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    /// Key/value heads (Gaussian workload); default: --heads.
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Head dimension (Gaussian workload).
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
+    /// Causal masking (bottom-right aligned).
+    #[arg(long)]
+    causal: bool,
+    /// Worker threads; default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Inputs: `gaussian`, `gaussian(scale=2)` or `npy:DIR` (real activations, e.g.
+    /// npy:tests/data/qkv; shape taken from the files).
+    #[arg(long, default_value = "gaussian", value_parser = parse_workload)]
+    workload: Workload,
+    /// Seed of the inputs and of the oracle's row sample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Minimum timed calls per cell (default 3; 1 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Minimum total timed seconds per cell (default 0.3; 0 with --quick).
+    #[arg(long, value_name = "SECONDS")]
+    min_time: Option<f64>,
+    /// Skip cells whose analytic memory exceeds this many bytes (suffixes K, M, G);
+    /// default: half the machine's RAM.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    max_memory: Option<u64>,
+    /// Skip a variant's longer lengths once one call took longer than this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    max_seconds: f64,
+    /// Directory for the CSV and JSON.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Label appended to the run id.
+    #[arg(long, default_value = "sweep")]
+    label: String,
+    /// Few lengths and repeats, for a smoke run (under 30 s).
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Lengths(Vec<usize>);
+
+fn parse_lengths(text: &str) -> Result<Lengths, String> {
+    if let Some((a, b)) = text.split_once("..") {
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{s}' is not a length"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a == 0 || a > b {
+            return Err(format!("range {a}..{b} must have 1 <= start <= end"));
+        }
+        let mut v = Vec::new();
+        let mut n = a;
+        while n <= b {
+            v.push(n);
+            n *= 2;
+        }
+        return Ok(Lengths(v));
+    }
+    let v = text
+        .split(',')
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(0) => Err("lengths must be at least 1".to_string()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("'{s}' is not a length")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Lengths(v))
+}
+
+fn parse_workload(text: &str) -> Result<Workload, String> {
+    text.parse().map_err(|e: attnbench::Error| e.to_string())
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{text}' is not a byte count (e.g. 2000000, 512M, 4G)"))
 }
 
 fn main() -> ExitCode {
@@ -37,6 +163,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::List => list(&registry),
         Command::Check { variants, seed } => check_cmd(&registry, variants.as_deref(), seed),
+        Command::Sweep(args) => sweep_cmd(&registry, *args),
     };
     match result {
         Ok(code) => code,
@@ -143,4 +270,178 @@ fn check_cmd(registry: &Registry, variants: Option<&str>, seed: u64) -> io::Resu
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn build_variants(
+    registry: &Registry,
+    list: Option<&str>,
+) -> Result<Vec<Box<dyn Attention>>, String> {
+    match list {
+        Some(list) => registry.build_list(list).map_err(|e| e.to_string()),
+        None => Ok(registry.defaults()),
+    }
+}
+
+fn sweep_config(args: &SweepArgs) -> SweepConfig {
+    let defaults = SweepConfig::default();
+    let lengths = match (&args.lengths, args.quick) {
+        (Some(l), _) => l.0.clone(),
+        (None, true) => vec![256, 512, 1024],
+        (None, false) => defaults.lengths.clone(),
+    };
+    let repeats = args.repeats.unwrap_or(if args.quick { 1 } else { 3 });
+    let min_time = args.min_time.unwrap_or(if args.quick { 0.0 } else { 0.3 });
+    SweepConfig {
+        lengths,
+        batch: args.batch,
+        heads: args.heads,
+        kv_heads: args.kv_heads.unwrap_or(args.heads),
+        head_dim: args.head_dim,
+        causal: args.causal,
+        threads: args.threads.unwrap_or(defaults.threads),
+        workload: args.workload.clone(),
+        seed: args.seed,
+        timing: TimingConfig {
+            warmup: 1,
+            min_repeats: repeats,
+            min_time: Duration::from_secs_f64(min_time.max(0.0)),
+            max_repeats: 100,
+        },
+        max_memory: args.max_memory.unwrap_or(defaults.max_memory),
+        max_seconds: args.max_seconds,
+        out_dir: args.out.clone(),
+        label: args.label.clone(),
+        ..defaults
+    }
+}
+
+fn sweep_cmd(registry: &Registry, args: SweepArgs) -> io::Result<ExitCode> {
+    let variants = match build_variants(registry, args.variants.as_deref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !args.min_time.is_none_or(|t| t.is_finite() && t >= 0.0) {
+        eprintln!("error: --min-time must be a non-negative number of seconds");
+        return Ok(ExitCode::from(2));
+    }
+    let cfg = sweep_config(&args);
+    match run_with_progress(&cfg, &variants) {
+        Ok(output) => {
+            print_summary(&output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Runs a sweep with a progress bar on a terminal, or one line per cell otherwise.
+fn run_with_progress(
+    cfg: &SweepConfig,
+    variants: &[Box<dyn Attention>],
+) -> attnbench::Result<SweepOutput> {
+    let terminal = io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::hidden();
+    let started = std::time::Instant::now();
+    let mut done = 0usize;
+    let mut total = 0usize;
+    let mut progress = |event: Event<'_>| match event {
+        Event::Start { cells } => {
+            total = cells;
+            if terminal {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(cells as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+            }
+        }
+        Event::Cell { variant, n } => {
+            if terminal {
+                bar.set_message(format!("{variant} n={n}"));
+            }
+        }
+        Event::Done(r) => {
+            done += 1;
+            if terminal {
+                bar.inc(1);
+            } else {
+                eprintln!(
+                    "[{done}/{total} {:6.1}s] {} n={}: {}",
+                    started.elapsed().as_secs_f64(),
+                    r.variant,
+                    r.n_q,
+                    cell_summary(r)
+                );
+            }
+        }
+        Event::Note(text) => bar.suspend(|| eprintln!("{text}")),
+    };
+    let result = run_sweep(cfg, variants, &mut progress);
+    bar.finish_and_clear();
+    result
+}
+
+fn cell_summary(r: &Record) -> String {
+    match r.time_median_ms {
+        Some(ms) if r.status == "ok" => format!("{ms:.2} ms"),
+        Some(ms) => format!("{ms:.2} ms, {}: {}", r.status, r.note),
+        None => format!("{}: {}", r.status, r.note),
+    }
+}
+
+fn fmt_opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or_else(|| "-".to_string(), f)
+}
+
+fn print_summary(output: &SweepOutput) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  status",
+        "variant", "n", "median ms", "GFLOP/s", "% gemm", "peak MiB", "err dense", "err own"
+    )?;
+    for r in &output.records {
+        writeln!(
+            out,
+            "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  {}{}",
+            r.variant,
+            r.n_q,
+            fmt_opt(r.time_median_ms, |x| format!("{x:.2}")),
+            fmt_opt(r.gflops, |x| format!("{x:.1}")),
+            fmt_opt(r.pct_of_gemm, |x| format!("{x:.0}%")),
+            fmt_opt(r.peak_bytes.map(|b| b as f64), |x| format!(
+                "{:.2}",
+                x / 1048576.0
+            )),
+            fmt_opt(r.err_dense_rel, |x| format!("{x:.2e}")),
+            fmt_opt(r.err_own_rel, |x| format!("{x:.1e}")),
+            r.status,
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.note)
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "\n{} cells in {:.1} s on {} threads ({})",
+        output.records.len(),
+        output.meta.duration_s,
+        output.meta.threads,
+        output.meta.workload
+    )?;
+    writeln!(out, "results: {}", output.csv.display())?;
+    writeln!(out, "metadata: {}", output.json.display())?;
+    Ok(())
 }

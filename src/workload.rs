@@ -36,3 +36,218 @@ pub fn gaussian(shape: &Shape, scale: f32, seed: u64) -> Qkv {
     let v = draw(shape.v_dims(), 1.0);
     Qkv { q, k, v }
 }
+
+/// Where a sweep's Q, K and V come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// Seeded i.i.d. normal inputs; `scale` multiplies Q and K (see [`gaussian`]).
+    Gaussian {
+        /// Multiplies Q and K: larger is more peaked attention.
+        scale: f32,
+    },
+    /// Real activations: every `<prefix>_q.npy`, `<prefix>_k.npy`, `<prefix>_v.npy` triple in
+    /// a directory, each `[heads, n, d]` or `[batch, heads, n, d]` float32, stacked along the
+    /// batch axis in file-name order. Lengths up to the files' `n` are taken as prefixes.
+    Npy {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workload::Gaussian { scale } => write!(f, "gaussian(scale={scale})"),
+            Workload::Npy { dir } => write!(f, "npy:{}", dir.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = crate::Error;
+
+    fn from_str(text: &str) -> crate::Result<Self> {
+        if let Some(dir) = text.strip_prefix("npy:") {
+            if dir.is_empty() {
+                return Err(crate::Error::bad_spec(
+                    text,
+                    "npy: needs a directory, e.g. npy:tests/data/qkv",
+                ));
+            }
+            return Ok(Workload::Npy { dir: dir.into() });
+        }
+        let spec: crate::spec::Spec = text.parse()?;
+        if spec.name != "gaussian" {
+            return Err(crate::Error::bad_spec(
+                text,
+                "expected gaussian, gaussian(scale=S) or npy:DIR",
+            ));
+        }
+        let mut scale = 1.0f32;
+        for (k, v) in &spec.params {
+            match k.as_str() {
+                "scale" => {
+                    scale = v
+                        .parse()
+                        .ok()
+                        .filter(|s: &f32| s.is_finite() && *s > 0.0)
+                        .ok_or_else(|| {
+                            crate::Error::bad_spec(
+                                text,
+                                format!("scale must be a positive number, got '{v}'"),
+                            )
+                        })?
+                }
+                other => {
+                    return Err(crate::Error::bad_spec(
+                        text,
+                        format!("unknown parameter '{other}' of gaussian; its parameter is scale"),
+                    ));
+                }
+            }
+        }
+        Ok(Workload::Gaussian { scale })
+    }
+}
+
+/// Q, K and V loaded from a directory of `.npy` files (see [`Workload::Npy`]).
+#[derive(Debug, Clone)]
+pub struct NpyData {
+    /// All triples stacked: `[batch, heads, n, d]` etc.
+    pub qkv: Qkv,
+    /// The file-name prefixes, one per batch entry.
+    pub prefixes: Vec<String>,
+}
+
+impl NpyData {
+    /// The longest available length.
+    pub fn max_len(&self) -> usize {
+        self.qkv.q.shape()[2]
+    }
+
+    /// The first `n` positions of Q, K and V, as standard-layout arrays.
+    pub fn prefix(&self, n: usize) -> Qkv {
+        use ndarray::s;
+        Qkv {
+            q: self.qkv.q.slice(s![.., .., ..n, ..]).to_owned(),
+            k: self.qkv.k.slice(s![.., .., ..n, ..]).to_owned(),
+            v: self.qkv.v.slice(s![.., .., ..n, ..]).to_owned(),
+        }
+    }
+}
+
+/// Loads every `*_q.npy` / `*_k.npy` / `*_v.npy` triple of `dir`.
+pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
+    use crate::error::{Error, ErrorKind};
+    let io = |path: &std::path::Path, e: std::io::Error| {
+        Error::new(ErrorKind::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let format = |path: &std::path::Path, message: String| {
+        Error::new(ErrorKind::Format {
+            path: path.display().to_string(),
+            message,
+        })
+    };
+    let mut prefixes: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix("_q.npy"))
+                .map(str::to_string)
+        })
+        .collect();
+    prefixes.sort();
+    if prefixes.is_empty() {
+        return Err(format(dir, "no *_q.npy files in this directory".into()));
+    }
+    let mut triples = Vec::new();
+    for prefix in &prefixes {
+        let load = |role: &str| -> crate::Result<ndarray::Array4<f32>> {
+            let path = dir.join(format!("{prefix}_{role}.npy"));
+            if !path.exists() {
+                return Err(format(
+                    &path,
+                    format!("missing: {prefix}_q.npy has no matching {prefix}_{role}.npy"),
+                ));
+            }
+            let a = crate::npy::read_f32(&path)?;
+            let a = match a.ndim() {
+                3 => a.insert_axis(ndarray::Axis(0)),
+                4 => a,
+                r => {
+                    return Err(format(
+                        &path,
+                        format!(
+                            "rank {r} (shape {:?}); expected [heads, n, d] or [batch, heads, n, d]",
+                            a.shape()
+                        ),
+                    ));
+                }
+            };
+            let a = a
+                .into_dimensionality::<ndarray::Ix4>()
+                .map_err(|e| format(&path, e.to_string()))?;
+            if a.iter().any(|x| !x.is_finite()) {
+                return Err(format(&path, "holds NaN or infinite values".into()));
+            }
+            if a.is_empty() {
+                return Err(format(
+                    &path,
+                    format!("has a zero-length axis (shape {:?})", a.shape()),
+                ));
+            }
+            Ok(a)
+        };
+        let (q, k, v) = (load("q")?, load("k")?, load("v")?);
+        let qkv_shape = crate::shape::Shape::from_views(&q.view(), &k.view(), &v.view())
+            .map_err(|e| format(&dir.join(format!("{prefix}_*.npy")), e.to_string()))?;
+        if qkv_shape.n_q != qkv_shape.n_kv {
+            return Err(format(
+                &dir.join(format!("{prefix}_q.npy")),
+                format!(
+                    "q has n = {} but k and v have n = {}",
+                    qkv_shape.n_q, qkv_shape.n_kv
+                ),
+            ));
+        }
+        triples.push((prefix.clone(), Qkv { q, k, v }));
+    }
+    let first = triples[0].1.clone();
+    for (prefix, t) in &triples[1..] {
+        for (role, a, b) in [
+            ("q", &t.q, &first.q),
+            ("k", &t.k, &first.k),
+            ("v", &t.v, &first.v),
+        ] {
+            if a.shape()[1..] != b.shape()[1..] {
+                return Err(format(
+                    &dir.join(format!("{prefix}_{role}.npy")),
+                    format!(
+                        "shape {:?} does not match {}_{role}.npy's {:?}; all triples must share heads, n and d",
+                        a.shape(),
+                        triples[0].0,
+                        b.shape()
+                    ),
+                ));
+            }
+        }
+    }
+    let stack = |pick: fn(&Qkv) -> &ndarray::Array4<f32>| {
+        let views: Vec<_> = triples.iter().map(|(_, t)| pick(t).view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).expect("shapes checked above")
+    };
+    Ok(NpyData {
+        qkv: Qkv {
+            q: stack(|t| &t.q),
+            k: stack(|t| &t.k),
+            v: stack(|t| &t.v),
+        },
+        prefixes,
+    })
+}

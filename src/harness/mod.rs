@@ -1,4 +1,9 @@
-//! Measurement: wall time ([`timing`]) and peak heap bytes ([`memory`]).
+//! Measurement: wall time ([`timing`]), peak heap bytes ([`memory`]), the machine
+//! ([`machine`]), and the sweep that puts them together ([`sweep`]) into the results schema
+//! ([`record`]).
 
+pub mod machine;
 pub mod memory;
+pub mod record;
+pub mod sweep;
 pub mod timing;

@@ -1,0 +1,111 @@
+//! The results schema: one CSV row per (variant, length), and the run's JSON metadata.
+//!
+//! The columns are stable and documented in README.md ("Results"). Empty cells mean "not
+//! measured" (a skipped or failed cell, or no counting allocator).
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::Machine;
+
+/// One row of a results CSV.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The run this row belongs to (also the file name stem).
+    pub run_id: String,
+    /// The variant's canonical spec, e.g. `flash(bq=64,bk=256)`.
+    pub variant: String,
+    /// The registry name, e.g. `flash`.
+    pub name: String,
+    /// `exact`, `approximate` or `other-kernel`.
+    pub fidelity: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Query length.
+    pub n_q: usize,
+    /// Key/value length.
+    pub n_kv: usize,
+    /// Head dimension (also the value dimension in sweeps).
+    pub head_dim: usize,
+    /// Causal masking.
+    pub causal: bool,
+    /// Worker threads.
+    pub threads: usize,
+    /// The workload, e.g. `gaussian(scale=1)` or `npy:tests/data/qkv`.
+    pub workload: String,
+    /// Median time of one call, milliseconds.
+    pub time_median_ms: Option<f64>,
+    /// Fastest call, milliseconds.
+    pub time_min_ms: Option<f64>,
+    /// Slowest call, milliseconds.
+    pub time_max_ms: Option<f64>,
+    /// Timed calls.
+    pub repeats: Option<usize>,
+    /// Useful floating-point operations of one call: for exact variants the dense-attention
+    /// work on the allowed pairs (`2 n_q n_kv (d + d_v)` per head times the mask density);
+    /// for the others the variant's analytic flops.
+    pub flops: Option<f64>,
+    /// `flops / time_median`, GFLOP/s.
+    pub gflops: Option<f64>,
+    /// matrixmultiply's sgemm rate at `[n, d] x [d, n]` measured in the same run, GFLOP/s.
+    pub gemm_gflops: Option<f64>,
+    /// `100 * gflops / gemm_gflops`.
+    pub pct_of_gemm: Option<f64>,
+    /// Peak heap bytes above the baseline during one call (counting allocator).
+    pub peak_bytes: Option<u64>,
+    /// The variant's analytic workspace bytes (`Attention::cost`).
+    pub workspace_bytes: Option<u64>,
+    /// Allowed pairs / all pairs of the variant's mask (1 for dense, ~0.5 causal).
+    pub density: Option<f64>,
+    /// Relative Frobenius error against dense softmax attention (same causal flag).
+    pub err_dense_rel: Option<f64>,
+    /// Largest absolute error against dense attention.
+    pub err_dense_max_abs: Option<f64>,
+    /// Mean row cosine similarity with dense attention.
+    pub err_dense_cosine: Option<f64>,
+    /// Exact variants: relative Frobenius error against the oracle under their own pattern
+    /// (~1e-7; above 1e-5 the row is `flagged`).
+    pub err_own_rel: Option<f64>,
+    /// Exact variants: largest absolute error against the oracle under their own pattern.
+    pub err_own_max_abs: Option<f64>,
+    /// Pattern variants: softmax mass dense attention puts on the dropped pairs, mean over
+    /// the oracle rows.
+    pub dropped_mass: Option<f64>,
+    /// Query rows (per batch and head) the errors were computed on; fewer than `n_q` when
+    /// the oracle was row-sampled.
+    pub oracle_rows: Option<usize>,
+    /// `ok`, `flagged` (an exact variant off its own definition), `skipped` or `error`.
+    pub status: String,
+    /// Why a cell was skipped, flagged or failed; empty otherwise.
+    pub note: String,
+}
+
+/// A run's JSON metadata, written beside its CSV.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// The run id (the file stem).
+    pub run_id: String,
+    /// UTC start time, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started_utc: String,
+    /// Wall time of the whole run, seconds (0 while running).
+    pub duration_s: f64,
+    /// The machine and build.
+    pub machine: Machine,
+    /// The full command line.
+    pub command_line: Vec<String>,
+    /// The input seed.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// The workload.
+    pub workload: String,
+    /// The variant specs swept.
+    pub variants: Vec<String>,
+    /// The lengths swept.
+    pub lengths: Vec<usize>,
+    /// The sgemm rate per length, GFLOP/s.
+    pub gemm_gflops: Vec<(usize, f64)>,
+}

@@ -1,0 +1,644 @@
+//! The sweep: every variant at every length, measured for time, peak memory and error, one
+//! CSV row per cell, written as it goes.
+//!
+//! Per length: inputs are made (or cut from the `.npy` workload), the same-run sgemm rate is
+//! measured, and the f64 oracle of dense attention is computed once (all rows up to
+//! [`SweepConfig::dense_oracle_max`], else a seeded sample of rows, first and last always
+//! included). Per variant: guard rails first (unsupported shape, analytic memory above the
+//! budget, previous length over the time budget: `skipped`), then one warm-up call, one call
+//! under the counting allocator (peak heap bytes), timed calls, and the error against the
+//! oracle of dense attention and, for exact variants, of their own pattern (`flagged` above
+//! [`FLAG_TOLERANCE`]). A variant that errors or panics is recorded as `error`; the sweep goes
+//! on.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use ndarray::{Array2, Array4, Axis};
+
+use super::machine::Machine;
+use super::memory;
+use super::record::{Record, RunMeta};
+use super::timing::{TimingConfig, time};
+use crate::attention::{Attention, Fidelity, Options, Problem};
+use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::gemm::gemm;
+use crate::oracle::{compare, dropped_mass, oracle_rows, sample_rows};
+use crate::pattern::Pattern;
+use crate::shape::Shape;
+use crate::workload::{NpyData, Qkv, Workload, gaussian, load_npy_dir};
+
+/// Above this error against its own pattern's oracle, an exact variant's row is `flagged`.
+pub const FLAG_TOLERANCE: f64 = 1e-5;
+
+/// Everything a sweep needs besides the variants.
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    /// Sequence lengths (`n_q = n_kv = n`).
+    pub lengths: Vec<usize>,
+    /// Batch size (Gaussian workload).
+    pub batch: usize,
+    /// Query heads (Gaussian workload).
+    pub heads: usize,
+    /// Key/value heads (Gaussian workload).
+    pub kv_heads: usize,
+    /// Head dimension (Gaussian workload).
+    pub head_dim: usize,
+    /// Causal masking.
+    pub causal: bool,
+    /// Worker threads.
+    pub threads: usize,
+    /// The inputs.
+    pub workload: Workload,
+    /// Input and row-sampling seed.
+    pub seed: u64,
+    /// Warm-up and repeats.
+    pub timing: TimingConfig,
+    /// Cells whose analytic memory (inputs, output, workspace) exceeds this are skipped.
+    pub max_memory: u64,
+    /// A variant whose median at one length exceeds this skips the longer lengths.
+    pub max_seconds: f64,
+    /// The dense oracle covers every row up to this length; beyond it, rows are sampled.
+    pub dense_oracle_max: usize,
+    /// Rows sampled per (batch, head) beyond `dense_oracle_max`.
+    pub sampled_rows: usize,
+    /// The results directory.
+    pub out_dir: PathBuf,
+    /// Appended to the run id.
+    pub label: String,
+    /// The command line, for the metadata.
+    pub command_line: Vec<String>,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            lengths: vec![256, 512, 1024, 2048, 4096, 8192],
+            batch: 1,
+            heads: 8,
+            kv_heads: 8,
+            head_dim: 64,
+            causal: false,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workload: Workload::Gaussian { scale: 1.0 },
+            seed: 0,
+            timing: TimingConfig {
+                warmup: 1,
+                min_repeats: 3,
+                min_time: Duration::from_millis(300),
+                max_repeats: 100,
+            },
+            max_memory: super::machine::total_memory().map_or(8 << 30, |m| m / 2),
+            max_seconds: 30.0,
+            dense_oracle_max: 1024,
+            sampled_rows: 64,
+            out_dir: PathBuf::from("results"),
+            label: "sweep".into(),
+            command_line: std::env::args().collect(),
+        }
+    }
+}
+
+/// Progress reports during a sweep.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// The sweep starts `cells` cells.
+    Start {
+        /// Number of (variant, length) cells.
+        cells: usize,
+    },
+    /// A cell starts.
+    Cell {
+        /// The variant spec.
+        variant: &'a str,
+        /// The length.
+        n: usize,
+    },
+    /// A cell is done.
+    Done(&'a Record),
+    /// A message for the user.
+    Note(&'a str),
+}
+
+/// The files a sweep wrote and its rows.
+#[derive(Debug, Clone)]
+pub struct SweepOutput {
+    /// The CSV.
+    pub csv: PathBuf,
+    /// The JSON metadata.
+    pub json: PathBuf,
+    /// Every row written.
+    pub records: Vec<Record>,
+    /// The metadata written.
+    pub meta: RunMeta,
+}
+
+/// Runs the sweep and writes `<out_dir>/<run id>.csv` and `.json`, never overwriting an
+/// earlier run.
+pub fn run_sweep(
+    cfg: &SweepConfig,
+    variants: &[Box<dyn Attention>],
+    progress: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<SweepOutput> {
+    validate(cfg, variants)?;
+    let npy = match &cfg.workload {
+        Workload::Npy { dir } => Some(load_npy_dir(dir)?),
+        Workload::Gaussian { .. } => None,
+    };
+    if let Some(data) = &npy {
+        if let Some(&n) = cfg.lengths.iter().find(|&&n| n > data.max_len()) {
+            return Err(Error::new(ErrorKind::BadOption {
+                option: "lengths",
+                message: format!(
+                    "length {n} exceeds the {} positions of the npy workload",
+                    data.max_len()
+                ),
+            }));
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .build()
+        .map_err(|e| {
+            Error::new(ErrorKind::BadOption {
+                option: "threads",
+                message: e.to_string(),
+            })
+        })?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| io_error(&cfg.out_dir, e))?;
+    let started = SystemTime::now();
+    let (run_id, csv_path, json_path, csv_file) =
+        create_run_files(&cfg.out_dir, &utc_stamp(started), &cfg.label)?;
+    let mut meta = RunMeta {
+        run_id: run_id.clone(),
+        started_utc: utc_iso(started),
+        duration_s: 0.0,
+        machine: Machine::detect(),
+        command_line: cfg.command_line.clone(),
+        seed: cfg.seed,
+        threads: cfg.threads,
+        workload: cfg.workload.to_string(),
+        variants: variants.iter().map(|v| v.to_string()).collect(),
+        lengths: cfg.lengths.clone(),
+        gemm_gflops: Vec::new(),
+    };
+    write_json(&json_path, &meta)?;
+    let mut writer = csv::Writer::from_writer(csv_file);
+    let clock = Instant::now();
+    progress(Event::Start {
+        cells: cfg.lengths.len() * variants.len(),
+    });
+    let mut records = Vec::new();
+    let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
+    pool.install(|| -> Result<()> {
+        for &n in &cfg.lengths {
+            let qkv = inputs(cfg, npy.as_ref(), n);
+            let opts = Options::new().causal(cfg.causal);
+            let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
+            let gemm_rate = measure_gemm(n, problem.shape.head_dim);
+            meta.gemm_gflops.push((n, gemm_rate));
+            let rows = if n <= cfg.dense_oracle_max {
+                (0..n).collect()
+            } else {
+                sample_rows(n, cfg.sampled_rows, cfg.seed)
+            };
+            let dense = oracle_rows(&problem, None, &rows);
+            for (v, last) in variants.iter().zip(last_seconds.iter_mut()) {
+                let spec = v.to_string();
+                progress(Event::Cell { variant: &spec, n });
+                let cell = Cell {
+                    cfg,
+                    run_id: &run_id,
+                    problem: &problem,
+                    rows: &rows,
+                    dense: &dense,
+                    gemm_rate,
+                };
+                let record = cell.measure(v.as_ref(), *last);
+                if let Some(t) = record.time_median_ms {
+                    *last = Some((n, t / 1e3));
+                }
+                writer
+                    .serialize(&record)
+                    .map_err(|e| csv_error(&csv_path, e))?;
+                writer.flush().map_err(|e| io_error(&csv_path, e))?;
+                progress(Event::Done(&record));
+                records.push(record);
+            }
+        }
+        Ok(())
+    })?;
+    meta.duration_s = clock.elapsed().as_secs_f64();
+    write_json(&json_path, &meta)?;
+    Ok(SweepOutput {
+        csv: csv_path,
+        json: json_path,
+        records,
+        meta,
+    })
+}
+
+fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
+    let bad = |option: &'static str, message: String| {
+        Err(Error::new(ErrorKind::BadOption { option, message }))
+    };
+    if variants.is_empty() {
+        return bad("variants", "no variants to sweep".into());
+    }
+    if cfg.lengths.is_empty() || cfg.lengths.contains(&0) {
+        return bad(
+            "lengths",
+            format!("lengths must be at least 1, got {:?}", cfg.lengths),
+        );
+    }
+    if cfg.threads == 0 {
+        return bad("threads", "must be at least 1".into());
+    }
+    if cfg.timing.min_repeats == 0 {
+        return bad("repeats", "must be at least 1".into());
+    }
+    if !cfg.max_seconds.is_finite() || cfg.max_seconds <= 0.0 {
+        return bad(
+            "max-seconds",
+            format!("must be positive, got {}", cfg.max_seconds),
+        );
+    }
+    if matches!(cfg.workload, Workload::Gaussian { .. }) {
+        Shape::new(
+            cfg.batch,
+            cfg.heads,
+            cfg.kv_heads,
+            1,
+            1,
+            cfg.head_dim,
+            cfg.head_dim,
+        )?;
+    }
+    Ok(())
+}
+
+fn inputs(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Qkv {
+    match (npy, &cfg.workload) {
+        (Some(data), _) => data.prefix(n),
+        (None, Workload::Gaussian { scale }) => {
+            let shape = Shape::new(
+                cfg.batch,
+                cfg.heads,
+                cfg.kv_heads,
+                n,
+                n,
+                cfg.head_dim,
+                cfg.head_dim,
+            )
+            .expect("validated in run_sweep");
+            gaussian(&shape, *scale, cfg.seed ^ n as u64)
+        }
+        (None, Workload::Npy { .. }) => unreachable!("run_sweep loads npy workloads first"),
+    }
+}
+
+/// Everything one (variant, length) cell is measured against.
+struct Cell<'a> {
+    cfg: &'a SweepConfig,
+    run_id: &'a str,
+    problem: &'a Problem<'a>,
+    rows: &'a [usize],
+    dense: &'a Array4<f64>,
+    gemm_rate: f64,
+}
+
+impl Cell<'_> {
+    fn record(&self, v: &dyn Attention) -> Record {
+        let s = self.problem.shape;
+        Record {
+            run_id: self.run_id.to_string(),
+            variant: v.to_string(),
+            name: v.name().to_string(),
+            fidelity: v.fidelity().to_string(),
+            batch: s.batch,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            n_q: s.n_q,
+            n_kv: s.n_kv,
+            head_dim: s.head_dim,
+            causal: self.problem.opts.causal,
+            threads: rayon::current_num_threads(),
+            workload: self.cfg.workload.to_string(),
+            time_median_ms: None,
+            time_min_ms: None,
+            time_max_ms: None,
+            repeats: None,
+            flops: None,
+            gflops: None,
+            gemm_gflops: Some(self.gemm_rate),
+            pct_of_gemm: None,
+            peak_bytes: None,
+            workspace_bytes: None,
+            density: None,
+            err_dense_rel: None,
+            err_dense_max_abs: None,
+            err_dense_cosine: None,
+            err_own_rel: None,
+            err_own_max_abs: None,
+            dropped_mass: None,
+            oracle_rows: None,
+            status: "ok".into(),
+            note: String::new(),
+        }
+    }
+
+    fn measure(&self, v: &dyn Attention, last: Option<(usize, f64)>) -> Record {
+        let mut r = self.record(v);
+        let p = self.problem;
+        let shape = p.shape;
+        let mask = p.mask(v.pattern());
+        let g = shape.geometry();
+        let density = mask.density(g);
+        r.density = Some(density);
+        let cost = v.cost(&shape, &p.opts);
+        r.workspace_bytes = Some(cost.workspace_bytes);
+
+        let skip = |mut r: Record, note: String| {
+            r.status = "skipped".into();
+            r.note = note;
+            r
+        };
+        let reasons = v.unsupported(&shape, &p.opts);
+        if !reasons.is_empty() {
+            return skip(r, reasons.join("; "));
+        }
+        if let Some((n, secs)) = last.filter(|&(_, s)| s > self.cfg.max_seconds) {
+            return skip(
+                r,
+                format!(
+                    "at n={n} one call took {secs:.1} s, over --max-seconds {}",
+                    self.cfg.max_seconds
+                ),
+            );
+        }
+        let io_bytes = 4
+            * (p.q.len() + p.k.len() + p.v.len() + shape.out_dims().iter().product::<usize>())
+                as u64;
+        let needed = cost.workspace_bytes + io_bytes;
+        if needed > self.cfg.max_memory {
+            return skip(
+                r,
+                format!(
+                    "needs ~{} MB (workspace + inputs + output), over --max-memory {} MB",
+                    needed >> 20,
+                    self.cfg.max_memory >> 20
+                ),
+            );
+        }
+
+        let mut out = Array4::<f32>::zeros(shape.out_dims());
+        let run = |out: &mut Array4<f32>| -> Result<()> {
+            match catch_unwind(AssertUnwindSafe(|| v.forward(p, out.view_mut()))) {
+                Ok(r) => r,
+                Err(panic) => Err(Error::new(ErrorKind::BadOption {
+                    option: "variant",
+                    message: format!("{v} panicked: {}", panic_message(&panic)),
+                })),
+            }
+        };
+        let fail = |mut r: Record, e: Error| {
+            r.status = "error".into();
+            r.note = e.to_string();
+            r
+        };
+        // Warm-up (thread pool, caches), then one call under the counting allocator.
+        if let Err(e) = run(&mut out) {
+            return fail(r, e);
+        }
+        let (res, peak) = memory::measure(|| run(&mut out));
+        if let Err(e) = res {
+            return fail(r, e);
+        }
+        r.peak_bytes = peak.map(|b| b as u64);
+        let timing = TimingConfig {
+            warmup: self.cfg.timing.warmup.saturating_sub(1),
+            ..self.cfg.timing
+        };
+        let t = match time(&timing, || run(&mut out)) {
+            Ok(t) => t,
+            Err(e) => return fail(r, e),
+        };
+        let secs = t.median.as_secs_f64();
+        r.time_median_ms = Some(secs * 1e3);
+        r.time_min_ms = Some(t.min.as_secs_f64() * 1e3);
+        r.time_max_ms = Some(t.max.as_secs_f64() * 1e3);
+        r.repeats = Some(t.repeats);
+        let flops = if v.fidelity() == Fidelity::Exact {
+            let per_pair = 2.0 * (shape.head_dim + shape.v_dim) as f64;
+            per_pair * (shape.n_q * shape.n_kv * shape.batch * shape.heads) as f64 * density
+        } else {
+            cost.flops
+        };
+        r.flops = Some(flops);
+        r.gflops = Some(flops / secs / 1e9);
+        r.pct_of_gemm = Some(100.0 * flops / secs / 1e9 / self.gemm_rate);
+
+        // Errors on the oracle rows.
+        let got = out.select(Axis(2), self.rows);
+        let dense = compare(got.view(), self.dense.view());
+        r.err_dense_rel = Some(dense.rel_frobenius);
+        r.err_dense_max_abs = Some(dense.max_abs);
+        r.err_dense_cosine = Some(dense.mean_cosine);
+        r.oracle_rows = Some(self.rows.len());
+        if v.fidelity() == Fidelity::Exact {
+            let own = match v.pattern() {
+                None => dense,
+                Some(pat) => compare(got.view(), oracle_rows(p, Some(pat), self.rows).view()),
+            };
+            r.err_own_rel = Some(own.rel_frobenius);
+            r.err_own_max_abs = Some(own.max_abs);
+            if own.rel_frobenius.is_nan() || own.rel_frobenius > FLAG_TOLERANCE {
+                r.status = "flagged".into();
+                r.note = format!(
+                    "error {:.2e} against its own pattern's oracle exceeds {FLAG_TOLERANCE:e}: a kernel bug",
+                    own.rel_frobenius
+                );
+            }
+        }
+        if let Some(pat) = v.pattern() {
+            let rows: Vec<usize> = if self.rows.len() > 64 {
+                sample_rows(shape.n_q, 64, self.cfg.seed)
+            } else {
+                self.rows.to_vec()
+            };
+            r.dropped_mass = Some(dropped_mass(p, pat as &dyn Pattern, &rows));
+        }
+        r
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// sgemm GFLOP/s at the attention shape `[rows, d] x [d, n]`, one product per thread at once.
+pub fn measure_gemm(n: usize, d: usize) -> f64 {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let rows = n.min(1024);
+    let a = Array2::<f32>::from_elem((rows, d), 0.5);
+    let b = Array2::<f32>::from_elem((d, n), 0.25);
+    let mut cs: Vec<Array2<f32>> = (0..threads).map(|_| Array2::zeros((rows, n))).collect();
+    let mut round = || {
+        cs.par_iter_mut()
+            .for_each(|c| gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut()));
+    };
+    round();
+    let cfg = TimingConfig {
+        warmup: 0,
+        min_repeats: 3,
+        min_time: Duration::from_millis(150),
+        max_repeats: 1000,
+    };
+    let t = time(&cfg, || {
+        round();
+        Ok::<(), ()>(())
+    })
+    .expect("infallible");
+    2.0 * (threads * rows * d * n) as f64 / t.median.as_secs_f64() / 1e9
+}
+
+/// Creates `<dir>/<stamp>-<label>.csv` and `.json`, adding `-2`, `-3`, ... when a run of the
+/// same name exists. Files are created with `create_new`, so nothing is ever overwritten.
+fn create_run_files(
+    dir: &Path,
+    stamp: &str,
+    label: &str,
+) -> Result<(String, PathBuf, PathBuf, File)> {
+    let label: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    for attempt in 1..10_000 {
+        let id = if attempt == 1 {
+            format!("{stamp}-{label}")
+        } else {
+            format!("{stamp}-{label}-{attempt}")
+        };
+        let csv = dir.join(format!("{id}.csv"));
+        let json = dir.join(format!("{id}.json"));
+        if json.exists() {
+            continue;
+        }
+        match OpenOptions::new().write(true).create_new(true).open(&csv) {
+            Ok(file) => match OpenOptions::new().write(true).create_new(true).open(&json) {
+                Ok(_) => return Ok((id, csv, json, file)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = std::fs::remove_file(&csv);
+                    continue;
+                }
+                Err(e) => return Err(io_error(&json, e)),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(&csv, e)),
+        }
+    }
+    Err(io_error(
+        dir,
+        std::io::Error::other("too many runs with the same name"),
+    ))
+}
+
+fn write_json(path: &Path, meta: &RunMeta) -> Result<()> {
+    let text = serde_json::to_string_pretty(meta).expect("metadata serializes");
+    let mut f = File::create(path).map_err(|e| io_error(path, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| io_error(path, e))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    Error::new(ErrorKind::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// `(year, month, day, hour, minute, second)` in UTC.
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// `YYYYMMDDTHHMMSSZ`.
+pub fn utc_stamp(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_iso(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(0);
+        assert_eq!(utc_iso(t), "1970-01-01T00:00:00Z");
+        // 2024-02-29 12:34:56 UTC.
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+        assert_eq!(utc_iso(t), "2024-02-29T12:34:56Z");
+        assert_eq!(utc_stamp(t), "20240229T123456Z");
+    }
+
+    #[test]
+    fn run_files_are_never_reused() {
+        let dir = std::env::temp_dir().join(format!("attnbench-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = create_run_files(&dir, "20240101T000000Z", "x").unwrap();
+        let b = create_run_files(&dir, "20240101T000000Z", "x").unwrap();
+        assert_ne!(a.1, b.1);
+        assert!(b.0.ends_with("-x-2"), "{}", b.0);
+        let c = create_run_files(&dir, "20240101T000000Z", "a/b").unwrap();
+        assert!(c.0.ends_with("-a_b"), "{}", c.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,417 @@
+//! The sweep harness: schema and metadata of what it writes, no clobbering, guard rails,
+//! error rows, npy workloads (good and malformed), and the CLI end to end.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use attnbench::harness::memory::CountingAlloc;
+use attnbench::harness::record::{Record, RunMeta};
+use attnbench::harness::sweep::{SweepConfig, SweepOutput, run_sweep};
+use attnbench::harness::timing::TimingConfig;
+use attnbench::npy::encode_f32;
+use attnbench::workload::{Workload, load_npy_dir};
+use attnbench::{Attention, Cost, Fidelity, Options, Problem, Registry, Shape};
+use ndarray::ArrayViewMut4;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attnbench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn small_config(out: &Path) -> SweepConfig {
+    SweepConfig {
+        lengths: vec![64, 128],
+        heads: 2,
+        kv_heads: 2,
+        head_dim: 16,
+        threads: 2,
+        timing: TimingConfig {
+            warmup: 1,
+            min_repeats: 1,
+            min_time: Duration::ZERO,
+            max_repeats: 1,
+        },
+        out_dir: out.to_path_buf(),
+        label: "test".into(),
+        ..SweepConfig::default()
+    }
+}
+
+fn sweep(cfg: &SweepConfig, specs: &str) -> SweepOutput {
+    let variants = Registry::builtin().build_list(specs).unwrap();
+    run_sweep(cfg, &variants, &mut |_| {}).unwrap()
+}
+
+fn read_csv(path: &Path) -> Vec<Record> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn writes_the_documented_schema_and_metadata() {
+    let dir = temp_dir("schema");
+    let out = sweep(
+        &small_config(&dir),
+        "full,flash,window(w=16),linear(phi=elu1)",
+    );
+    let header = std::fs::read_to_string(&out.csv).unwrap();
+    let header = header.lines().next().unwrap();
+    assert_eq!(
+        header,
+        "run_id,variant,name,fidelity,batch,heads,kv_heads,n_q,n_kv,head_dim,causal,threads,\
+         workload,time_median_ms,time_min_ms,time_max_ms,repeats,flops,gflops,gemm_gflops,\
+         pct_of_gemm,peak_bytes,workspace_bytes,density,err_dense_rel,err_dense_max_abs,\
+         err_dense_cosine,err_own_rel,err_own_max_abs,dropped_mass,oracle_rows,status,note"
+    );
+    let rows = read_csv(&out.csv);
+    assert_eq!(rows, out.records);
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        assert_eq!(r.status, "ok", "{r:?}");
+        assert!(r.time_median_ms.unwrap() > 0.0);
+        assert!(r.gflops.unwrap() > 0.0 && r.gemm_gflops.unwrap() > 0.0);
+        assert_eq!(r.oracle_rows, Some(r.n_q));
+        assert_eq!(r.threads, 2);
+        if r.fidelity == "exact" {
+            assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
+        } else {
+            assert_eq!(r.err_own_rel, None);
+        }
+    }
+    // Full materializes an n x n score matrix per busy thread.
+    let full = rows
+        .iter()
+        .find(|r| r.name == "full" && r.n_q == 128)
+        .unwrap();
+    assert!(full.peak_bytes.unwrap() >= 128 * 128 * 4, "{full:?}");
+    // The window covers everything at n = 64 only partly: it drops mass at n = 128.
+    let w = rows
+        .iter()
+        .find(|r| r.name == "window" && r.n_q == 128)
+        .unwrap();
+    assert!(w.dropped_mass.unwrap() > 0.0 && w.density.unwrap() < 1.0);
+
+    let meta: RunMeta = serde_json::from_str(&std::fs::read_to_string(&out.json).unwrap()).unwrap();
+    assert_eq!(meta, out.meta);
+    assert_eq!(meta.lengths, vec![64, 128]);
+    assert_eq!(meta.variants.len(), 4);
+    assert!(meta.machine.cores >= 1 && !meta.machine.rustc.is_empty());
+    assert_eq!(meta.gemm_gflops.len(), 2);
+    assert!(
+        out.csv
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("-test")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn runs_in_the_same_second_get_distinct_files() {
+    let dir = temp_dir("clobber");
+    let mut cfg = small_config(&dir);
+    cfg.lengths = vec![16];
+    let a = sweep(&cfg, "flash");
+    let first = std::fs::read_to_string(&a.csv).unwrap();
+    let b = sweep(&cfg, "full");
+    assert_ne!(a.csv, b.csv);
+    assert_ne!(a.json, b.json);
+    assert_eq!(
+        std::fs::read_to_string(&a.csv).unwrap(),
+        first,
+        "the first run is untouched"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn guard_rails_record_skipped_cells() {
+    let dir = temp_dir("guards");
+    let mut cfg = small_config(&dir);
+    cfg.max_memory = 1000;
+    let out = sweep(&cfg, "full,flash");
+    assert!(
+        out.records
+            .iter()
+            .all(|r| r.status == "skipped" && r.note.contains("--max-memory"))
+    );
+
+    let mut cfg = small_config(&dir);
+    cfg.max_seconds = 1e-9;
+    let out = sweep(&cfg, "full,linear(phi=elu1)");
+    for r in &out.records {
+        if r.n_q == 64 {
+            assert_eq!(r.status, "ok");
+        } else {
+            assert_eq!(r.status, "skipped");
+            assert!(r.note.contains("--max-seconds"), "{}", r.note);
+        }
+    }
+
+    // More global tokens than the shortest length: skipped with the reason, then measured.
+    let mut cfg = small_config(&dir);
+    cfg.lengths = vec![8, 64];
+    let out = sweep(&cfg, "longformer(w=4,g=16)");
+    assert_eq!(out.records[0].status, "skipped");
+    assert!(out.records[0].note.contains("g=16"));
+    assert_eq!(out.records[1].status, "ok");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Fails on long inputs, panics on short ones.
+#[derive(Debug)]
+struct Broken;
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("broken")
+    }
+}
+
+impl Attention for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Exact
+    }
+    fn cost(&self, _: &Shape, _: &Options) -> Cost {
+        Cost::default()
+    }
+    fn forward(&self, p: &Problem<'_>, _: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
+        if p.shape.n_q < 100 {
+            panic!("deliberate panic");
+        }
+        Err(attnbench::Error::bad_spec("broken", "deliberate failure"))
+    }
+}
+
+#[test]
+fn failing_variants_become_error_rows_and_the_sweep_goes_on() {
+    let dir = temp_dir("errors");
+    let cfg = small_config(&dir);
+    let variants: Vec<Box<dyn Attention>> = vec![
+        Box::new(Broken),
+        Registry::builtin().build("flash").unwrap(),
+    ];
+    let out = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();
+    let broken: Vec<&Record> = out.records.iter().filter(|r| r.name == "broken").collect();
+    assert_eq!(broken.len(), 2);
+    assert!(broken.iter().all(|r| r.status == "error"));
+    assert!(
+        broken[0].note.contains("deliberate panic"),
+        "{}",
+        broken[0].note
+    );
+    assert!(
+        broken[1].note.contains("deliberate failure"),
+        "{}",
+        broken[1].note
+    );
+    assert!(
+        out.records
+            .iter()
+            .filter(|r| r.name == "flash")
+            .all(|r| r.status == "ok")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn write_npy(dir: &Path, name: &str, shape: &[usize]) {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    std::fs::write(dir.join(name), encode_f32(shape, &data)).unwrap();
+}
+
+#[test]
+fn npy_workloads_load_and_run() {
+    let dir = temp_dir("npy-good");
+    for p in ["a", "b"] {
+        for r in ["q", "k", "v"] {
+            write_npy(&dir, &format!("{p}_{r}.npy"), &[3, 40, 8]);
+        }
+    }
+    let data = load_npy_dir(&dir).unwrap();
+    assert_eq!(data.qkv.q.shape(), &[2, 3, 40, 8]);
+    assert_eq!(data.prefixes, vec!["a", "b"]);
+    assert_eq!(data.prefix(10).k.shape(), &[2, 3, 10, 8]);
+
+    let out_dir = temp_dir("npy-out");
+    let mut cfg = small_config(&out_dir);
+    cfg.workload = Workload::Npy { dir: dir.clone() };
+    cfg.lengths = vec![16, 40];
+    let out = sweep(&cfg, "flash,window(w=4)");
+    assert!(
+        out.records
+            .iter()
+            .all(|r| r.status == "ok" && r.heads == 3 && r.batch == 2)
+    );
+    assert!(out.records[0].workload.starts_with("npy:"));
+    cfg.lengths = vec![41];
+    let variants = Registry::builtin().build_list("flash").unwrap();
+    let e = run_sweep(&cfg, &variants, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exceeds the 40 positions"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+#[test]
+fn the_bundled_real_activations_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qkv");
+    let data = load_npy_dir(&dir).unwrap();
+    assert_eq!(data.qkv.q.shape(), &[2, 12, 512, 32]);
+}
+
+/// Writes a directory's worth of (bad) files.
+type MakeFiles = fn(&Path);
+
+#[test]
+fn malformed_npy_files_name_the_file_and_the_problem() {
+    let cases: [(&str, MakeFiles); 5] = [
+        ("wrong dtype", |d| {
+            write_npy(d, "x_q.npy", &[2, 8, 4]);
+            write_npy(d, "x_v.npy", &[2, 8, 4]);
+            let mut bytes = std::fs::read(d.join("x_q.npy")).unwrap();
+            let at = bytes.windows(3).position(|w| w == b"<f4").unwrap();
+            bytes[at..at + 3].copy_from_slice(b"<i4");
+            std::fs::write(d.join("x_k.npy"), bytes).unwrap();
+        }),
+        ("wrong rank", |d| {
+            write_npy(d, "x_q.npy", &[2, 8, 4]);
+            write_npy(d, "x_k.npy", &[8, 4]);
+            write_npy(d, "x_v.npy", &[2, 8, 4]);
+        }),
+        ("mismatched shapes", |d| {
+            write_npy(d, "x_q.npy", &[2, 8, 4]);
+            write_npy(d, "x_k.npy", &[2, 8, 4]);
+            write_npy(d, "x_v.npy", &[2, 9, 4]);
+        }),
+        ("truncated", |d| {
+            write_npy(d, "x_q.npy", &[2, 8, 4]);
+            write_npy(d, "x_k.npy", &[2, 8, 4]);
+            let bytes = std::fs::read(d.join("x_q.npy")).unwrap();
+            std::fs::write(d.join("x_v.npy"), &bytes[..bytes.len() - 10]).unwrap();
+        }),
+        ("missing v", |d| {
+            write_npy(d, "x_q.npy", &[2, 8, 4]);
+            write_npy(d, "x_k.npy", &[2, 8, 4]);
+        }),
+    ];
+    let expect = [
+        ("x_k.npy", "'<i4'"),
+        ("x_k.npy", "rank 2"),
+        ("x_*.npy", "n_kv of v"),
+        ("x_v.npy", "truncated"),
+        ("x_v.npy", "missing"),
+    ];
+    for ((what, make), (file, needle)) in cases.iter().zip(expect) {
+        let dir = temp_dir(&format!("npy-bad-{}", what.replace(' ', "-")));
+        make(&dir);
+        let e = load_npy_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains(file) && e.contains(needle), "{what}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    let empty = temp_dir("npy-empty");
+    assert!(
+        load_npy_dir(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("no *_q.npy")
+    );
+    assert!(load_npy_dir(&empty.join("nope")).is_err());
+}
+
+fn attnbench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_quick_sweep_end_to_end() {
+    let dir = temp_dir("cli");
+    let out = dir.to_str().unwrap();
+    let (code, stdout, stderr) = attnbench(&[
+        "sweep",
+        "--quick",
+        "--variants",
+        "full,flash,window(w=64),linear(phi=favor,m=32)",
+        "--heads",
+        "2",
+        "--out",
+        out,
+        "--label",
+        "smoke",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("results: "), "{stdout}");
+    let csv: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    assert_eq!(csv.len(), 1);
+    let rows = read_csv(&csv[0]);
+    assert_eq!(rows.len(), 12);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "ok" && r.peak_bytes.is_some())
+    );
+    // Progress goes to stderr as plain lines when it is not a terminal.
+    assert!(stderr.contains("[12/12"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cli_rejects_bad_sweep_arguments() {
+    for (args, needle) in [
+        (vec!["sweep", "--lengths", "0"], "at least 1"),
+        (vec!["sweep", "--lengths", "512..256"], "start <= end"),
+        (vec!["sweep", "--lengths", "a,b"], "not a length"),
+        (vec!["sweep", "--workload", "uniform"], "expected gaussian"),
+        (
+            vec!["sweep", "--workload", "gaussian(scale=-1)"],
+            "positive",
+        ),
+        (vec!["sweep", "--max-memory", "lots"], "byte count"),
+        (
+            vec!["sweep", "--variants", "flash,nope"],
+            "unknown variant 'nope'",
+        ),
+        (vec!["sweep", "--threads", "0", "--quick"], "threads"),
+        (
+            vec!["sweep", "--heads", "3", "--kv-heads", "2", "--quick"],
+            "not a multiple",
+        ),
+        (
+            vec!["sweep", "--workload", "npy:/nonexistent", "--quick"],
+            "/nonexistent",
+        ),
+        (vec!["sweep", "--min-time=-1"], "min-time"),
+    ] {
+        let (code, _, stderr) = attnbench(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
