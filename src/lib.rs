@@ -64,6 +64,7 @@ pub mod oracle;
 pub mod parallel;
 pub mod pattern;
 pub mod registry;
+pub mod report;
 pub mod shape;
 pub mod spec;
 pub mod variants;

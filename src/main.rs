@@ -43,6 +43,17 @@ enum Command {
     /// Measure time, peak memory and error of variants across sequence lengths; write
     /// results/<UTC time>-<label>.csv and .json.
     Sweep(Box<SweepArgs>),
+    /// Turn results CSVs into charts (SVG and PNG) and a markdown report.
+    Report {
+        /// Results CSV files (several are combined into one report).
+        #[arg(required = true, value_name = "RESULTS.csv")]
+        csv: Vec<PathBuf>,
+        /// Output directory; default: reports/<run id of the first file>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sweep, then report: the main job. Takes every `sweep` flag.
+    Run(Box<SweepArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -163,7 +174,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::List => list(&registry),
         Command::Check { variants, seed } => check_cmd(&registry, variants.as_deref(), seed),
-        Command::Sweep(args) => sweep_cmd(&registry, *args),
+        Command::Sweep(args) => sweep_cmd(&registry, *args, false),
+        Command::Run(args) => sweep_cmd(&registry, *args, true),
+        Command::Report { csv, out } => report_cmd(&registry, &csv, out.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -315,7 +328,24 @@ fn sweep_config(args: &SweepArgs) -> SweepConfig {
     }
 }
 
-fn sweep_cmd(registry: &Registry, args: SweepArgs) -> io::Result<ExitCode> {
+fn report_cmd(
+    registry: &Registry,
+    csvs: &[PathBuf],
+    out: Option<&std::path::Path>,
+) -> io::Result<ExitCode> {
+    match attnbench::report::write_report(csvs, out, registry) {
+        Ok(report) => {
+            println!("report: {}", report.markdown.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn sweep_cmd(registry: &Registry, args: SweepArgs, report: bool) -> io::Result<ExitCode> {
     let variants = match build_variants(registry, args.variants.as_deref()) {
         Ok(v) => v,
         Err(e) => {
@@ -331,6 +361,9 @@ fn sweep_cmd(registry: &Registry, args: SweepArgs) -> io::Result<ExitCode> {
     match run_with_progress(&cfg, &variants) {
         Ok(output) => {
             print_summary(&output)?;
+            if report {
+                return report_cmd(registry, std::slice::from_ref(&output.csv), None);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

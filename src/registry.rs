@@ -37,6 +37,8 @@ pub struct VariantInfo {
     /// The specs a default sweep or check runs; empty means the name alone (all defaults).
     /// A variant with a mode parameter lists one spec per mode, e.g. `linear(phi=relu)`.
     pub presets: &'static [&'static str],
+    /// A spec small enough to picture the pattern at n = 64 in reports (empty: the defaults).
+    pub preview: &'static str,
     /// The constructor; it reads parameters through [`Params`].
     pub build: BuildFn,
 }

@@ -59,3 +59,51 @@ fn bad_flags_give_a_usage_error() {
     let (code, _, _) = attnbench(&[]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn run_sweeps_then_reports() {
+    let dir = std::env::temp_dir().join(format!("attnbench-cli-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args([
+            "run",
+            "--quick",
+            "--variants",
+            "full,flash,window(w=64)",
+            "--heads",
+            "2",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .expect("run prints where the report is");
+    let md = std::fs::read_to_string(dir.join(report)).unwrap();
+    assert!(md.contains("## Scaling fits and crossovers"));
+    assert!(dir.join(report).with_file_name("time_vs_n.png").exists());
+    // `report` re-plots the same CSV into another directory.
+    let csv = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .unwrap();
+    let (code, stdout, stderr) = attnbench(&[
+        "report",
+        &dir.join(csv).display().to_string(),
+        "--out",
+        &dir.join("again").display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(dir.join("again/report.md").exists());
+    let (code, _, stderr) = attnbench(&["report"]);
+    assert_eq!(code, 2, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -70,6 +70,7 @@ pub const INFO: VariantInfo = VariantInfo {
         },
     ],
     presets: &[],
+    preview: "",
     build,
 };
 

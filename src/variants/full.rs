@@ -29,6 +29,7 @@ pub const INFO: VariantInfo = VariantInfo {
     summary: "materializes the n_q x n_kv scores (two sgemm + softmax); O(n^2) memory",
     params: &[],
     presets: &[],
+    preview: "",
     build,
 };
 

@@ -117,6 +117,7 @@ pub const INFO: VariantInfo = VariantInfo {
         "linear(phi=relu)",
         "linear(phi=favor,m=256)",
     ],
+    preview: "",
     build,
 };
 

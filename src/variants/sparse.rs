@@ -105,6 +105,7 @@ pub const WINDOW: VariantInfo = VariantInfo {
         help: "keys on each side (inclusive); 0 = self only",
     }],
     presets: &[],
+    preview: "window(w=8)",
     build: |p| boxed("window", Window { w: p.usize("w")? }),
 };
 
@@ -118,6 +119,7 @@ pub const LOCAL: VariantInfo = VariantInfo {
         help: "block length",
     }],
     presets: &[],
+    preview: "local(block=16)",
     build: |p| {
         boxed(
             "local",
@@ -138,6 +140,7 @@ pub const STRIDED: VariantInfo = VariantInfo {
         help: "local span and stripe period",
     }],
     presets: &[],
+    preview: "strided(stride=8)",
     build: |p| {
         boxed(
             "strided",
@@ -165,6 +168,7 @@ pub const FIXED: VariantInfo = VariantInfo {
         },
     ],
     presets: &[],
+    preview: "fixed(block=16,c=4)",
     build: |p| {
         let block = p.positive("block")?;
         let c = p.usize("c")?;
@@ -192,6 +196,7 @@ pub const LONGFORMER: VariantInfo = VariantInfo {
         },
     ],
     presets: &[],
+    preview: "longformer(w=6,g=4)",
     build: |p| {
         boxed(
             "longformer",
@@ -235,6 +240,7 @@ pub const BIGBIRD: VariantInfo = VariantInfo {
         },
     ],
     presets: &[],
+    preview: "bigbird(block=8,w=3,g=1,r=2,seed=0)",
     build: |p| {
         boxed(
             "bigbird",
@@ -266,6 +272,7 @@ pub const DILATED: VariantInfo = VariantInfo {
         },
     ],
     presets: &[],
+    preview: "dilated(w=5,dilation=3)",
     build: |p| {
         boxed(
             "dilated",

@@ -1,0 +1,164 @@
+//! Reading results CSVs and grouping their rows into one series per variant.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::harness::record::{Record, RunMeta};
+
+/// Rows read from one or more results CSVs, with any run metadata found beside them.
+#[derive(Debug, Clone)]
+pub struct Results {
+    /// Every row, in file order.
+    pub records: Vec<Record>,
+    /// The CSV files read.
+    pub files: Vec<PathBuf>,
+    /// The JSON metadata beside each CSV, where present.
+    pub metas: Vec<RunMeta>,
+}
+
+/// Reads results CSVs. A malformed file is an error naming the file and the line.
+pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
+    let mut records = Vec::new();
+    let mut metas = Vec::new();
+    for path in paths {
+        records.extend(read_csv(path)?);
+        let json = path.with_extension("json");
+        if let Ok(text) = std::fs::read_to_string(&json) {
+            if let Ok(meta) = serde_json::from_str::<RunMeta>(&text) {
+                metas.push(meta);
+            }
+        }
+    }
+    Ok(Results {
+        records,
+        files: paths.to_vec(),
+        metas,
+    })
+}
+
+fn read_csv(path: &Path) -> Result<Vec<Record>> {
+    let format = |message: String| {
+        Error::new(ErrorKind::Format {
+            path: path.display().to_string(),
+            message,
+        })
+    };
+    let mut reader = csv::Reader::from_path(path).map_err(|e| {
+        Error::new(ErrorKind::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    })?;
+    let mut rows = Vec::new();
+    for row in reader.deserialize::<Record>() {
+        let row = row.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            format(format!("line {line}: {e}"))
+        })?;
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(format("no result rows".into()));
+    }
+    Ok(rows)
+}
+
+/// One measured point of a series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Sequence length (`n_q`).
+    pub n: usize,
+    /// Median time, milliseconds.
+    pub time_ms: f64,
+    /// Peak heap bytes, when measured.
+    pub peak_bytes: Option<f64>,
+    /// Analytic workspace bytes.
+    pub workspace_bytes: Option<f64>,
+    /// Relative error against dense attention.
+    pub err_dense: Option<f64>,
+    /// Useful GFLOP/s.
+    pub gflops: Option<f64>,
+    /// The same-run sgemm GFLOP/s.
+    pub gemm_gflops: Option<f64>,
+}
+
+/// One line of the charts: a variant (per run, causal flag and workload where these vary).
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The legend label.
+    pub label: String,
+    /// The variant spec.
+    pub variant: String,
+    /// The registry name.
+    pub name: String,
+    /// The fidelity column.
+    pub fidelity: String,
+    /// Measured points (status `ok` or `flagged`), by increasing `n`.
+    pub points: Vec<Point>,
+}
+
+impl Series {
+    /// `(n, time_ms)` pairs.
+    pub fn times(&self) -> Vec<(usize, f64)> {
+        self.points.iter().map(|p| (p.n, p.time_ms)).collect()
+    }
+}
+
+/// Groups rows into series, in order of first appearance.
+pub fn series(records: &[Record]) -> Vec<Series> {
+    let distinct = |f: fn(&Record) -> String| {
+        let mut v: Vec<String> = records.iter().map(f).collect();
+        v.sort();
+        v.dedup();
+        v.len() > 1
+    };
+    let many_runs = distinct(|r| r.run_id.clone());
+    let many_causal = distinct(|r| r.causal.to_string());
+    let many_workloads = distinct(|r| r.workload.clone());
+    let label_of = |r: &Record| {
+        let mut label = r.variant.clone();
+        if many_causal && r.causal {
+            label.push_str(" causal");
+        }
+        if many_workloads {
+            label.push_str(&format!(" [{}]", r.workload));
+        }
+        if many_runs {
+            label.push_str(&format!(" [{}]", r.run_id));
+        }
+        label
+    };
+    let mut out: Vec<Series> = Vec::new();
+    for r in records {
+        let label = label_of(r);
+        let idx = match out.iter().position(|s| s.label == label) {
+            Some(i) => i,
+            None => {
+                out.push(Series {
+                    label,
+                    variant: r.variant.clone(),
+                    name: r.name.clone(),
+                    fidelity: r.fidelity.clone(),
+                    points: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let measured = matches!(r.status.as_str(), "ok" | "flagged");
+        if let (true, Some(time_ms)) = (measured, r.time_median_ms) {
+            out[idx].points.push(Point {
+                n: r.n_q,
+                time_ms,
+                peak_bytes: r.peak_bytes.map(|b| b as f64),
+                workspace_bytes: r.workspace_bytes.map(|b| b as f64),
+                err_dense: r.err_dense_rel,
+                gflops: r.gflops,
+                gemm_gflops: r.gemm_gflops,
+            });
+        }
+    }
+    for s in &mut out {
+        s.points.sort_by_key(|p| p.n);
+    }
+    out
+}

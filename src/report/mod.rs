@@ -1,0 +1,766 @@
+//! Reports: charts (SVG and PNG), scaling fits, crossovers and `report.md`, from results CSVs
+//! alone, so old runs re-plot and runs combine.
+//!
+//! - [`data`]: reading CSVs and grouping rows into series.
+//! - [`fit`]: log-log slopes and crossover lengths.
+//! - [`charts`]: plotters rendering with a bundled font.
+//!
+//! [`write_report`] is the entry point: it writes `time_vs_n`, `memory_vs_n`, `error_vs_n`,
+//! `speedup_vs_full`, `throughput`, `pareto` and `patterns` charts and `report.md` into one
+//! directory.
+
+pub mod charts;
+pub mod data;
+pub mod fit;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use charts::{Bubble, Chart, Line, Stroke, palette, save, save_heatmaps};
+use data::{Results, Series, read_results, series};
+use fit::{Crossover, crossover, upper_half_fit};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::harness::record::Record;
+use crate::pattern::{Geometry, Mask, Pattern};
+use crate::registry::Registry;
+
+/// The chart stems a report writes, each as `.svg` and `.png`.
+pub const CHARTS: [&str; 7] = [
+    "time_vs_n",
+    "memory_vs_n",
+    "error_vs_n",
+    "speedup_vs_full",
+    "throughput",
+    "pareto",
+    "patterns",
+];
+
+/// What a report wrote.
+#[derive(Debug, Clone)]
+pub struct ReportOutput {
+    /// The report directory.
+    pub dir: PathBuf,
+    /// `report.md`.
+    pub markdown: PathBuf,
+}
+
+/// The default report directory for some results files: `reports/<first file's stem>`, with
+/// `+<k>` when `k` more files are combined.
+pub fn default_dir(csvs: &[PathBuf]) -> PathBuf {
+    let stem = csvs.first().and_then(|p| p.file_stem()).map_or_else(
+        || "report".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let name = if csvs.len() > 1 {
+        format!("{stem}+{}", csvs.len() - 1)
+    } else {
+        stem
+    };
+    PathBuf::from("reports").join(name)
+}
+
+/// Reads `csvs` and writes charts and `report.md` into `out` (default: [`default_dir`]).
+/// Pattern heatmaps show `registry`'s pattern variants.
+pub fn write_report(
+    csvs: &[PathBuf],
+    out: Option<&Path>,
+    registry: &Registry,
+) -> Result<ReportOutput> {
+    if csvs.is_empty() {
+        return Err(Error::new(ErrorKind::BadOption {
+            option: "report",
+            message: "no results CSV given".into(),
+        }));
+    }
+    let results = read_results(csvs)?;
+    let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Error::new(ErrorKind::Io {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })
+    })?;
+    let all = series(&results.records);
+    let colored: Vec<(Series, plotters::style::RGBColor)> = all
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, s)| (s, palette(i)))
+        .collect();
+    save(&time_chart(&colored), &dir, "time_vs_n")?;
+    save(&memory_chart(&colored), &dir, "memory_vs_n")?;
+    save(&error_chart(&colored), &dir, "error_vs_n")?;
+    save(&speedup_chart(&colored), &dir, "speedup_vs_full")?;
+    save(
+        &throughput_chart(&colored, &results.records),
+        &dir,
+        "throughput",
+    )?;
+    let (pareto, pareto_n) = pareto_chart(&colored);
+    save(&pareto, &dir, "pareto")?;
+    save_heatmaps(
+        &pattern_panels(registry),
+        4,
+        "Allowed (query, key) pairs at n = 64 (rows: queries, columns: keys)",
+        &dir,
+        "patterns",
+    )?;
+    let markdown = dir.join("report.md");
+    let text = markdown_report(&results, &all, pareto_n);
+    std::fs::write(&markdown, text).map_err(|e| {
+        Error::new(ErrorKind::Io {
+            path: markdown.display().to_string(),
+            message: e.to_string(),
+        })
+    })?;
+    Ok(ReportOutput { dir, markdown })
+}
+
+fn line(s: &Series, color: plotters::style::RGBColor, pts: Vec<(f64, f64)>) -> Line {
+    Line {
+        label: s.label.clone(),
+        color,
+        points: pts,
+        stroke: Stroke::Solid,
+    }
+}
+
+fn enough(chart: &mut Chart) {
+    let points: usize = chart
+        .lines
+        .iter()
+        .filter(|l| l.stroke == Stroke::Solid)
+        .map(|l| l.points.len())
+        .sum();
+    if points == 0 {
+        chart.note = Some("not enough points: no measured cells".into());
+        chart.lines.clear();
+    }
+}
+
+fn time_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
+    let mut chart = Chart {
+        title: "Time per call vs sequence length".into(),
+        x_desc: "sequence length n (log scale)".into(),
+        x_pow2: true,
+        y_desc: "median time per call, ms (log)".into(),
+        log_x: true,
+        log_y: true,
+        ..Chart::default()
+    };
+    for (s, c) in series {
+        chart.lines.push(line(
+            s,
+            *c,
+            s.points.iter().map(|p| (p.n as f64, p.time_ms)).collect(),
+        ));
+    }
+    // Reference slopes through the median time at the smallest length.
+    let firsts: Vec<(f64, f64)> = series
+        .iter()
+        .filter_map(|(s, _)| s.points.first().map(|p| (p.n as f64, p.time_ms)))
+        .collect();
+    let n_max = series
+        .iter()
+        .filter_map(|(s, _)| s.points.last().map(|p| p.n as f64))
+        .fold(0.0, f64::max);
+    if let Some(n0) = firsts.iter().map(|p| p.0).reduce(f64::min) {
+        let mut at_n0: Vec<f64> = firsts.iter().filter(|p| p.0 == n0).map(|p| p.1).collect();
+        at_n0.sort_by(f64::total_cmp);
+        let y0 = at_n0[at_n0.len() / 2];
+        if n_max > n0 {
+            for (label, power, color) in [
+                (
+                    "reference slope: proportional to n",
+                    1.0,
+                    plotters::style::RGBColor(120, 120, 120),
+                ),
+                (
+                    "reference slope: proportional to n^2",
+                    2.0,
+                    plotters::style::RGBColor(0, 0, 0),
+                ),
+            ] {
+                chart.lines.push(Line {
+                    label: label.into(),
+                    color,
+                    points: vec![(n0, y0), (n_max, y0 * (n_max / n0).powf(power))],
+                    stroke: Stroke::Dashed,
+                });
+            }
+        }
+    }
+    enough(&mut chart);
+    chart
+}
+
+fn memory_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
+    let mut chart = Chart {
+        title: "Peak heap memory per call vs sequence length".into(),
+        x_desc: "sequence length n (log scale)".into(),
+        x_pow2: true,
+        y_desc: "bytes above baseline (log); dotted: analytic workspace".into(),
+        log_x: true,
+        log_y: true,
+        ..Chart::default()
+    };
+    let mut missing = false;
+    for (s, c) in series {
+        let peak: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| p.peak_bytes.filter(|&b| b > 0.0).map(|b| (p.n as f64, b)))
+            .collect();
+        missing |= peak.len() < s.points.len();
+        chart.lines.push(line(s, *c, peak));
+        let ws: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| {
+                p.workspace_bytes
+                    .filter(|&b| b > 0.0)
+                    .map(|b| (p.n as f64, b))
+            })
+            .collect();
+        chart.lines.push(Line {
+            label: format!("{} (analytic)", s.label),
+            color: *c,
+            points: ws,
+            stroke: Stroke::Dotted,
+        });
+    }
+    if missing {
+        chart.note = Some("cells with no or zero measured bytes are left out".into());
+    }
+    enough(&mut chart);
+    chart
+}
+
+fn error_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
+    let mut chart = Chart {
+        title: "Relative error against dense softmax attention".into(),
+        x_desc: "sequence length n (log scale)".into(),
+        x_pow2: true,
+        y_desc: "relative Frobenius error (log)".into(),
+        log_x: true,
+        log_y: true,
+        ..Chart::default()
+    };
+    let mut zeros = false;
+    for (s, c) in series {
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| p.err_dense.map(|e| (p.n as f64, e)))
+            .collect();
+        zeros |= pts.iter().any(|p| p.1 <= 0.0);
+        chart
+            .lines
+            .push(line(s, *c, pts.into_iter().filter(|p| p.1 > 0.0).collect()));
+    }
+    if zeros {
+        chart.note =
+            Some("exactly-zero errors cannot be shown on a log axis and are left out".into());
+    }
+    enough(&mut chart);
+    chart
+}
+
+fn speedup_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
+    let mut chart = Chart {
+        title: "Speedup over full attention".into(),
+        x_desc: "sequence length n (log scale)".into(),
+        x_pow2: true,
+        y_desc: "time(full) / time(variant) (log)".into(),
+        log_x: true,
+        log_y: true,
+        ..Chart::default()
+    };
+    let Some((full, _)) = series.iter().find(|(s, _)| s.name == "full") else {
+        chart.note = Some("not enough points: no full attention in these results".into());
+        return chart;
+    };
+    let mut ns = Vec::new();
+    for (s, c) in series {
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| {
+                full.points
+                    .iter()
+                    .find(|f| f.n == p.n)
+                    .map(|f| (p.n as f64, f.time_ms / p.time_ms))
+            })
+            .collect();
+        ns.extend(pts.iter().map(|p| p.0));
+        chart.lines.push(line(s, *c, pts));
+    }
+    if let (Some(lo), Some(hi)) = (
+        ns.iter().copied().reduce(f64::min),
+        ns.iter().copied().reduce(f64::max),
+    ) {
+        chart.lines.push(Line {
+            label: "1x (as fast as full)".into(),
+            color: plotters::style::RGBColor(0, 0, 0),
+            points: vec![(lo, 1.0), (hi, 1.0)],
+            stroke: Stroke::Dashed,
+        });
+    }
+    enough(&mut chart);
+    chart
+}
+
+fn throughput_chart(series: &[(Series, plotters::style::RGBColor)], records: &[Record]) -> Chart {
+    let mut chart = Chart {
+        title: "Useful throughput and the same-run sgemm ceiling".into(),
+        x_desc: "sequence length n (log scale)".into(),
+        x_pow2: true,
+        y_desc: "GFLOP/s".into(),
+        log_x: true,
+        log_y: false,
+        ..Chart::default()
+    };
+    for (s, c) in series {
+        let pts = s
+            .points
+            .iter()
+            .filter_map(|p| p.gflops.map(|g| (p.n as f64, g)))
+            .collect();
+        chart.lines.push(line(s, *c, pts));
+    }
+    let mut gemm: Vec<(usize, f64)> = Vec::new();
+    for r in records {
+        if let Some(g) = r.gemm_gflops {
+            match gemm.iter_mut().find(|e| e.0 == r.n_q) {
+                Some(e) => e.1 = e.1.max(g),
+                None => gemm.push((r.n_q, g)),
+            }
+        }
+    }
+    gemm.sort_by_key(|e| e.0);
+    chart.lines.push(Line {
+        label: "sgemm [n, d] x [d, n], same run".into(),
+        color: plotters::style::RGBColor(0, 0, 0),
+        points: gemm.iter().map(|&(n, g)| (n as f64, g)).collect(),
+        stroke: Stroke::Dashed,
+    });
+    enough(&mut chart);
+    chart
+}
+
+/// The largest length every measured series has; else the largest with at least two.
+fn common_length(series: &[(Series, plotters::style::RGBColor)]) -> Option<usize> {
+    let measured: Vec<&Series> = series
+        .iter()
+        .map(|(s, _)| s)
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    let mut ns: Vec<usize> = measured
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.n))
+        .collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let count = |n: usize| {
+        measured
+            .iter()
+            .filter(|s| s.points.iter().any(|p| p.n == n))
+            .count()
+    };
+    ns.iter()
+        .rev()
+        .find(|&&n| count(n) == measured.len())
+        .or_else(|| ns.iter().rev().find(|&&n| count(n) >= 2))
+        .copied()
+}
+
+fn pareto_chart(series: &[(Series, plotters::style::RGBColor)]) -> (Chart, Option<usize>) {
+    let n = common_length(series);
+    let mut chart = Chart {
+        title: format!(
+            "Error vs time at n = {} (bubble area: peak memory)",
+            n.map_or("-".into(), |n| n.to_string())
+        ),
+        x_desc: "median time per call, ms (log)".into(),
+        y_desc: "relative error vs dense attention (log)".into(),
+        log_x: true,
+        log_y: true,
+        ..Chart::default()
+    };
+    let Some(n) = n else {
+        chart.note = Some("not enough points: no length shared by two variants".into());
+        return (chart, None);
+    };
+    let pts: Vec<(&Series, plotters::style::RGBColor, f64, f64, f64)> = series
+        .iter()
+        .filter_map(|(s, c)| {
+            let p = s.points.iter().find(|p| p.n == n)?;
+            let err = p.err_dense.filter(|&e| e > 0.0)?;
+            Some((s, *c, p.time_ms, err, p.peak_bytes.unwrap_or(0.0).max(1.0)))
+        })
+        .collect();
+    let (lo, hi) = pts.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
+        (lo.min(p.4.ln()), hi.max(p.4.ln()))
+    });
+    for (s, c, t, err, mem) in pts {
+        let frac = if hi > lo {
+            (mem.ln() - lo) / (hi - lo)
+        } else {
+            0.5
+        };
+        chart.bubbles.push(Bubble {
+            label: if s.label.chars().count() > 26 {
+                s.label.chars().take(24).chain("..".chars()).collect()
+            } else {
+                s.label.clone()
+            },
+            color: c,
+            at: (t, err),
+            radius: 4.0 + 16.0 * frac,
+        });
+    }
+    if chart.bubbles.is_empty() {
+        chart.note = Some("not enough points".into());
+    }
+    (chart, Some(n))
+}
+
+/// Heatmap panels of every registered pattern variant, bidirectional and causal, at n = 64.
+fn pattern_panels(registry: &Registry) -> Vec<(String, Vec<Vec<bool>>)> {
+    let n = 64;
+    let g = Geometry::new(n, n);
+    let mut panels = Vec::new();
+    for info in registry.iter() {
+        let spec = if info.preview.is_empty() {
+            info.name
+        } else {
+            info.preview
+        };
+        let Ok(v) = registry.build(spec) else {
+            continue;
+        };
+        let Some(pattern) = v.pattern() else { continue };
+        if !pattern.unsupported(g).is_empty() {
+            continue;
+        }
+        for causal in [false, true] {
+            let mask = Mask::new(Some(pattern), causal);
+            let cells = (0..n)
+                .map(|i| (0..n).map(|j| mask.allows(g, i, j)).collect())
+                .collect();
+            panels.push((format!("{v}{}", if causal { " causal" } else { "" }), cells));
+        }
+    }
+    panels
+}
+
+fn fmt_ms(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn fmt_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else if b >= 1024.0 {
+        format!("{:.0} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn fmt_err(e: f64) -> String {
+    if e < 0.01 {
+        format!("{e:.1e}")
+    } else {
+        format!("{e:.2}")
+    }
+}
+
+fn opt<T>(x: Option<T>, f: impl Fn(T) -> String) -> String {
+    x.map_or_else(|| "-".into(), f)
+}
+
+/// Fitted slopes and crossovers of one series.
+struct Scaling {
+    time: Option<fit::Fit>,
+    memory: Option<fit::Fit>,
+    vs_full: Crossover,
+    vs_flash: Crossover,
+}
+
+fn scaling(s: &Series, all: &[Series]) -> Scaling {
+    let times: Vec<(f64, f64)> = s.points.iter().map(|p| (p.n as f64, p.time_ms)).collect();
+    let mems: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .filter_map(|p| p.peak_bytes.map(|b| (p.n as f64, b)))
+        .collect();
+    let reference = |name: &str| all.iter().find(|r| r.name == name).map(Series::times);
+    let cross = |name: &str| match reference(name) {
+        Some(r) if s.name != name => crossover(&s.times(), &r),
+        _ => Crossover::NoCommonLengths,
+    };
+    Scaling {
+        time: upper_half_fit(&times),
+        memory: upper_half_fit(&mems),
+        vs_full: cross("full"),
+        vs_flash: cross("flash"),
+    }
+}
+
+fn fmt_fit(f: Option<fit::Fit>) -> String {
+    opt(f, |f| format!("{:.2} ({} pts)", f.slope, f.points))
+}
+
+fn fmt_cross(c: Crossover, same: bool) -> String {
+    if same { "-".into() } else { c.to_string() }
+}
+
+fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -> String {
+    let mut md = String::new();
+    let recs = &results.records;
+    let mut run_ids: Vec<&str> = recs.iter().map(|r| r.run_id.as_str()).collect();
+    run_ids.dedup();
+    let _ = writeln!(md, "# attnbench report: {}\n", run_ids.join(", "));
+
+    // Run metadata.
+    let _ = writeln!(md, "## Run\n");
+    for meta in &results.metas {
+        let m = &meta.machine;
+        let _ = writeln!(
+            md,
+            "- run `{}`, started {}, {:.0} s",
+            meta.run_id, meta.started_utc, meta.duration_s
+        );
+        let _ = writeln!(
+            md,
+            "- machine: {} ({} logical CPUs, SIMD: {}, RAM {}), {}",
+            m.cpu_model,
+            m.cores,
+            m.simd.join(" "),
+            opt(m.memory_bytes, fmt_bytes),
+            m.os
+        );
+        let _ = writeln!(
+            md,
+            "- build: attnbench {} ({}), {}",
+            m.crate_version,
+            m.git_commit.as_deref().unwrap_or("no git commit"),
+            m.rustc
+        );
+        let _ = writeln!(md, "- command: `{}`", meta.command_line.join(" "));
+        let _ = writeln!(
+            md,
+            "- threads {}, seed {}, workload `{}`",
+            meta.threads, meta.seed, meta.workload
+        );
+    }
+    if results.metas.is_empty() {
+        let _ = writeln!(md, "- no run metadata (.json) beside the CSV files");
+    }
+    if let Some(r) = recs.first() {
+        let _ = writeln!(
+            md,
+            "- shape: batch {}, heads {}, kv_heads {}, head_dim {}, {}",
+            r.batch,
+            r.heads,
+            r.kv_heads,
+            r.head_dim,
+            if r.causal { "causal" } else { "bidirectional" }
+        );
+    }
+    let files: Vec<String> = results
+        .files
+        .iter()
+        .map(|f| format!("`{}`", f.display()))
+        .collect();
+    let _ = writeln!(md, "- results: {}\n", files.join(", "));
+
+    // Summary.
+    let _ = writeln!(md, "## Summary\n");
+    for line in summary(all, recs) {
+        let _ = writeln!(md, "- {line}");
+    }
+    let _ = writeln!(
+        md,
+        "\nFidelity: `exact` variants compute softmax attention restricted to their pattern (checked against an f64 oracle: \"own check\"); their error against dense attention is the price of their sparsity. `approximate` variants estimate softmax attention. `other-kernel` variants (e.g. linear attention with elu+1) compute a different attention: their difference from softmax attention is model mismatch, not approximation error.\n"
+    );
+
+    // Charts.
+    let _ = writeln!(md, "## Charts\n");
+    for (stem, caption) in [
+        (
+            "time_vs_n",
+            "Time per call (log-log), with reference slopes n and n^2",
+        ),
+        (
+            "memory_vs_n",
+            "Peak heap bytes per call (log-log); dotted: analytic workspace",
+        ),
+        ("error_vs_n", "Relative error against dense attention"),
+        ("speedup_vs_full", "Speedup over full attention"),
+        (
+            "throughput",
+            "Useful GFLOP/s and the same-run sgemm ceiling",
+        ),
+        ("pareto", "Error vs time (bubble: peak memory)"),
+        ("patterns", "What each sparse pattern attends at n = 64"),
+    ] {
+        let _ = writeln!(md, "### {caption}\n\n![{caption}]({stem}.svg)\n");
+    }
+    if let Some(n) = pareto_n {
+        let _ = writeln!(
+            md,
+            "The error-vs-time chart uses n = {n}, the largest length measured for every variant.\n"
+        );
+    }
+
+    // Fits.
+    let _ = writeln!(md, "## Scaling fits and crossovers\n");
+    let _ = writeln!(
+        md,
+        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), and the length from which each variant is faster than `full` and than `flash` (interpolated in log space).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| variant | fidelity | time slope | memory slope | faster than full | faster than flash |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in all {
+        let sc = scaling(s, all);
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} | {} | {} |",
+            s.label,
+            s.fidelity,
+            fmt_fit(sc.time),
+            fmt_fit(sc.memory),
+            fmt_cross(sc.vs_full, s.name == "full"),
+            fmt_cross(sc.vs_flash, s.name == "flash")
+        );
+    }
+    let _ = writeln!(md);
+
+    // Per-length tables.
+    let _ = writeln!(md, "## Results by length\n");
+    let mut ns: Vec<usize> = recs.iter().map(|r| r.n_q).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    for n in ns {
+        let _ = writeln!(md, "### n = {n}\n");
+        let _ = writeln!(
+            md,
+            "| variant | time ms (min-max) | GFLOP/s | % of sgemm | peak memory | error vs dense | own check | status |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for r in recs.iter().filter(|r| r.n_q == n) {
+            let own = match (r.err_own_rel, r.status.as_str()) {
+                (Some(e), "flagged") => format!("**{e:.1e} FLAGGED**"),
+                (Some(e), _) => format!("{e:.1e} ok"),
+                (None, _) => "-".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+                r.variant,
+                match (r.time_median_ms, r.time_min_ms, r.time_max_ms) {
+                    (Some(m), Some(lo), Some(hi)) =>
+                        format!("{} ({}-{})", fmt_ms(m), fmt_ms(lo), fmt_ms(hi)),
+                    _ => "-".into(),
+                },
+                opt(r.gflops, |g| format!("{g:.1}")),
+                opt(r.pct_of_gemm, |p| format!("{p:.0}%")),
+                opt(r.peak_bytes, fmt_bytes),
+                opt(r.err_dense_rel, fmt_err),
+                own,
+                r.status
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    // Problems.
+    let problems: Vec<&Record> = recs.iter().filter(|r| r.status != "ok").collect();
+    let _ = writeln!(md, "## Skipped, failed and flagged cells\n");
+    if problems.is_empty() {
+        let _ = writeln!(
+            md,
+            "None: every cell was measured and every exact variant matched its own definition."
+        );
+    } else {
+        let _ = writeln!(md, "| variant | n | status | reason |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for r in problems {
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} | {} |",
+                r.variant,
+                r.n_q,
+                r.status,
+                r.note.replace('|', "/")
+            );
+        }
+    }
+    md
+}
+
+/// Automatically generated sentences about the largest length.
+fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let largest = |s: &Series| s.points.last().map(|p| p.n);
+    let reference = all
+        .iter()
+        .find(|s| s.name == "full")
+        .into_iter()
+        .chain(all.iter().find(|s| s.name == "flash"));
+    for r in reference {
+        let Some(n) = largest(r) else { continue };
+        let rt = r.points.last().expect("non-empty").time_ms;
+        for s in all.iter().filter(|s| s.label != r.label) {
+            let Some(p) = s.points.iter().find(|p| p.n == n) else {
+                continue;
+            };
+            let ratio = rt / p.time_ms;
+            let speed = if ratio >= 1.0 {
+                format!("{ratio:.1}x faster than")
+            } else {
+                format!("{:.1}x slower than", 1.0 / ratio)
+            };
+            lines.push(format!(
+                "at n={n}, `{}` is {speed} `{}` ({} vs {} ms), relative error vs dense attention {}",
+                s.label,
+                r.label,
+                fmt_ms(p.time_ms),
+                fmt_ms(rt),
+                opt(p.err_dense, fmt_err)
+            ));
+        }
+        break;
+    }
+    if lines.is_empty() {
+        lines.push("no full or flash attention measured: no speed comparison".into());
+    }
+    if recs.iter().any(|r| r.workload.starts_with("gaussian")) {
+        lines.push(
+            "on Gaussian inputs attention is nearly uniform, so the dense output is an average of many random values with a small norm: relative errors of sparse and linear variants are large there; the npy workload of real activations shows their error on peaked, local attention"
+                .into(),
+        );
+    }
+    let flagged = recs.iter().filter(|r| r.status == "flagged").count();
+    let skipped = recs.iter().filter(|r| r.status == "skipped").count();
+    let errors = recs.iter().filter(|r| r.status == "error").count();
+    lines.push(format!(
+        "{} cells: {} measured, {flagged} flagged (exact variant off its own definition), {skipped} skipped, {errors} failed",
+        recs.len(),
+        recs.len() - skipped - errors
+    ));
+    lines
+}
