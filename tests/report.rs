@@ -115,7 +115,7 @@ fn a_report_has_every_chart_and_the_fits() {
     // window: 4x vs 10x^2 crosses at x = 0.4 (n ~ 410); vs 5x^2 at x = 0.8 (n ~ 819).
     assert!(md.contains("n ~ 410 | n ~ 819 |"), "{md}");
     assert!(
-        md.contains("at n=4096, `window(w=256)` is 10.0x faster than `full` (16.00 vs 160 ms)"),
+        md.contains("at n=4096, `window(w=256)` is 10x faster than `full` (16.00 vs 160 ms)"),
         "{md}"
     );
     assert!(md.contains("![Time per call"));

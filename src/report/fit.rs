@@ -58,8 +58,11 @@ pub enum Crossover {
         /// The smallest common length.
         from: usize,
     },
-    /// Becomes faster between two measured lengths, at this interpolated length.
+    /// Becomes faster between two measured lengths, at this interpolated length, and stays
+    /// faster up to the largest common length.
     At(f64),
+    /// Faster at short lengths only: slower from this interpolated length on.
+    FasterBelow(f64),
     /// Not faster at any common length.
     NoneInRange,
     /// Fewer than one common length.
@@ -71,6 +74,7 @@ impl std::fmt::Display for Crossover {
         match self {
             Crossover::FasterThroughout { from } => write!(f, "faster from n={from} (all lengths)"),
             Crossover::At(n) => write!(f, "n ~ {:.0}", n),
+            Crossover::FasterBelow(n) => write!(f, "only below n ~ {:.0}", n),
             Crossover::NoneInRange => f.write_str("none in range"),
             Crossover::NoCommonLengths => f.write_str("no common lengths"),
         }
@@ -91,23 +95,31 @@ pub fn crossover(times: &[(usize, f64)], reference: &[(usize, f64)]) -> Crossove
         })
         .collect();
     ratios.sort_by_key(|r| r.0);
-    let Some(&(first_n, first_r)) = ratios.first() else {
+    let Some(&(first_n, _)) = ratios.first() else {
         return Crossover::NoCommonLengths;
     };
-    if first_r < 1.0 {
-        return Crossover::FasterThroughout { from: first_n };
-    }
-    for w in ratios.windows(2) {
-        let ((n1, r1), (n2, r2)) = (w[0], w[1]);
-        if r1 >= 1.0 && r2 < 1.0 {
+    let last_faster = ratios.last().is_some_and(|r| r.1 < 1.0);
+    // The last change of sign decides: after it, the order no longer changes in range.
+    let change = ratios
+        .windows(2)
+        .rposition(|w| (w[0].1 < 1.0) != (w[1].1 < 1.0));
+    match (change, last_faster) {
+        (None, true) => Crossover::FasterThroughout { from: first_n },
+        (None, false) => Crossover::NoneInRange,
+        (Some(i), faster) => {
+            let ((n1, r1), (n2, r2)) = (ratios[i], ratios[i + 1]);
             let (l1, l2) = ((n1 as f64).ln(), (n2 as f64).ln());
             let (g1, g2) = (r1.ln(), r2.ln());
             // log r is linear in log n between the points; solve log r = 0.
             let t = if g1 == g2 { 0.0 } else { g1 / (g1 - g2) };
-            return Crossover::At((l1 + t * (l2 - l1)).exp());
+            let n = (l1 + t * (l2 - l1)).exp();
+            if faster {
+                Crossover::At(n)
+            } else {
+                Crossover::FasterBelow(n)
+            }
         }
     }
-    Crossover::NoneInRange
 }
 
 #[cfg(test)]
@@ -157,14 +169,20 @@ mod tests {
             .map(|&n| (n, 64.0f64.recip() * n as f64 * 10.0))
             .collect();
         let reference: Vec<(usize, f64)> = [16, 32, 128, 256].iter().map(|&n| (n, 10.0)).collect();
-        // Here `times` grows and the reference is flat: the variant is faster first.
+        let quick: Vec<(usize, f64)> = reference.iter().map(|&(n, t)| (n, t / 2.0)).collect();
         assert_eq!(
-            crossover(&times, &reference),
+            crossover(&quick, &reference),
             Crossover::FasterThroughout { from: 16 }
         );
         // Swap them: the flat one becomes faster at n = 64 exactly.
         match crossover(&reference, &times) {
             Crossover::At(n) => assert!((n - 64.0).abs() < 1e-9, "{n}"),
+            other => panic!("{other:?}"),
+        }
+        // Faster first, slower later: the ordering flips back at n = 64.
+        match crossover(&times, &reference) {
+            Crossover::FasterThroughout { .. } => panic!("times grow past the reference"),
+            Crossover::FasterBelow(n) => assert!((n - 64.0).abs() < 1e-9, "{n}"),
             other => panic!("{other:?}"),
         }
         let slower: Vec<(usize, f64)> = reference.iter().map(|&(n, t)| (n, t * 2.0)).collect();

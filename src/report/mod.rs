@@ -729,10 +729,17 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
                 continue;
             };
             let ratio = rt / p.time_ms;
+            let times = |x: f64| {
+                if x < 10.0 {
+                    format!("{x:.2}x")
+                } else {
+                    format!("{x:.0}x")
+                }
+            };
             let speed = if ratio >= 1.0 {
-                format!("{ratio:.1}x faster than")
+                format!("{} faster than", times(ratio))
             } else {
-                format!("{:.1}x slower than", 1.0 / ratio)
+                format!("{} slower than", times(1.0 / ratio))
             };
             lines.push(format!(
                 "at n={n}, `{}` is {speed} `{}` ({} vs {} ms), relative error vs dense attention {}",
