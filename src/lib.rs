@@ -40,7 +40,7 @@
 //! | spec | fidelity | what it computes |
 //! |---|---|---|
 //! | `full` | exact | materialized `n_q x n_kv` scores, softmax, `P V` |
-//! | `flash(bq=64,bk=256)` | exact | tiled, online softmax, memory independent of `n` |
+//! | `flash(bq=64,bk=128)` | exact | tiled, online softmax, memory independent of `n` |
 //! | `window(w=256)`, `local(block=128)`, `strided(stride=128)`, `fixed(block=128,c=32)`, `longformer(w=256,g=16)`, `bigbird(block=64,w=3,g=2,r=3,seed=0)`, `dilated(w=128,dilation=2)` | exact under their [`pattern`] | the tiled engine on a sparse pattern |
 //!
 //! # Modules
@@ -48,7 +48,7 @@
 //! - [`pattern`]: sparsity patterns and their tile classification.
 //! - [`variants`]: the built-in variants; [`variants::flash`] holds the tiled engine.
 //! - [`oracle`]: `f64` reference and error metrics; [`check`]: conformance cases.
-//! - [`registry`] and [`spec`]: spec strings such as `flash(bq=64,bk=256)`.
+//! - [`registry`] and [`spec`]: spec strings such as `flash(bq=64,bk=128)`.
 //! - [`kernels`]: exp, softmax rows and GEMM; [`workload`]: input generators.
 
 #![warn(missing_docs)]

@@ -1,4 +1,4 @@
-//! Spec strings: `name` or `name(key=value,...)`, e.g. `flash(bq=64,bk=256)`.
+//! Spec strings: `name` or `name(key=value,...)`, e.g. `flash(bq=64,bk=128)`.
 //!
 //! A [`Spec`] is only syntax; the [registry](crate::registry) checks the name, the keys and
 //! the values. Lists of specs (as on the command line) are split on commas outside

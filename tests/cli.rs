@@ -21,8 +21,8 @@ fn list_shows_every_variant_with_defaults() {
     for name in attnbench::Registry::builtin().names() {
         assert!(out.contains(&name), "{name} missing from:\n{out}");
     }
-    assert!(out.contains("flash(bq=64,bk=256)"), "{out}");
-    assert!(out.contains("bk=256"), "{out}");
+    assert!(out.contains("flash(bq=64,bk=128)"), "{out}");
+    assert!(out.contains("bk=128"), "{out}");
 }
 
 #[test]

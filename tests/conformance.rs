@@ -15,6 +15,7 @@ fn variants_under_test() -> Vec<Box<dyn Attention>> {
     vs.extend(
         reg.build_list(concat!(
             "flash(bq=1,bk=1),flash(bq=7,bk=5),flash(bq=128,bk=128),flash(bq=16,bk=1024),",
+            "flash(isa=avx512),flash(isa=avx2),flash(isa=portable),flash(bq=7,bk=5,isa=portable),",
             "window(w=0),window(w=5),local(block=16),strided(stride=7),fixed(block=16,c=4),",
             "longformer(w=8,g=2),bigbird(block=8,w=3,g=1,r=2,seed=3),dilated(w=5,dilation=3)"
         ))

@@ -12,7 +12,7 @@ use super::machine::Machine;
 pub struct Record {
     /// The run this row belongs to (also the file name stem).
     pub run_id: String,
-    /// The variant's canonical spec, e.g. `flash(bq=64,bk=256)`.
+    /// The variant's canonical spec, e.g. `flash(bq=64,bk=128)`.
     pub variant: String,
     /// The registry name, e.g. `flash`.
     pub name: String,

@@ -22,8 +22,8 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
 
 use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
 use crate::error::Result;
-use crate::kernels::exp;
-use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
+use crate::kernels::gemm::gemm_flops;
+use crate::kernels::simd::{self, Isa};
 use crate::parallel::for_each_row_block;
 use crate::pattern::{Geometry, Mask, Pattern, Tile};
 use crate::registry::{ParamInfo, Params, VariantInfo};
@@ -39,10 +39,11 @@ pub struct Tiling {
 }
 
 impl Default for Tiling {
-    /// `bq = 64, bk = 256`, the fastest of the sizes measured at `d = 64` on a 2-core
-    /// AVX-512 machine (see the `tiling` example).
+    /// `bq = 64, bk = 128`, among the fastest sizes measured at `d = 64`, n = 4096 on a
+    /// 2-core AVX-512 machine (`cargo run --release --example baseline -- tiling`), with a
+    /// smaller workspace than `bq = 128`.
     fn default() -> Self {
-        Self { bq: 64, bk: 256 }
+        Self { bq: 64, bk: 128 }
     }
 }
 
@@ -51,6 +52,8 @@ impl Default for Tiling {
 pub struct Flash {
     /// The block sizes.
     pub tiling: Tiling,
+    /// A forced SIMD path; `None` picks the widest the CPU supports.
+    pub isa: Option<Isa>,
 }
 
 /// The registry entry of [`Flash`].
@@ -65,8 +68,13 @@ pub const INFO: VariantInfo = VariantInfo {
         },
         ParamInfo {
             name: "bk",
-            default: "256",
+            default: "128",
             help: "keys per tile",
+        },
+        ParamInfo {
+            name: "isa",
+            default: "auto",
+            help: "SIMD path: auto | avx512 | avx2 | portable (to compare paths)",
         },
     ],
     presets: &[],
@@ -75,17 +83,42 @@ pub const INFO: VariantInfo = VariantInfo {
 };
 
 fn build(p: &Params) -> Result<Box<dyn Attention>> {
+    let isa = match p.raw("isa") {
+        "auto" => None,
+        "avx512" => Some(Isa::Avx512),
+        "avx2" => Some(Isa::Avx2Fma),
+        "portable" => Some(Isa::Portable),
+        other => {
+            return Err(p.invalid(
+                "isa",
+                &format!("expected auto, avx512, avx2 or portable, got '{other}'"),
+            ));
+        }
+    };
     Ok(Box::new(Flash {
         tiling: Tiling {
             bq: p.positive("bq")?,
             bk: p.positive("bk")?,
         },
+        isa,
     }))
+}
+
+fn isa_name(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Avx512 => "avx512",
+        Isa::Avx2Fma => "avx2",
+        Isa::Portable => "portable",
+    }
 }
 
 impl fmt::Display for Flash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "flash(bq={},bk={})", self.tiling.bq, self.tiling.bk)
+        write!(f, "flash(bq={},bk={}", self.tiling.bq, self.tiling.bk)?;
+        if let Some(isa) = self.isa {
+            write!(f, ",isa={}", isa_name(isa))?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -98,12 +131,22 @@ impl Attention for Flash {
         Fidelity::Exact
     }
 
+    fn unsupported(&self, _shape: &Shape, _opts: &Options) -> Vec<String> {
+        match self.isa {
+            Some(isa) if !isa.is_available() => {
+                vec![format!("this CPU does not support the {isa} path")]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn cost(&self, shape: &Shape, opts: &Options) -> Cost {
         tiled_cost(shape, &Mask::new(None, opts.causal), self.tiling)
     }
 
     fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
-        tiled_forward(p, &p.mask(None), self.tiling, out);
+        let isa = self.isa.unwrap_or_else(Isa::detect);
+        tiled_forward(p, &p.mask(None), self.tiling, isa, out);
         Ok(())
     }
 }
@@ -134,12 +177,17 @@ pub fn tiled_cost(shape: &Shape, mask: &dyn Pattern, tiling: Tiling) -> Cost {
     }
 }
 
-/// One worker's scratch plus the larger of its two GEMMs' packing buffers.
+/// One worker's scratch ([`Workspace`]).
 fn worker_bytes(t: Tiling, s: &Shape) -> u64 {
-    let (bq, bk) = (t.bq.min(s.n_q), t.bk.min(s.n_kv));
-    let floats = t.bq * t.bk + t.bq * s.v_dim + 2 * t.bq;
-    let packing = packing_bytes(bq, s.head_dim, bk).max(packing_bytes(bq, bk, s.v_dim));
-    floats as u64 * 4 + packing
+    let (ldq, ldv) = (simd::padded(t.bq), simd::padded(s.v_dim));
+    let floats = s.head_dim * ldq
+        + t.bk * s.head_dim
+        + t.bk * ldv
+        + t.bk * ldq
+        + t.bq * ldv
+        + 5 * ldq
+        + t.bk;
+    floats as u64 * 4
 }
 
 /// Runs exact softmax attention restricted to `mask` on the tiled engine, writing every row
@@ -148,13 +196,14 @@ pub fn tiled_forward(
     p: &Problem<'_>,
     mask: &dyn Pattern,
     tiling: Tiling,
+    isa: Isa,
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
     let shape = p.shape;
     for_each_row_block(
         out,
         tiling.bq,
-        || Workspace::new(tiling, shape.v_dim),
+        || Workspace::new(tiling, shape.head_dim, shape.v_dim),
         |ws, b, h, r0, block_out| {
             let kvh = shape.kv_head_of(h);
             let rows = block_out.nrows();
@@ -167,27 +216,45 @@ pub fn tiled_forward(
                 scale: p.scale(),
                 mask,
                 bk: tiling.bk,
+                isa,
             };
             task.run(ws, block_out);
         },
     );
 }
 
-/// Per-worker scratch: one score tile, one accumulator block, and the running max and sum.
+/// Per-worker scratch, in the transposed layout of [`simd::Tile`]: the query block
+/// transposed, one key tile, one padded value tile, the key-major score tile, the accumulator
+/// and the online-softmax state.
 struct Workspace {
-    scores: Vec<f32>,
+    qt: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    st: Vec<f32>,
     acc: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    rescale: Vec<f32>,
+    shift: Vec<f32>,
+    sums: Vec<f32>,
+    row: Vec<f32>,
 }
 
 impl Workspace {
-    fn new(t: Tiling, v_dim: usize) -> Self {
+    fn new(t: Tiling, d: usize, v_dim: usize) -> Self {
+        let (ldq, ldv) = (simd::padded(t.bq), simd::padded(v_dim));
         Self {
-            scores: vec![0.0; t.bq * t.bk],
-            acc: vec![0.0; t.bq * v_dim],
-            max: vec![0.0; t.bq],
-            sum: vec![0.0; t.bq],
+            qt: vec![0.0; d * ldq],
+            k: vec![0.0; t.bk * d],
+            v: vec![0.0; t.bk * ldv],
+            st: vec![0.0; t.bk * ldq],
+            acc: vec![0.0; t.bq * ldv],
+            m: vec![0.0; ldq],
+            l: vec![0.0; ldq],
+            rescale: vec![0.0; ldq],
+            shift: vec![0.0; ldq],
+            sums: vec![0.0; ldq],
+            row: vec![0.0; t.bk],
         }
     }
 }
@@ -202,20 +269,26 @@ struct Task<'a> {
     scale: f32,
     mask: &'a dyn Pattern,
     bk: usize,
+    isa: Isa,
 }
 
 impl Task<'_> {
     fn run(&self, ws: &mut Workspace, mut out: ArrayViewMut2<f32>) {
-        let rows = self.q.nrows();
+        let (rows, d) = self.q.dim();
         let dv = self.v.ncols();
+        let (ldq, ldv) = (simd::padded(rows), simd::padded(dv));
         let row_range = self.r0..self.r0 + rows;
-        let max = &mut ws.max[..rows];
-        let sum = &mut ws.sum[..rows];
-        max.fill(f32::NEG_INFINITY);
-        sum.fill(0.0);
-        let mut acc = ArrayViewMut2::from_shape((rows, dv), &mut ws.acc[..rows * dv])
-            .expect("workspace holds bq x d_v");
-        acc.fill(0.0);
+        // The query block, transposed; padding queries are zero.
+        let qt = &mut ws.qt[..d * ldq];
+        qt.fill(0.0);
+        for (i, qrow) in self.q.outer_iter().enumerate() {
+            for (p, &x) in qrow.iter().enumerate() {
+                qt[p * ldq + i] = x;
+            }
+        }
+        ws.m[..ldq].fill(f32::NEG_INFINITY);
+        ws.l[..ldq].fill(0.0);
+        ws.acc[..rows * ldv].fill(0.0);
 
         for c0 in (0..self.g.n_kv).step_by(self.bk) {
             let c1 = (c0 + self.bk).min(self.g.n_kv);
@@ -224,43 +297,80 @@ impl Task<'_> {
             if tile == Tile::Empty {
                 continue;
             }
-            let scores = &mut ws.scores[..rows * cols];
-            let mut s_view = ArrayViewMut2::from_shape((rows, cols), &mut *scores)
-                .expect("workspace holds bq x bk");
-            gemm(
-                self.scale,
-                &self.q,
-                &self.k.slice(s![c0..c1, ..]).t(),
-                0.0,
-                &mut s_view,
-            );
-            let score_rows = scores.chunks_exact_mut(cols);
-            for (i, row) in score_rows.enumerate() {
-                if tile == Tile::Partial {
+            // Contiguous inputs are read in place; others are copied into the workspace.
+            let k_tile = self.k.slice(s![c0..c1, ..]);
+            let k: &[f32] = match k_tile.to_slice() {
+                Some(k) => k,
+                None => {
+                    for (j, krow) in k_tile.outer_iter().enumerate() {
+                        for (dst, &x) in ws.k[j * d..(j + 1) * d].iter_mut().zip(krow.iter()) {
+                            *dst = x;
+                        }
+                    }
+                    &ws.k[..cols * d]
+                }
+            };
+            let v_tile = self.v.slice(s![c0..c1, ..]);
+            let v: &[f32] = match v_tile.to_slice().filter(|_| ldv == dv) {
+                Some(v) => v,
+                None => {
+                    for (j, vrow) in v_tile.outer_iter().enumerate() {
+                        let dst = &mut ws.v[j * ldv..(j + 1) * ldv];
+                        for (d, &x) in dst.iter_mut().zip(vrow.iter()) {
+                            *d = x;
+                        }
+                        dst[dv..].fill(0.0);
+                    }
+                    &ws.v[..cols * ldv]
+                }
+            };
+            let mut t = simd::Tile {
+                qt: &ws.qt[..d * ldq],
+                k,
+                v,
+                st: &mut ws.st[..cols * ldq],
+                cols,
+                d,
+                ldq,
+                ldv,
+            };
+            simd::scores(self.isa, &mut t, self.scale);
+            if tile == Tile::Partial {
+                // Masks work on query rows; the scores are key-major: gather, mask, scatter.
+                let row = &mut ws.row[..cols];
+                for i in 0..rows {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = t.st[j * ldq + i];
+                    }
                     self.mask.mask_row(self.g, self.r0 + i, c0, row);
-                }
-                let tile_max = exp::max(row);
-                if tile_max == f32::NEG_INFINITY {
-                    // No allowed key for this row in this tile: contribute nothing.
-                    row.fill(0.0);
-                    continue;
-                }
-                let m_new = max[i].max(tile_max);
-                let rescale = exp::exp(max[i] - m_new);
-                sum[i] = sum[i] * rescale + exp::exp_shifted_sum(row, m_new);
-                max[i] = m_new;
-                if rescale != 1.0 {
-                    acc.row_mut(i).map_inplace(|a| *a *= rescale);
+                    for (j, &x) in row.iter().enumerate() {
+                        t.st[j * ldq + i] = x;
+                    }
                 }
             }
-            let p = ArrayView2::from_shape((rows, cols), &ws.scores[..rows * cols])
-                .expect("workspace holds bq x bk");
-            gemm(1.0, &p, &self.v.slice(s![c0..c1, ..]), 1.0, &mut acc);
+            let mut state = simd::OnlineState {
+                m: &mut ws.m,
+                l: &mut ws.l,
+                rescale: &mut ws.rescale,
+                shift: &mut ws.shift,
+                sums: &mut ws.sums,
+            };
+            simd::online_softmax(self.isa, t.st, cols, ldq, &mut state);
+            simd::accumulate(
+                self.isa,
+                &t,
+                &mut ws.acc[..rows * ldv],
+                rows,
+                &ws.rescale[..ldq],
+            );
         }
 
-        for ((mut o, a), &l) in out.outer_iter_mut().zip(acc.outer_iter()).zip(sum.iter()) {
+        for (i, mut o) in out.outer_iter_mut().enumerate() {
+            let l = ws.l[i];
             let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            o.zip_mut_with(&a, |o, &a| *o = a * inv);
+            for (o, &a) in o.iter_mut().zip(&ws.acc[i * ldv..i * ldv + dv]) {
+                *o = a * inv;
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use ndarray::ArrayViewMut4;
 use super::flash::{Tiling, tiled_cost, tiled_forward};
 use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
 use crate::error::Result;
+use crate::kernels::simd::Isa;
 use crate::pattern::{BigBird, Dilated, Fixed, Local, Longformer, Mask, Pattern, Strided, Window};
 use crate::registry::{ParamInfo, VariantInfo};
 use crate::shape::Shape;
@@ -83,7 +84,13 @@ impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
     }
 
     fn forward(&self, p: &Problem<'_>, out: ArrayViewMut4<'_, f32>) -> Result<()> {
-        tiled_forward(p, &p.mask(Some(&self.pattern)), self.tiling, out);
+        tiled_forward(
+            p,
+            &p.mask(Some(&self.pattern)),
+            self.tiling,
+            Isa::detect(),
+            out,
+        );
         Ok(())
     }
 }

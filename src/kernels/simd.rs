@@ -1,0 +1,532 @@
+//! Runtime-dispatched SIMD kernels: the flash engine's tile products and the softmax row
+//! operations, compiled once per instruction set and chosen once per process.
+//!
+//! The kernels are plain, safe Rust over fixed-size register blocks (`[[f32; C]; R]`), which
+//! LLVM keeps in vector registers and vectorizes to the width the enclosing function's target
+//! features allow. Each is instantiated three times: inside a
+//! `#[target_feature(enable = "avx512f,avx2,fma")]` function, inside an `avx2,fma` one, and with no
+//! extra features (the portable path, SSE2 on x86_64, NEON on aarch64). [`Isa::detect`] picks
+//! the widest the CPU supports at run time; tests force each path ([`Isa::available`]).
+//!
+//! The only `unsafe` is calling a `#[target_feature]` function, which is sound exactly when
+//! the CPU has the features; [`Isa::detect`] and [`Isa::available`] only return paths whose
+//! features `is_x86_feature_detected!` confirmed.
+
+use std::sync::OnceLock;
+
+use super::exp;
+
+/// An instruction-set path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// AVX-512F with AVX2 and FMA (16 lanes of f32, 32 registers).
+    Avx512,
+    /// AVX2 with FMA (8 lanes, 16 registers).
+    Avx2Fma,
+    /// No extra target features: SSE2 on x86_64, NEON on aarch64, scalar elsewhere.
+    Portable,
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isa::Avx512 => "avx512f",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Portable => "portable",
+        })
+    }
+}
+
+impl Isa {
+    /// The widest path this CPU supports, detected once.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| Self::available()[0])
+    }
+
+    /// Every path this CPU supports, widest first (always ending with `Portable`).
+    pub fn available() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2Fma);
+            }
+        }
+        v.push(Isa::Portable);
+        v
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        Self::available().contains(&self)
+    }
+}
+
+/// Lanes that query blocks and value rows are padded to (the widest register block).
+pub const PAD: usize = 32;
+
+/// Rounds `n` up to a multiple of [`PAD`].
+pub fn padded(n: usize) -> usize {
+    n.next_multiple_of(PAD)
+}
+
+/// One tile of the flash engine in transposed layout: scores are stored key-major,
+/// `st[j][i]` for key `j` and query `i`, so that every per-query softmax quantity (maximum,
+/// sum, rescaling) is a vector over queries.
+pub struct Tile<'a> {
+    /// Queries transposed: `d x ldq` (`qt[p][i]`), zeros beyond the block's rows.
+    pub qt: &'a [f32],
+    /// Keys: `cols x d`, row-major.
+    pub k: &'a [f32],
+    /// Values: `cols x ldv`, row-major, zeros beyond `d_v`.
+    pub v: &'a [f32],
+    /// Scores / probabilities: `cols x ldq`.
+    pub st: &'a mut [f32],
+    /// Keys in the tile.
+    pub cols: usize,
+    /// Head dimension.
+    pub d: usize,
+    /// Padded query count (row stride of `qt` and `st`).
+    pub ldq: usize,
+    /// Padded value dimension (row stride of `v` and `acc`).
+    pub ldv: usize,
+}
+
+/// `st = scale * k qt`: the tile's scores.
+pub fn scores(isa: Isa, t: &mut Tile<'_>, scale: f32) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { scores_avx512(t, scale) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { scores_avx2(t, scale) },
+        _ => scores_block::<4, 8, false>(t, scale),
+    }
+}
+
+/// The online-softmax update of one tile: with `m` the running maxima and `l` the running
+/// sums (one per query, `ldq` long), sets `m' = max(m, max_j st[j])`, replaces `st` by
+/// `e^(st - m')`, writes `rescale = e^(m - m')` and `l' = l * rescale + sum_j st[j]`.
+/// Queries whose maximum is still `-inf` (no allowed key yet) keep zero probabilities.
+pub fn online_softmax(
+    isa: Isa,
+    st: &mut [f32],
+    cols: usize,
+    ldq: usize,
+    state: &mut OnlineState<'_>,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { softmax_avx512(st, cols, ldq, state) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { softmax_avx2(st, cols, ldq, state) },
+        _ => softmax_cols(st, cols, ldq, state),
+    }
+}
+
+/// The per-query running state of the online softmax, `ldq` entries each, plus scratch.
+pub struct OnlineState<'a> {
+    /// Running maxima (`-inf` before any allowed key).
+    pub m: &'a mut [f32],
+    /// Running sums.
+    pub l: &'a mut [f32],
+    /// Written by each step: `e^(m_old - m_new)`, by which the accumulator must be scaled.
+    pub rescale: &'a mut [f32],
+    /// Scratch.
+    pub shift: &'a mut [f32],
+    /// Scratch.
+    pub sums: &'a mut [f32],
+}
+
+/// `acc[i] = acc[i] * rescale[i] + sum_j st[j][i] v[j]` for the first `rows` queries.
+pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { pv_avx512(t, acc, rows, rescale) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { pv_avx2(t, acc, rows, rescale) },
+        _ => pv_block::<4, 8, false>(t, acc, rows, rescale),
+    }
+}
+
+/// Replaces each `x` with `e^(x - shift)` and returns their sum, on the given path.
+pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { exp_sum_avx512(xs, shift) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { exp_sum_avx2(xs, shift) },
+        _ => exp::exp_shifted_sum(xs, shift),
+    }
+}
+
+/// The maximum of a slice, on the given path.
+pub fn max(isa: Isa, xs: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { max_avx512(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { max_avx2(xs) },
+        _ => exp::max(xs),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn scores_avx512(t: &mut Tile<'_>, scale: f32) {
+    scores_block::<4, 16, true>(t, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scores_avx2(t: &mut Tile<'_>, scale: f32) {
+    scores_block::<4, 16, true>(t, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn softmax_avx512(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
+    softmax_cols(st, cols, ldq, state)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
+    softmax_cols(st, cols, ldq, state)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn pv_avx512(t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
+    pv_block::<4, 16, true>(t, acc, rows, rescale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn pv_avx2(t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
+    pv_block::<4, 16, true>(t, acc, rows, rescale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn exp_sum_avx512(xs: &mut [f32], shift: f32) -> f32 {
+    exp::exp_shifted_sum(xs, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_sum_avx2(xs: &mut [f32], shift: f32) -> f32 {
+    exp::exp_shifted_sum(xs, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn max_avx512(xs: &[f32]) -> f32 {
+    exp::max(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn max_avx2(xs: &[f32]) -> f32 {
+    exp::max(xs)
+}
+
+/// `a * b + c`, fused when `F` (the path has FMA), else separate (a libm `fmaf` call would
+/// be far slower than the two operations).
+#[inline(always)]
+fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `st = scale * k qt`, in blocks of `R` keys times `C` queries held in registers.
+#[inline(always)]
+fn scores_block<const R: usize, const C: usize, const F: bool>(t: &mut Tile<'_>, scale: f32) {
+    let (cols, d, ldq) = (t.cols, t.d, t.ldq);
+    assert!(ldq % C == 0 && t.qt.len() >= d * ldq && t.k.len() >= cols * d);
+    assert!(t.st.len() >= cols * ldq);
+    let full = cols - cols % R;
+    for j in (0..full).step_by(R) {
+        scores_rows::<R, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
+    }
+    for j in full..cols {
+        scores_rows::<1, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
+    }
+}
+
+#[inline(always)]
+fn scores_rows<const R: usize, const C: usize, const F: bool>(
+    qt: &[f32],
+    k: &[f32],
+    st: &mut [f32],
+    j: usize,
+    d: usize,
+    ldq: usize,
+    scale: f32,
+) {
+    let k = &k[j * d..(j + R) * d];
+    for i0 in (0..ldq).step_by(C) {
+        let mut acc = [[0.0f32; C]; R];
+        for p in 0..d {
+            let qv: &[f32; C] = qt[p * ldq + i0..p * ldq + i0 + C]
+                .try_into()
+                .expect("C queries");
+            for r in 0..R {
+                let kv = k[r * d + p];
+                for l in 0..C {
+                    acc[r][l] = madd::<F>(kv, qv[l], acc[r][l]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let out = &mut st[(j + r) * ldq + i0..(j + r) * ldq + i0 + C];
+            for l in 0..C {
+                out[l] = a[l] * scale;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn softmax_cols(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
+    let OnlineState {
+        m,
+        l,
+        rescale,
+        shift,
+        sums,
+    } = state;
+    let (m, l, rescale) = (&mut m[..ldq], &mut l[..ldq], &mut rescale[..ldq]);
+    let (shift, sums) = (&mut shift[..ldq], &mut sums[..ldq]);
+    // New maxima: an elementwise maximum over the key rows.
+    shift.copy_from_slice(m);
+    for row in st[..cols * ldq].chunks_exact(ldq) {
+        for (a, &x) in shift.iter_mut().zip(row) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    for i in 0..ldq {
+        let new = shift[i];
+        // A query with no allowed key yet keeps m = -inf, shift 0 (so -inf scores give 0)
+        // and rescale 1 (its accumulator is zero anyway).
+        rescale[i] = if new == f32::NEG_INFINITY {
+            1.0
+        } else {
+            exp::exp(m[i] - new)
+        };
+        m[i] = new;
+        if new == f32::NEG_INFINITY {
+            shift[i] = 0.0;
+        }
+    }
+    sums.fill(0.0);
+    for row in st[..cols * ldq].chunks_exact_mut(ldq) {
+        for ((x, &sh), s) in row.iter_mut().zip(shift.iter()).zip(sums.iter_mut()) {
+            *x = exp::exp(*x - sh);
+            *s += *x;
+        }
+    }
+    for i in 0..ldq {
+        l[i] = l[i] * rescale[i] + sums[i];
+    }
+}
+
+/// `acc = acc * rescale + st^T v`, in blocks of `R` queries times `C` value columns.
+#[inline(always)]
+fn pv_block<const R: usize, const C: usize, const F: bool>(
+    t: &Tile<'_>,
+    acc: &mut [f32],
+    rows: usize,
+    rescale: &[f32],
+) {
+    let (cols, ldq, ldv) = (t.cols, t.ldq, t.ldv);
+    assert!(ldv % C == 0 && t.v.len() >= cols * ldv && acc.len() >= rows * ldv);
+    assert!(t.st.len() >= cols * ldq && rows <= ldq && rescale.len() >= rows);
+    let full = rows - rows % R;
+    for i in (0..full).step_by(R) {
+        pv_rows::<R, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
+    }
+    for i in full..rows {
+        pv_rows::<1, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pv_rows<const R: usize, const C: usize, const F: bool>(
+    st: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    i: usize,
+    cols: usize,
+    ldq: usize,
+    ldv: usize,
+    rescale: &[f32],
+) {
+    for c0 in (0..ldv).step_by(C) {
+        let mut o = [[0.0f32; C]; R];
+        for (r, or) in o.iter_mut().enumerate() {
+            let f = rescale[i + r];
+            for (x, &a) in or
+                .iter_mut()
+                .zip(&acc[(i + r) * ldv + c0..(i + r) * ldv + c0 + C])
+            {
+                *x = a * f;
+            }
+        }
+        for j in 0..cols {
+            let vv: &[f32; C] = v[j * ldv + c0..j * ldv + c0 + C]
+                .try_into()
+                .expect("C values");
+            let p = &st[j * ldq + i..j * ldq + i + R];
+            for r in 0..R {
+                for l in 0..C {
+                    o[r][l] = madd::<F>(p[r], vv[l], o[r][l]);
+                }
+            }
+        }
+        for (r, or) in o.iter().enumerate() {
+            acc[(i + r) * ldv + c0..(i + r) * ldv + c0 + C].copy_from_slice(or);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_matches_a_naive_tile() {
+        let (rows, d, cols, dv) = (13, 19, 45, 23);
+        let (ldq, ldv) = (padded(rows), padded(dv));
+        let f = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+        let qt: Vec<f32> = (0..d * ldq)
+            .map(|i| if i % ldq < rows { f(i) } else { 0.0 })
+            .collect();
+        let k: Vec<f32> = (0..cols * d).map(|i| f(i + 3)).collect();
+        let v: Vec<f32> = (0..cols * ldv)
+            .map(|i| if i % ldv < dv { f(i + 5) } else { 0.0 })
+            .collect();
+        for isa in Isa::available() {
+            let mut st = vec![f32::NAN; cols * ldq];
+            let mut t = Tile {
+                qt: &qt,
+                k: &k,
+                v: &v,
+                st: &mut st,
+                cols,
+                d,
+                ldq,
+                ldv,
+            };
+            scores(isa, &mut t, 0.5);
+            for j in 0..cols {
+                for i in 0..rows {
+                    let want: f32 =
+                        0.5 * (0..d).map(|p| k[j * d + p] * qt[p * ldq + i]).sum::<f32>();
+                    let got = t.st[j * ldq + i];
+                    assert!((got - want).abs() < 1e-4, "{isa}: {got} vs {want}");
+                }
+            }
+            let raw = t.st.to_vec();
+            // One online-softmax step from an empty state, then the accumulation.
+            let mut m = vec![f32::NEG_INFINITY; ldq];
+            let mut l = vec![0.0f32; ldq];
+            let mut rescale = vec![0.0f32; ldq];
+            let (mut a, mut b) = (vec![0.0f32; ldq], vec![0.0f32; ldq]);
+            let mut state = OnlineState {
+                m: &mut m,
+                l: &mut l,
+                rescale: &mut rescale,
+                shift: &mut a,
+                sums: &mut b,
+            };
+            online_softmax(isa, t.st, cols, ldq, &mut state);
+            let mut acc = vec![0.0f32; rows * ldv];
+            accumulate(isa, &t, &mut acc, rows, &rescale);
+            for i in 0..rows {
+                let mx = (0..cols)
+                    .map(|j| raw[j * ldq + i])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(m[i], mx, "{isa}");
+                let w: Vec<f64> = (0..cols)
+                    .map(|j| ((raw[j * ldq + i] - mx) as f64).exp())
+                    .collect();
+                let total: f64 = w.iter().sum();
+                assert!(((l[i] as f64 - total) / total).abs() < 1e-5, "{isa}");
+                for c in 0..dv {
+                    let want: f64 = (0..cols).map(|j| w[j] * v[j * ldv + c] as f64).sum();
+                    let got = acc[i * ldv + c] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "{isa}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_queries_stay_empty() {
+        let (cols, ldq) = (3, PAD);
+        for isa in Isa::available() {
+            let mut st = vec![f32::NEG_INFINITY; cols * ldq];
+            st[0] = 1.0; // query 0 sees key 0; the others see nothing
+            let mut m = vec![f32::NEG_INFINITY; ldq];
+            let mut l = vec![0.0f32; ldq];
+            let mut r = vec![0.0f32; ldq];
+            let (mut a, mut b) = (vec![0.0f32; ldq], vec![0.0f32; ldq]);
+            let mut state = OnlineState {
+                m: &mut m,
+                l: &mut l,
+                rescale: &mut r,
+                shift: &mut a,
+                sums: &mut b,
+            };
+            online_softmax(isa, &mut st, cols, ldq, &mut state);
+            assert_eq!((m[0], l[0]), (1.0, 1.0), "{isa}");
+            assert_eq!((m[1], l[1]), (f32::NEG_INFINITY, 0.0), "{isa}");
+            assert!(
+                st.iter().all(|x| x.is_finite()),
+                "{isa}: no NaN from -inf - -inf"
+            );
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_on_every_path() {
+        for isa in Isa::available() {
+            let mut xs: Vec<f32> = (0..=200_000)
+                .map(|i| -87.3 + 87.3 * i as f32 / 200_000.0)
+                .collect();
+            let orig = xs.clone();
+            exp_shifted_sum(isa, &mut xs, 0.0);
+            for (x, e) in orig.iter().zip(&xs) {
+                let want = (*x as f64).exp() as f32;
+                let ulps = (e.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
+                assert!(ulps <= 3, "{isa}: exp({x}) = {e}, want {want} ({ulps} ulp)");
+            }
+            let mut under = [f32::NEG_INFINITY, -100.0, -87.5];
+            exp_shifted_sum(isa, &mut under, 0.0);
+            assert_eq!(under, [0.0, 0.0, 0.0], "{isa}: underflow flushes to zero");
+            assert_eq!(max(isa, &orig), 0.0);
+        }
+    }
+}
