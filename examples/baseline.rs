@@ -93,7 +93,7 @@ fn main() -> attnbench::Result<()> {
             v.forward(&p, out.view_mut())?; // warm-up: rayon's pool start-up allocates
             let (r, peak) = measure(|| v.forward(&p, out.view_mut()));
             r?;
-            let cost = v.cost(&shape, &p.opts);
+            let cost = v.cost(&shape, &p.opts());
             println!(
                 "{:<24} n={n:5}: peak heap {:>12} bytes (analytic workspace {:>12})",
                 v.to_string(),

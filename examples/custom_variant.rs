@@ -66,14 +66,17 @@ impl Attention for TopK {
     }
 
     fn forward(&self, p: &Problem<'_>, mut out: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
-        let sh = p.shape;
+        let sh = p.shape();
         let mut scores: Vec<(f32, usize)> = Vec::with_capacity(sh.n_kv);
         for b in 0..sh.batch {
             for h in 0..sh.heads {
                 let kvh = sh.kv_head_of(h);
-                let (k, v) = (p.k.slice(s![b, kvh, .., ..]), p.v.slice(s![b, kvh, .., ..]));
+                let (k, v) = (
+                    p.k().slice_move(s![b, kvh, .., ..]),
+                    p.v().slice_move(s![b, kvh, .., ..]),
+                );
                 for i in 0..sh.n_q {
-                    let q = p.q.slice(s![b, h, i, ..]);
+                    let q = p.q().slice_move(s![b, h, i, ..]);
                     scores.clear();
                     scores.extend((0..sh.n_kv).map(|j| (p.scale() * q.dot(&k.row(j)), j)));
                     let keep = self.k.min(sh.n_kv);

@@ -95,20 +95,16 @@ pub struct Cost {
 
 /// One validated attention call: the inputs, their [`Shape`] and the [`Options`].
 ///
-/// Constructed only by [`Problem::new`], which checks everything a kernel relies on, so a
-/// variant's [`forward`](Attention::forward) never needs to re-validate.
+/// Constructed only by [`Problem::new`], which checks everything a kernel relies on, and
+/// immutable afterwards (its fields are private), so a variant's
+/// [`forward`](Attention::forward) never needs to re-validate.
 #[derive(Debug, Clone, Copy)]
 pub struct Problem<'a> {
-    /// Queries `[batch, heads, n_q, head_dim]`.
-    pub q: ArrayView4<'a, f32>,
-    /// Keys `[batch, kv_heads, n_kv, head_dim]`.
-    pub k: ArrayView4<'a, f32>,
-    /// Values `[batch, kv_heads, n_kv, v_dim]`.
-    pub v: ArrayView4<'a, f32>,
-    /// The validated sizes.
-    pub shape: Shape,
-    /// The call's options.
-    pub opts: Options,
+    q: ArrayView4<'a, f32>,
+    k: ArrayView4<'a, f32>,
+    v: ArrayView4<'a, f32>,
+    shape: Shape,
+    opts: Options,
 }
 
 impl<'a> Problem<'a> {
@@ -131,6 +127,31 @@ impl<'a> Problem<'a> {
             shape,
             opts,
         })
+    }
+
+    /// Queries `[batch, heads, n_q, head_dim]`.
+    pub fn q(&self) -> ArrayView4<'a, f32> {
+        self.q
+    }
+
+    /// Keys `[batch, kv_heads, n_kv, head_dim]`.
+    pub fn k(&self) -> ArrayView4<'a, f32> {
+        self.k
+    }
+
+    /// Values `[batch, kv_heads, n_kv, v_dim]`.
+    pub fn v(&self) -> ArrayView4<'a, f32> {
+        self.v
+    }
+
+    /// The validated sizes.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The call's options.
+    pub fn opts(&self) -> Options {
+        self.opts
     }
 
     /// The score scale in effect.
@@ -213,7 +234,7 @@ pub fn run(
     problem: &Problem<'_>,
     out: ArrayViewMut4<'_, f32>,
 ) -> Result<()> {
-    let reasons = variant.unsupported(&problem.shape, &problem.opts);
+    let reasons = variant.unsupported(&problem.shape(), &problem.opts());
     if !reasons.is_empty() {
         return Err(ErrorKind::Unsupported {
             variant: variant.to_string(),
@@ -221,7 +242,7 @@ pub fn run(
         }
         .into());
     }
-    let expected = problem.shape.out_dims();
+    let expected = problem.shape().out_dims();
     let got = out.shape();
     for (axis, name) in ["batch", "heads", "n_q", "v_dim"].iter().enumerate() {
         if got[axis] != expected[axis] {

@@ -41,6 +41,7 @@
 //! |---|---|---|
 //! | `full` | exact | materialized `n_q x n_kv` scores, softmax, `P V` |
 //! | `flash(bq=64,bk=128)` | exact | tiled, online softmax, memory independent of `n` |
+//! | `linear(phi=elu1\|relu\|favor)` | other kernel / approximate | kernelized linear attention, O(n) time and memory |
 //! | `window(w=256)`, `local(block=128)`, `strided(stride=128)`, `fixed(block=128,c=32)`, `longformer(w=256,g=16)`, `bigbird(block=64,w=3,g=2,r=3,seed=0)`, `dilated(w=128,dilation=2)` | exact under their [`pattern`] | the tiled engine on a sparse pattern |
 //!
 //! # Modules

@@ -62,7 +62,8 @@ struct SweepArgs {
     /// Default: every registered variant's presets.
     #[arg(long, value_name = "SPEC,...")]
     variants: Option<String>,
-    /// Sequence lengths: a list `256,512,1000` or a range of powers of two `256..8192`.
+    /// Sequence lengths: a list `256,512,1000` or a doubling range `256..8192` (A, 2A, 4A, ...
+    /// up to B).
     /// Default: 256..8192 (256..1024 with --quick).
     #[arg(long, value_name = "LIST|A..B", value_parser = parse_lengths)]
     lengths: Option<Lengths>,
@@ -130,10 +131,10 @@ fn parse_lengths(text: &str) -> Result<Lengths, String> {
             return Err(format!("range {a}..{b} must have 1 <= start <= end"));
         }
         let mut v = Vec::new();
-        let mut n = a;
-        while n <= b {
-            v.push(n);
-            n *= 2;
+        let mut n = Some(a);
+        while let Some(x) = n.filter(|&x| x <= b) {
+            v.push(x);
+            n = x.checked_mul(2);
         }
         return Ok(Lengths(v));
     }

@@ -17,7 +17,7 @@ use crate::pattern::{Mask, Pattern};
 /// Softmax attention of every query row under `pattern` (dense when `None`) and the problem's
 /// causal flag, in `f64`: `[batch, heads, n_q, v_dim]`.
 pub fn oracle(problem: &Problem<'_>, pattern: Option<&dyn Pattern>) -> Array4<f64> {
-    let rows: Vec<usize> = (0..problem.shape.n_q).collect();
+    let rows: Vec<usize> = (0..problem.shape().n_q).collect();
     oracle_rows(problem, pattern, &rows)
 }
 
@@ -31,7 +31,7 @@ pub fn oracle_rows(
     pattern: Option<&dyn Pattern>,
     rows: &[usize],
 ) -> Array4<f64> {
-    let shape = problem.shape;
+    let shape = problem.shape();
     assert!(
         rows.iter().all(|&r| r < shape.n_q),
         "oracle rows must be below n_q = {}",
@@ -43,9 +43,18 @@ pub fn oracle_rows(
     for_each_head(out.view_mut(), |b, h, head_out| {
         let kvh = shape.kv_head_of(h);
         head_oracle(
-            problem.q.index_axis(Axis(0), b).index_axis(Axis(0), h),
-            problem.k.index_axis(Axis(0), b).index_axis(Axis(0), kvh),
-            problem.v.index_axis(Axis(0), b).index_axis(Axis(0), kvh),
+            problem
+                .q()
+                .index_axis_move(Axis(0), b)
+                .index_axis(Axis(0), h),
+            problem
+                .k()
+                .index_axis_move(Axis(0), b)
+                .index_axis(Axis(0), kvh),
+            problem
+                .v()
+                .index_axis_move(Axis(0), b)
+                .index_axis(Axis(0), kvh),
             &mask,
             scale,
             rows,
@@ -100,7 +109,7 @@ fn head_oracle(
 /// It bounds how far a pattern-restricted variant can be from dense attention: each output
 /// row moves by at most `2 * mass * max |v|`.
 pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]) -> f64 {
-    let shape = problem.shape;
+    let shape = problem.shape();
     let g = shape.geometry();
     let dense = problem.mask(None);
     let scale = problem.scale() as f64;
@@ -108,11 +117,14 @@ pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]
     let mut count = 0usize;
     for b in 0..shape.batch {
         for h in 0..shape.heads {
-            let q = problem.q.index_axis(Axis(0), b).index_axis_move(Axis(0), h);
+            let q = problem
+                .q()
+                .index_axis_move(Axis(0), b)
+                .index_axis_move(Axis(0), h);
             let kvh = shape.kv_head_of(h);
             let k = problem
-                .k
-                .index_axis(Axis(0), b)
+                .k()
+                .index_axis_move(Axis(0), b)
                 .index_axis_move(Axis(0), kvh);
             for &i in rows {
                 let scores: Vec<(bool, f64)> = (0..shape.n_kv)

@@ -95,9 +95,14 @@ impl Params<'_> {
             .map_err(|_| self.invalid(name, &format!("expected {expected}, got '{raw}'")))
     }
 
-    /// A non-negative integer.
+    /// A non-negative integer, at most 2^40 (larger sizes are not meaningful and would
+    /// overflow position arithmetic).
     pub fn usize(&self, name: &str) -> Result<usize> {
-        self.parse(name, "a non-negative integer")
+        let n: usize = self.parse(name, "a non-negative integer")?;
+        if n > 1 << 40 {
+            return Err(self.invalid(name, &format!("{n} is too large (at most 2^40)")));
+        }
+        Ok(n)
     }
 
     /// An integer of at least 1.

@@ -12,22 +12,26 @@ use ndarray::{Array2, Array4, Axis, s};
 /// `sum_j w_ij v_j / sum_j w_ij` with `w_ij = phi(q_i) . phi(k_j)` (masked when causal), in
 /// f64, from features computed once for all rows.
 fn naive(map: &dyn FeatureMap, p: &Problem<'_>) -> Array4<f64> {
-    let sh = p.shape;
+    let sh = p.shape();
     let m = map.dim(sh.head_dim);
     let mut out = Array4::zeros(sh.out_dims());
     for b in 0..sh.batch {
         for h in 0..sh.heads {
             let kvh = sh.kv_head_of(h);
             let mut fq = Array2::zeros((sh.n_q, m));
-            map.map_queries(p.q.slice(s![b, h, .., ..]), p.scale(), fq.view_mut());
+            map.map_queries(p.q().slice_move(s![b, h, .., ..]), p.scale(), fq.view_mut());
             let mut fk = Array2::zeros((sh.n_kv, m));
-            map.map_keys(p.k.slice(s![b, kvh, .., ..]), p.scale(), fk.view_mut());
-            let v = p.v.slice(s![b, kvh, .., ..]);
+            map.map_keys(
+                p.k().slice_move(s![b, kvh, .., ..]),
+                p.scale(),
+                fk.view_mut(),
+            );
+            let v = p.v().slice_move(s![b, kvh, .., ..]);
             for i in 0..sh.n_q {
                 let mut den = 0.0f64;
                 let mut num = vec![0.0f64; sh.v_dim];
                 for j in 0..sh.n_kv {
-                    if p.opts.causal && j as isize > i as isize + sh.offset() {
+                    if p.opts().causal && j as isize > i as isize + sh.offset() {
                         continue;
                     }
                     let w: f64 = fq
@@ -218,6 +222,10 @@ fn bad_parameters_are_clear_errors() {
         let e = reg.build(spec).unwrap_err().to_string();
         assert!(e.contains(needle), "{spec}: {e}");
     }
+    let favor = reg.build("linear(phi=favor)").unwrap();
+    let shape = Shape::self_attention(1, 1, 4, 4).unwrap();
+    let reasons = favor.unsupported(&shape, &Options::new().scale(-0.5));
+    assert!(reasons[0].contains("positive scale"), "{reasons:?}");
     let spec = "linear(phi=favor,m=128,seed=3,orthogonal=false,chunk=32)";
     assert_eq!(reg.build(spec).unwrap().to_string(), spec);
 }

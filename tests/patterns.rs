@@ -411,6 +411,8 @@ fn bad_parameters_name_the_parameter() {
         ("bigbird(w=0)", "w"),
         ("window(w=-1)", "w"),
         ("longformer(g=x)", "g"),
+        ("window(w=9223372036854775808)", "w"),
+        ("dilated(w=1099511627776,dilation=2)", "w"),
     ] {
         let e = reg.build(spec).unwrap_err().to_string();
         assert!(e.contains(&format!("parameter {param}")), "{spec}: {e}");

@@ -165,6 +165,10 @@ fn runs_combine_into_one_report() {
     let mut other = power_law_rows();
     for r in &mut other {
         r.run_id = "other".into();
+        // The other machine's full attention is twice as slow.
+        if r.name == "full" {
+            r.time_median_ms = r.time_median_ms.map(|t| t * 2.0);
+        }
     }
     write_csv(&b, &other);
     let out = write_report(&[a, b], Some(&dir.join("out")), &Registry::builtin()).unwrap();
@@ -172,6 +176,19 @@ fn runs_combine_into_one_report() {
     assert!(
         md.contains("`full [fixture]`") && md.contains("`full [other]`"),
         "{md}"
+    );
+    // Each run is compared with its own full attention.
+    assert!(
+        md.contains("`window(w=256) [fixture]` is 10x faster than `full [fixture]`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("`window(w=256) [other]` is 20x faster than `full [other]`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `window(w=256) [other]` | 16.00"),
+        "tables name the run; {md}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -190,11 +190,76 @@ impl Attention for Broken {
         Cost::default()
     }
     fn forward(&self, p: &Problem<'_>, _: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
-        if p.shape.n_q < 100 {
+        if p.shape().n_q < 100 {
             panic!("deliberate panic");
         }
         Err(attnbench::Error::bad_spec("broken", "deliberate failure"))
     }
+}
+
+/// Panics while reporting its cost, before any kernel runs.
+#[derive(Debug)]
+struct BadCost;
+
+impl std::fmt::Display for BadCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("badcost")
+    }
+}
+
+impl Attention for BadCost {
+    fn name(&self) -> &'static str {
+        "badcost"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Approximate
+    }
+    fn cost(&self, _: &Shape, _: &Options) -> Cost {
+        panic!("no cost model")
+    }
+    fn forward(&self, _: &Problem<'_>, _: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panic_outside_forward_is_an_error_row_too() {
+    let dir = temp_dir("badcost");
+    let variants: Vec<Box<dyn Attention>> = vec![
+        Box::new(BadCost),
+        Registry::builtin().build("flash").unwrap(),
+    ];
+    let out = run_sweep(&small_config(&dir), &variants, &mut |_| {}).unwrap();
+    assert!(
+        out.records
+            .iter()
+            .filter(|r| r.name == "badcost")
+            .all(|r| r.status == "error" && r.note.contains("no cost model"))
+    );
+    assert!(
+        out.records
+            .iter()
+            .filter(|r| r.name == "flash")
+            .all(|r| r.status == "ok")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn inputs_over_the_memory_budget_are_skipped_before_allocation() {
+    let dir = temp_dir("hugeinputs");
+    let mut cfg = small_config(&dir);
+    cfg.lengths = vec![64, 1 << 40];
+    cfg.max_memory = 1 << 30;
+    let out = sweep(&cfg, "flash");
+    assert_eq!(out.records[0].status, "ok");
+    assert_eq!(out.records[1].status, "skipped");
+    assert!(
+        out.records[1].note.contains("inputs and output alone"),
+        "{}",
+        out.records[1].note
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub struct Record {
     pub flops: Option<f64>,
     /// `flops / time_median`, GFLOP/s.
     pub gflops: Option<f64>,
-    /// matrixmultiply's sgemm rate at `[n, d] x [d, n]` measured in the same run, GFLOP/s.
+    /// matrixmultiply's sgemm rate at `[min(n, 1024), d] x [d, min(n, 16384)]` (the attention
+    /// score shape, capped) measured in the same run, GFLOP/s.
     pub gemm_gflops: Option<f64>,
     /// `100 * gflops / gemm_gflops`.
     pub pct_of_gemm: Option<f64>,

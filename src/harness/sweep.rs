@@ -89,7 +89,7 @@ impl Default for SweepConfig {
                 warmup: 1,
                 min_repeats: 3,
                 min_time: Duration::from_millis(300),
-                max_repeats: 100,
+                max_repeats: 100_000,
             },
             max_memory: super::machine::total_memory().map_or(8 << 30, |m| m / 2),
             max_seconds: 30.0,
@@ -195,10 +195,21 @@ pub fn run_sweep(
     let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
     pool.install(|| -> Result<()> {
         for &n in &cfg.lengths {
+            let io = input_bytes(cfg, npy.as_ref(), n);
+            if io > cfg.max_memory {
+                for v in variants {
+                    let r = too_big(&run_id, cfg, v.as_ref(), n, io);
+                    writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
+                    writer.flush().map_err(|e| io_error(&csv_path, e))?;
+                    progress(Event::Done(&r));
+                    records.push(r);
+                }
+                continue;
+            }
             let qkv = inputs(cfg, npy.as_ref(), n);
             let opts = Options::new().causal(cfg.causal);
             let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
-            let gemm_rate = measure_gemm(n, problem.shape.head_dim);
+            let gemm_rate = measure_gemm(n, problem.shape().head_dim);
             meta.gemm_gflops.push((n, gemm_rate));
             let rows = if n <= cfg.dense_oracle_max {
                 (0..n).collect()
@@ -217,9 +228,20 @@ pub fn run_sweep(
                     dense: &dense,
                     gemm_rate,
                 };
-                let record = cell.measure(v.as_ref(), *last);
+                // A variant or pattern that panics anywhere (cost, patterns, forward) becomes
+                // an error row; the sweep goes on.
+                let record = catch_unwind(AssertUnwindSafe(|| cell.measure(v.as_ref(), *last)))
+                    .unwrap_or_else(|panic| {
+                        let mut r = cell.record(v.as_ref());
+                        r.status = "error".into();
+                        r.note = format!("{spec} panicked: {}", panic_message(&panic));
+                        r
+                    });
                 if let Some(t) = record.time_median_ms {
-                    *last = Some((n, t / 1e3));
+                    // The slowest call at a shorter length decides the time guard.
+                    *last = Some(last.map_or((n, t / 1e3), |(ln, lt)| {
+                        if t / 1e3 > lt { (n, t / 1e3) } else { (ln, lt) }
+                    }));
                 }
                 writer
                     .serialize(&record)
@@ -300,6 +322,62 @@ fn inputs(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Qkv {
     }
 }
 
+/// Bytes of Q, K, V and the output at length `n`.
+fn input_bytes(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> u64 {
+    let (b, h, h_kv, d) = match npy {
+        Some(data) => {
+            let s = data.qkv.q.shape();
+            (s[0], s[1], data.qkv.k.shape()[1], s[3])
+        }
+        None => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
+    };
+    let elems = (b as u128) * (n as u128) * (d as u128) * (2 * h as u128 + 2 * h_kv as u128);
+    u64::try_from(elems * 4).unwrap_or(u64::MAX)
+}
+
+/// A `skipped` row for a length whose inputs alone exceed the memory budget.
+fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: u64) -> Record {
+    Record {
+        run_id: run_id.to_string(),
+        variant: v.to_string(),
+        name: v.name().to_string(),
+        fidelity: v.fidelity().to_string(),
+        batch: cfg.batch,
+        heads: cfg.heads,
+        kv_heads: cfg.kv_heads,
+        n_q: n,
+        n_kv: n,
+        head_dim: cfg.head_dim,
+        causal: cfg.causal,
+        threads: cfg.threads,
+        workload: cfg.workload.to_string(),
+        time_median_ms: None,
+        time_min_ms: None,
+        time_max_ms: None,
+        repeats: None,
+        flops: None,
+        gflops: None,
+        gemm_gflops: None,
+        pct_of_gemm: None,
+        peak_bytes: None,
+        workspace_bytes: None,
+        density: None,
+        err_dense_rel: None,
+        err_dense_max_abs: None,
+        err_dense_cosine: None,
+        err_own_rel: None,
+        err_own_max_abs: None,
+        dropped_mass: None,
+        oracle_rows: None,
+        status: "skipped".into(),
+        note: format!(
+            "the inputs and output alone need ~{} MB, over --max-memory {} MB",
+            bytes >> 20,
+            cfg.max_memory >> 20
+        ),
+    }
+}
+
 /// Everything one (variant, length) cell is measured against.
 struct Cell<'a> {
     cfg: &'a SweepConfig,
@@ -312,7 +390,7 @@ struct Cell<'a> {
 
 impl Cell<'_> {
     fn record(&self, v: &dyn Attention) -> Record {
-        let s = self.problem.shape;
+        let s = self.problem.shape();
         Record {
             run_id: self.run_id.to_string(),
             variant: v.to_string(),
@@ -324,7 +402,7 @@ impl Cell<'_> {
             n_q: s.n_q,
             n_kv: s.n_kv,
             head_dim: s.head_dim,
-            causal: self.problem.opts.causal,
+            causal: self.problem.opts().causal,
             threads: rayon::current_num_threads(),
             workload: self.cfg.workload.to_string(),
             time_median_ms: None,
@@ -353,12 +431,12 @@ impl Cell<'_> {
     fn measure(&self, v: &dyn Attention, last: Option<(usize, f64)>) -> Record {
         let mut r = self.record(v);
         let p = self.problem;
-        let shape = p.shape;
+        let shape = p.shape();
         let mask = p.mask(v.pattern());
         let g = shape.geometry();
         let density = mask.density(g);
         r.density = Some(density);
-        let cost = v.cost(&shape, &p.opts);
+        let cost = v.cost(&shape, &p.opts());
         r.workspace_bytes = Some(cost.workspace_bytes);
 
         let skip = |mut r: Record, note: String| {
@@ -366,11 +444,12 @@ impl Cell<'_> {
             r.note = note;
             r
         };
-        let reasons = v.unsupported(&shape, &p.opts);
+        let reasons = v.unsupported(&shape, &p.opts());
         if !reasons.is_empty() {
             return skip(r, reasons.join("; "));
         }
-        if let Some((n, secs)) = last.filter(|&(_, s)| s > self.cfg.max_seconds) {
+        let n_now = p.shape().n_q;
+        if let Some((n, secs)) = last.filter(|&(n, s)| s > self.cfg.max_seconds && n < n_now) {
             return skip(
                 r,
                 format!(
@@ -380,7 +459,7 @@ impl Cell<'_> {
             );
         }
         let io_bytes = 4
-            * (p.q.len() + p.k.len() + p.v.len() + shape.out_dims().iter().product::<usize>())
+            * (p.q().len() + p.k().len() + p.v().len() + shape.out_dims().iter().product::<usize>())
                 as u64;
         let needed = cost.workspace_bytes + io_bytes;
         if needed > self.cfg.max_memory {
@@ -483,11 +562,14 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// sgemm GFLOP/s at the attention shape `[rows, d] x [d, n]`, one product per thread at once.
+/// sgemm GFLOP/s at the attention shape: `[min(n, 1024), d] x [d, min(n, 16384)]`, one
+/// product per thread at once (capped so the measurement stays small at any length; the rate
+/// no longer changes at those sizes).
 pub fn measure_gemm(n: usize, d: usize) -> f64 {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
     let rows = n.min(1024);
+    let n = n.min(16384);
     let a = Array2::<f32>::from_elem((rows, d), 0.5);
     let b = Array2::<f32>::from_elem((d, n), 0.25);
     let mut cs: Vec<Array2<f32>> = (0..threads).map(|_| Array2::zeros((rows, n))).collect();

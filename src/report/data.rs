@@ -93,6 +93,9 @@ pub struct Series {
     pub name: String,
     /// The fidelity column.
     pub fidelity: String,
+    /// What distinguishes this series' run from others in a combined report (run id, causal
+    /// flag, workload); empty for a single run. Comparisons stay within a group.
+    pub group: String,
     /// Measured points (status `ok` or `flagged`), by increasing `n`.
     pub points: Vec<Point>,
 }
@@ -104,8 +107,9 @@ impl Series {
     }
 }
 
-/// Groups rows into series, in order of first appearance.
-pub fn series(records: &[Record]) -> Vec<Series> {
+/// Each row's group (see [`Series::group`]): what distinguishes its run, causal flag and
+/// workload from the other rows', or empty.
+pub fn groups(records: &[Record]) -> Vec<String> {
     let distinct = |f: fn(&Record) -> String| {
         let mut v: Vec<String> = records.iter().map(f).collect();
         v.sort();
@@ -115,22 +119,30 @@ pub fn series(records: &[Record]) -> Vec<Series> {
     let many_runs = distinct(|r| r.run_id.clone());
     let many_causal = distinct(|r| r.causal.to_string());
     let many_workloads = distinct(|r| r.workload.clone());
-    let label_of = |r: &Record| {
-        let mut label = r.variant.clone();
-        if many_causal && r.causal {
-            label.push_str(" causal");
-        }
-        if many_workloads {
-            label.push_str(&format!(" [{}]", r.workload));
-        }
-        if many_runs {
-            label.push_str(&format!(" [{}]", r.run_id));
-        }
-        label
-    };
+    records
+        .iter()
+        .map(|r| {
+            let mut group = String::new();
+            if many_causal && r.causal {
+                group.push_str(" causal");
+            }
+            if many_workloads {
+                group.push_str(&format!(" [{}]", r.workload));
+            }
+            if many_runs {
+                group.push_str(&format!(" [{}]", r.run_id));
+            }
+            group
+        })
+        .collect()
+}
+
+/// Groups rows into series, in order of first appearance.
+pub fn series(records: &[Record]) -> Vec<Series> {
+    let groups = groups(records);
     let mut out: Vec<Series> = Vec::new();
-    for r in records {
-        let label = label_of(r);
+    for (r, group) in records.iter().zip(groups) {
+        let label = format!("{}{group}", r.variant);
         let idx = match out.iter().position(|s| s.label == label) {
             Some(i) => i,
             None => {
@@ -139,6 +151,7 @@ pub fn series(records: &[Record]) -> Vec<Series> {
                     variant: r.variant.clone(),
                     name: r.name.clone(),
                     fidelity: r.fidelity.clone(),
+                    group,
                     points: Vec::new(),
                 });
                 out.len() - 1

@@ -277,12 +277,19 @@ fn speedup_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
         log_y: true,
         ..Chart::default()
     };
-    let Some((full, _)) = series.iter().find(|(s, _)| s.name == "full") else {
+    if !series.iter().any(|(s, _)| s.name == "full") {
         chart.note = Some("not enough points: no full attention in these results".into());
         return chart;
-    };
+    }
     let mut ns = Vec::new();
     for (s, c) in series {
+        // Each series against the full attention of its own run and configuration.
+        let Some((full, _)) = series
+            .iter()
+            .find(|(f, _)| f.name == "full" && f.group == s.group)
+        else {
+            continue;
+        };
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -340,7 +347,7 @@ fn throughput_chart(series: &[(Series, plotters::style::RGBColor)], records: &[R
     }
     gemm.sort_by_key(|e| e.0);
     chart.lines.push(Line {
-        label: "sgemm [n, d] x [d, n], same run".into(),
+        label: "sgemm at the score shape, same run".into(),
         color: plotters::style::RGBColor(0, 0, 0),
         points: gemm.iter().map(|&(n, g)| (n as f64, g)).collect(),
         stroke: Stroke::Dashed,
@@ -503,7 +510,11 @@ fn scaling(s: &Series, all: &[Series]) -> Scaling {
         .iter()
         .filter_map(|p| p.peak_bytes.map(|b| (p.n as f64, b)))
         .collect();
-    let reference = |name: &str| all.iter().find(|r| r.name == name).map(Series::times);
+    let reference = |name: &str| {
+        all.iter()
+            .find(|r| r.name == name && r.group == s.group)
+            .map(Series::times)
+    };
     let cross = |name: &str| match reference(name) {
         Some(r) if s.name != name => crossover(&s.times(), &r),
         _ => Crossover::NoCommonLengths,
@@ -650,6 +661,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
     let _ = writeln!(md);
 
     // Per-length tables.
+    let groups = data::groups(recs);
     let _ = writeln!(md, "## Results by length\n");
     let mut ns: Vec<usize> = recs.iter().map(|r| r.n_q).collect();
     ns.sort_unstable();
@@ -661,7 +673,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
             "| variant | time ms (min-max) | GFLOP/s | % of sgemm | peak memory | error vs dense | own check | status |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-        for r in recs.iter().filter(|r| r.n_q == n) {
+        for (r, group) in recs.iter().zip(&groups).filter(|(r, _)| r.n_q == n) {
             let own = match (r.err_own_rel, r.status.as_str()) {
                 (Some(e), "flagged") => format!("**{e:.1e} FLAGGED**"),
                 (Some(e), _) => format!("{e:.1e} ok"),
@@ -669,7 +681,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
             };
             let _ = writeln!(
                 md,
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+                "| `{}{group}` | {} | {} | {} | {} | {} | {} | {} |",
                 r.variant,
                 match (r.time_median_ms, r.time_min_ms, r.time_max_ms) {
                     (Some(m), Some(lo), Some(hi)) =>
@@ -688,9 +700,9 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
     }
 
     // Problems.
-    let problems: Vec<&Record> = recs.iter().filter(|r| r.status != "ok").collect();
+    let problems = recs.iter().filter(|r| r.status != "ok").count();
     let _ = writeln!(md, "## Skipped, failed and flagged cells\n");
-    if problems.is_empty() {
+    if problems == 0 {
         let _ = writeln!(
             md,
             "None: every cell was measured and every exact variant matched its own definition."
@@ -698,10 +710,10 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
     } else {
         let _ = writeln!(md, "| variant | n | status | reason |");
         let _ = writeln!(md, "|---|---|---|---|");
-        for r in problems {
+        for (r, group) in recs.iter().zip(&groups).filter(|(r, _)| r.status != "ok") {
             let _ = writeln!(
                 md,
-                "| `{}` | {} | {} | {} |",
+                "| `{}{group}` | {} | {} | {} |",
                 r.variant,
                 r.n_q,
                 r.status,
@@ -716,15 +728,17 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
 fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
     let mut lines = Vec::new();
     let largest = |s: &Series| s.points.last().map(|p| p.n);
-    let reference = all
-        .iter()
-        .find(|s| s.name == "full")
-        .into_iter()
-        .chain(all.iter().find(|s| s.name == "flash"));
-    for r in reference {
+    let mut groups: Vec<&str> = all.iter().map(|s| s.group.as_str()).collect();
+    groups.dedup();
+    for group in groups {
+        let in_group = || all.iter().filter(move |s| s.group == group);
+        let reference = in_group()
+            .find(|s| s.name == "full" && !s.points.is_empty())
+            .or_else(|| in_group().find(|s| s.name == "flash" && !s.points.is_empty()));
+        let Some(r) = reference else { continue };
         let Some(n) = largest(r) else { continue };
         let rt = r.points.last().expect("non-empty").time_ms;
-        for s in all.iter().filter(|s| s.label != r.label) {
+        for s in in_group().filter(|s| s.label != r.label) {
             let Some(p) = s.points.iter().find(|p| p.n == n) else {
                 continue;
             };
@@ -750,7 +764,6 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
                 opt(p.err_dense, fmt_err)
             ));
         }
-        break;
     }
     if lines.is_empty() {
         lines.push("no full or flash attention measured: no speed comparison".into());

@@ -179,6 +179,10 @@ pub fn tiled_cost(shape: &Shape, mask: &dyn Pattern, tiling: Tiling) -> Cost {
 
 /// One worker's scratch ([`Workspace`]).
 fn worker_bytes(t: Tiling, s: &Shape) -> u64 {
+    let t = Tiling {
+        bq: t.bq.min(s.n_q),
+        bk: t.bk.min(s.n_kv),
+    };
     let (ldq, ldv) = (simd::padded(t.bq), simd::padded(s.v_dim));
     let floats = s.head_dim * ldq
         + t.bk * s.head_dim
@@ -199,18 +203,29 @@ pub fn tiled_forward(
     isa: Isa,
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
-    let shape = p.shape;
+    let shape = p.shape();
     for_each_row_block(
         out,
         tiling.bq,
-        || Workspace::new(tiling, shape.head_dim, shape.v_dim),
+        || {
+            // Never larger than the problem: a huge block size costs no memory at small n.
+            let t = Tiling {
+                bq: tiling.bq.min(shape.n_q),
+                bk: tiling.bk.min(shape.n_kv),
+            };
+            Workspace::new(t, shape.head_dim, shape.v_dim)
+        },
         |ws, b, h, r0, block_out| {
             let kvh = shape.kv_head_of(h);
             let rows = block_out.nrows();
             let task = Task {
-                q: p.q.slice(s![b, h, r0..r0 + rows, ..]),
-                k: p.k.index_axis(Axis(0), b).index_axis_move(Axis(0), kvh),
-                v: p.v.index_axis(Axis(0), b).index_axis_move(Axis(0), kvh),
+                q: p.q().slice_move(s![b, h, r0..r0 + rows, ..]),
+                k: p.k()
+                    .index_axis_move(Axis(0), b)
+                    .index_axis_move(Axis(0), kvh),
+                v: p.v()
+                    .index_axis_move(Axis(0), b)
+                    .index_axis_move(Axis(0), kvh),
                 r0,
                 g: shape.geometry(),
                 scale: p.scale(),

@@ -74,11 +74,20 @@ impl Attention for Full {
 }
 
 fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>) {
-    let shape = p.shape;
+    let shape = p.shape();
     let kvh = shape.kv_head_of(h);
-    let q = p.q.index_axis(Axis(0), b).index_axis_move(Axis(0), h);
-    let k = p.k.index_axis(Axis(0), b).index_axis_move(Axis(0), kvh);
-    let v = p.v.index_axis(Axis(0), b).index_axis_move(Axis(0), kvh);
+    let q = p
+        .q()
+        .index_axis_move(Axis(0), b)
+        .index_axis_move(Axis(0), h);
+    let k = p
+        .k()
+        .index_axis_move(Axis(0), b)
+        .index_axis_move(Axis(0), kvh);
+    let v = p
+        .v()
+        .index_axis_move(Axis(0), b)
+        .index_axis_move(Axis(0), kvh);
     let g = shape.geometry();
 
     // Zeroed allocations of this size come from fresh pages: no memset is paid.
@@ -92,7 +101,7 @@ fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>
         .expect("a fresh array is contiguous")
         .chunks_exact_mut(shape.n_kv);
     for (i, (row, inv)) in rows.zip(&mut inv_sum).enumerate() {
-        let allowed = if p.opts.causal {
+        let allowed = if p.opts().causal {
             Causal.keys_in_row(g, i)
         } else {
             shape.n_kv

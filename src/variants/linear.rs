@@ -177,6 +177,15 @@ impl Attention for Linear {
         }
     }
 
+    fn unsupported(&self, _shape: &Shape, opts: &Options) -> Vec<String> {
+        match (&self.phi, opts.scale) {
+            (Phi::Favor { .. }, Some(scale)) if scale <= 0.0 => vec![format!(
+                "FAVOR+ estimates exp(scale q.k) through sqrt(scale); it needs a positive scale, got {scale}"
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     fn cost(&self, s: &Shape, opts: &Options) -> Cost {
         let m = self.map.dim(s.head_dim);
         let c = self.chunk;
@@ -208,19 +217,19 @@ impl Attention for Linear {
     }
 
     fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
-        let shape = p.shape;
+        let shape = p.shape();
         for_each_head(out, |b, h, head_out| {
             let kvh = shape.kv_head_of(h);
             let mut head = Head {
-                q: p.q.slice(s![b, h, .., ..]),
-                k: p.k.slice(s![b, kvh, .., ..]),
-                v: p.v.slice(s![b, kvh, .., ..]),
+                q: p.q().slice_move(s![b, h, .., ..]),
+                k: p.k().slice_move(s![b, kvh, .., ..]),
+                v: p.v().slice_move(s![b, kvh, .., ..]),
                 map: self.map.as_ref(),
                 scale: p.scale(),
                 state: State::new(self.map.dim(shape.head_dim), shape.v_dim),
                 chunk: self.chunk,
             };
-            if p.opts.causal {
+            if p.opts().causal {
                 head.causal(head_out);
             } else {
                 head.bidirectional(head_out);

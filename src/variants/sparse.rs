@@ -105,7 +105,7 @@ fn boxed<P: Pattern + fmt::Display + 'static>(
 /// `window(w=256)`.
 pub const WINDOW: VariantInfo = VariantInfo {
     name: "window",
-    summary: "sliding window |i - j| <= w (causal: i - w <= j <= i)",
+    summary: "sliding window |p - j| <= w, p = i + n_kv - n_q (causal: p - w <= j <= p)",
     params: &[ParamInfo {
         name: "w",
         default: "256",
@@ -281,12 +281,13 @@ pub const DILATED: VariantInfo = VariantInfo {
     presets: &[],
     preview: "dilated(w=5,dilation=3)",
     build: |p| {
-        boxed(
-            "dilated",
-            Dilated {
-                w: p.usize("w")?,
-                dilation: p.positive("dilation")?,
-            },
-        )
+        let (w, dilation) = (p.usize("w")?, p.positive("dilation")?);
+        if w.checked_mul(dilation).is_none_or(|reach| reach > 1 << 40) {
+            return Err(p.invalid(
+                "w",
+                &format!("the reach w * dilation = {w} * {dilation} is too large"),
+            ));
+        }
+        boxed("dilated", Dilated { w, dilation })
     },
 };
