@@ -104,7 +104,7 @@ struct Checker;
 impl Pattern for Checker {
     fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
         let p = g.pos(i).max(0) as usize;
-        (p / 16 + j / 16) % 2 == 0
+        (p / 16 + j / 16).is_multiple_of(2)
     }
 }
 

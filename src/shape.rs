@@ -58,7 +58,7 @@ impl Shape {
         check_nonzero("q", &shape.q_dims())?;
         check_nonzero("k", &shape.k_dims())?;
         check_nonzero("v", &shape.v_dims())?;
-        if heads % kv_heads != 0 {
+        if !heads.is_multiple_of(kv_heads) {
             return Err(ErrorKind::HeadsNotMultiple { heads, kv_heads }.into());
         }
         Ok(shape)

@@ -30,10 +30,10 @@ fn every_variant_passes_every_case() {
     for v in variants_under_test() {
         for case in check::cases() {
             let outcome = check::check(v.as_ref(), &case, 42);
-            if let Outcome::Ran { stats, .. } = &outcome {
-                if v.fidelity() == Fidelity::Exact {
-                    assert!(stats.rel_frobenius.is_finite());
-                }
+            if let Outcome::Ran { stats, .. } = &outcome
+                && v.fidelity() == Fidelity::Exact
+            {
+                assert!(stats.rel_frobenius.is_finite());
             }
             if outcome.is_failure() {
                 failures.push(format!(

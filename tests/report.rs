@@ -37,6 +37,7 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         gflops: time_ms.map(|t| 4.0 * (n * n * 64 * 8) as f64 / t / 1e6),
         gemm_gflops: Some(150.0),
         pct_of_gemm: Some(50.0),
+        pct_of_peak: Some(25.0),
         peak_bytes: time_ms.map(|_| {
             if name == "full" {
                 (n * n * 4) as u64

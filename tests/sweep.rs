@@ -69,7 +69,7 @@ fn writes_the_documented_schema_and_metadata() {
         header,
         "run_id,variant,name,fidelity,batch,heads,kv_heads,n_q,n_kv,head_dim,causal,threads,\
          workload,time_median_ms,time_min_ms,time_max_ms,repeats,flops,gflops,gemm_gflops,\
-         pct_of_gemm,peak_bytes,workspace_bytes,density,err_dense_rel,err_dense_max_abs,\
+         pct_of_gemm,pct_of_peak,peak_bytes,workspace_bytes,density,err_dense_rel,err_dense_max_abs,\
          err_dense_cosine,err_own_rel,err_own_max_abs,dropped_mass,oracle_rows,status,note"
     );
     let rows = read_csv(&out.csv);
@@ -106,6 +106,9 @@ fn writes_the_documented_schema_and_metadata() {
     assert_eq!(meta.variants.len(), 4);
     assert!(meta.machine.cores >= 1 && !meta.machine.rustc.is_empty());
     assert_eq!(meta.gemm_gflops.len(), 2);
+    let limits = meta.limits.as_ref().expect("limits measured");
+    assert!(limits.fma_gflops_one_core > 0.0 && limits.read_gbytes_per_s > 0.0);
+    assert!(rows.iter().all(|r| r.pct_of_peak.unwrap() > 0.0));
     assert!(
         out.csv
             .file_stem()

@@ -79,3 +79,68 @@ pub fn total_memory() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// The machine's own limits, measured in the run: what fraction of the hardware each result
+/// reaches is reported against these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The SIMD path measured (the widest available).
+    pub isa: String,
+    /// FMA throughput of one core at that width, GFLOP/s (12 independent FMA chains).
+    pub fma_gflops_one_core: f64,
+    /// The same on every worker thread at once, GFLOP/s.
+    pub fma_gflops_all_threads: f64,
+    /// Worker threads of the all-threads figure.
+    pub threads: usize,
+    /// Sustained read bandwidth over a 256 MiB buffer (far beyond the last-level cache),
+    /// every worker thread reading its share, GB/s.
+    pub read_gbytes_per_s: f64,
+}
+
+/// Measures [`Limits`] on the current rayon pool (about a second).
+pub fn measure_limits() -> Limits {
+    use crate::kernels::simd::{self, Isa};
+    use rayon::prelude::*;
+    let isa = Isa::detect();
+    let threads = rayon::current_num_threads();
+    let rate = |iters: usize| {
+        let t = std::time::Instant::now();
+        let (flops, v) = simd::fma_chains(isa, iters);
+        std::hint::black_box(v);
+        flops / t.elapsed().as_secs_f64() / 1e9
+    };
+    let iters = 2_000_000;
+    rate(iters / 10);
+    let one = (0..3).map(|_| rate(iters)).fold(0.0, f64::max);
+    let all = (0..3)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let flops: f64 = rayon::broadcast(|_| {
+                let (f, v) = simd::fma_chains(isa, iters);
+                std::hint::black_box(v);
+                f
+            })
+            .iter()
+            .sum();
+            flops / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max);
+    let buf = vec![1.0f32; 64 << 20];
+    let chunk = buf.len().div_ceil(threads);
+    let bw = (0..4)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let s: f32 = buf.par_chunks(chunk).map(|c| simd::sum(isa, c)).sum();
+            std::hint::black_box(s);
+            (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .skip(1)
+        .fold(0.0, f64::max);
+    Limits {
+        isa: isa.to_string(),
+        fma_gflops_one_core: one,
+        fma_gflops_all_threads: all,
+        threads,
+        read_gbytes_per_s: bw,
+    }
+}

@@ -55,6 +55,10 @@ pub struct Record {
     pub gemm_gflops: Option<f64>,
     /// `100 * gflops / gemm_gflops`.
     pub pct_of_gemm: Option<f64>,
+    /// `100 * gflops / ` the run's measured FMA peak on all its threads (see [`Limits`]).
+    ///
+    /// [`Limits`]: super::machine::Limits
+    pub pct_of_peak: Option<f64>,
     /// Peak heap bytes above the baseline during one call (counting allocator).
     pub peak_bytes: Option<u64>,
     /// The variant's analytic workspace bytes (`Attention::cost`).
@@ -109,4 +113,6 @@ pub struct RunMeta {
     pub lengths: Vec<usize>,
     /// The sgemm rate per length, GFLOP/s.
     pub gemm_gflops: Vec<(usize, f64)>,
+    /// The machine's measured FMA peak and read bandwidth.
+    pub limits: Option<super::machine::Limits>,
 }

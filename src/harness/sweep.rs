@@ -148,16 +148,16 @@ pub fn run_sweep(
         Workload::Npy { dir } => Some(load_npy_dir(dir)?),
         Workload::Gaussian { .. } => None,
     };
-    if let Some(data) = &npy {
-        if let Some(&n) = cfg.lengths.iter().find(|&&n| n > data.max_len()) {
-            return Err(Error::new(ErrorKind::BadOption {
-                option: "lengths",
-                message: format!(
-                    "length {n} exceeds the {} positions of the npy workload",
-                    data.max_len()
-                ),
-            }));
-        }
+    if let Some(data) = &npy
+        && let Some(&n) = cfg.lengths.iter().find(|&&n| n > data.max_len())
+    {
+        return Err(Error::new(ErrorKind::BadOption {
+            option: "lengths",
+            message: format!(
+                "length {n} exceeds the {} positions of the npy workload",
+                data.max_len()
+            ),
+        }));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
@@ -184,6 +184,7 @@ pub fn run_sweep(
         variants: variants.iter().map(|v| v.to_string()).collect(),
         lengths: cfg.lengths.clone(),
         gemm_gflops: Vec::new(),
+        limits: None,
     };
     write_json(&json_path, &meta)?;
     let mut writer = csv::Writer::from_writer(csv_file);
@@ -194,6 +195,12 @@ pub fn run_sweep(
     let mut records = Vec::new();
     let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
     pool.install(|| -> Result<()> {
+        progress(Event::Note(
+            "measuring the machine's FMA peak and read bandwidth",
+        ));
+        let limits = super::machine::measure_limits();
+        let peak = limits.fma_gflops_all_threads;
+        meta.limits = Some(limits);
         for &n in &cfg.lengths {
             let io = input_bytes(cfg, npy.as_ref(), n);
             if io > cfg.max_memory {
@@ -227,6 +234,7 @@ pub fn run_sweep(
                     rows: &rows,
                     dense: &dense,
                     gemm_rate,
+                    peak,
                 };
                 // A variant or pattern that panics anywhere (cost, patterns, forward) becomes
                 // an error row; the sweep goes on.
@@ -359,6 +367,7 @@ fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: 
         gflops: None,
         gemm_gflops: None,
         pct_of_gemm: None,
+        pct_of_peak: None,
         peak_bytes: None,
         workspace_bytes: None,
         density: None,
@@ -386,6 +395,7 @@ struct Cell<'a> {
     rows: &'a [usize],
     dense: &'a Array4<f64>,
     gemm_rate: f64,
+    peak: f64,
 }
 
 impl Cell<'_> {
@@ -413,6 +423,7 @@ impl Cell<'_> {
             gflops: None,
             gemm_gflops: Some(self.gemm_rate),
             pct_of_gemm: None,
+            pct_of_peak: None,
             peak_bytes: None,
             workspace_bytes: None,
             density: None,
@@ -519,6 +530,7 @@ impl Cell<'_> {
         r.flops = Some(flops);
         r.gflops = Some(flops / secs / 1e9);
         r.pct_of_gemm = Some(100.0 * flops / secs / 1e9 / self.gemm_rate);
+        r.pct_of_peak = Some(100.0 * flops / secs / 1e9 / self.peak);
 
         // Errors on the oracle rows.
         let got = out.select(Axis(2), self.rows);

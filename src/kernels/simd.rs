@@ -408,6 +408,98 @@ fn pv_rows<const R: usize, const C: usize, const F: bool>(
     }
 }
 
+/// Runs `iters` rounds of 12 independent FMA chains at the path's full vector width and
+/// returns the flops performed and a value that depends on them (so the work is not
+/// optimized away). The machine's FMA peak is the rate of this loop.
+pub fn fma_chains(isa: Isa, iters: usize) -> (f64, f32) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => (iters as f64 * 12.0 * 16.0 * 2.0, unsafe {
+            fma_avx512(iters)
+        }),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => (iters as f64 * 12.0 * 8.0 * 2.0, unsafe { fma_avx2(iters) }),
+        _ => (iters as f64 * 12.0 * 4.0 * 2.0, fma_portable(iters)),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn fma_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let b = _mm512_set1_ps(0.999_999);
+    let c = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_ps(0.999_999);
+    let c = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    let mut total = 0.0;
+    for a in acc {
+        // SAFETY: `lanes` holds 8 f32, exactly one 256-bit unaligned store.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        total += lanes.iter().sum::<f32>();
+    }
+    total
+}
+
+fn fma_portable(iters: usize) -> f32 {
+    let mut acc = [[1.0f32; 4]; 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            for x in a.iter_mut() {
+                *x = *x * 0.999_999 + 1e-7;
+            }
+        }
+        std::hint::black_box(&mut acc);
+    }
+    acc.iter().flatten().sum()
+}
+
+/// The sum of a slice, on the given path (used to measure read bandwidth).
+pub fn sum(isa: Isa, xs: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { sum_avx512(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { sum_avx2(xs) },
+        _ => exp::sum(xs),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn sum_avx512(xs: &[f32]) -> f32 {
+    exp::sum(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn sum_avx2(xs: &[f32]) -> f32 {
+    exp::sum(xs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +572,16 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn fma_chains_and_sums_compute() {
+        for isa in Isa::available() {
+            let (flops, v) = fma_chains(isa, 1000);
+            assert!(flops > 0.0 && v.is_finite() && v > 0.0, "{isa}");
+            let xs: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+            assert_eq!(sum(isa, &xs), 499_500.0, "{isa}");
         }
     }
 

@@ -450,7 +450,7 @@ mod tests {
     struct Even;
     impl Pattern for Even {
         fn allows(&self, _g: Geometry, _i: usize, j: usize) -> bool {
-            j % 2 == 0
+            j.is_multiple_of(2)
         }
     }
 

@@ -23,10 +23,10 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
     for path in paths {
         records.extend(read_csv(path)?);
         let json = path.with_extension("json");
-        if let Ok(text) = std::fs::read_to_string(&json) {
-            if let Ok(meta) = serde_json::from_str::<RunMeta>(&text) {
-                metas.push(meta);
-            }
+        if let Ok(text) = std::fs::read_to_string(&json)
+            && let Ok(meta) = serde_json::from_str::<RunMeta>(&text)
+        {
+            metas.push(meta);
         }
     }
     Ok(Results {

@@ -573,6 +573,17 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
             "- threads {}, seed {}, workload `{}`",
             meta.threads, meta.seed, meta.workload
         );
+        if let Some(l) = &meta.limits {
+            let _ = writeln!(
+                md,
+                "- measured limits ({}): FMA peak {:.0} GFLOP/s on one core, {:.0} GFLOP/s on {} threads; read bandwidth {:.1} GB/s",
+                l.isa,
+                l.fma_gflops_one_core,
+                l.fma_gflops_all_threads,
+                l.threads,
+                l.read_gbytes_per_s
+            );
+        }
     }
     if results.metas.is_empty() {
         let _ = writeln!(md, "- no run metadata (.json) beside the CSV files");
@@ -670,9 +681,9 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
         let _ = writeln!(md, "### n = {n}\n");
         let _ = writeln!(
             md,
-            "| variant | time ms (min-max) | GFLOP/s | % of sgemm | peak memory | error vs dense | own check | status |"
+            "| variant | time ms (min-max) | GFLOP/s | % of sgemm | % of FMA peak | peak memory | error vs dense | own check | status |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for (r, group) in recs.iter().zip(&groups).filter(|(r, _)| r.n_q == n) {
             let own = match (r.err_own_rel, r.status.as_str()) {
                 (Some(e), "flagged") => format!("**{e:.1e} FLAGGED**"),
@@ -681,7 +692,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
             };
             let _ = writeln!(
                 md,
-                "| `{}{group}` | {} | {} | {} | {} | {} | {} | {} |",
+                "| `{}{group}` | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.variant,
                 match (r.time_median_ms, r.time_min_ms, r.time_max_ms) {
                     (Some(m), Some(lo), Some(hi)) =>
@@ -690,6 +701,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
                 },
                 opt(r.gflops, |g| format!("{g:.1}")),
                 opt(r.pct_of_gemm, |p| format!("{p:.0}%")),
+                opt(r.pct_of_peak, |p| format!("{p:.0}%")),
                 opt(r.peak_bytes, fmt_bytes),
                 opt(r.err_dense_rel, fmt_err),
                 own,
