@@ -64,6 +64,10 @@ fn edge_shapes() {
         Shape::new(1, 2, 1, 1, 5000, 64, 64).unwrap(),
         // A long KV with a few queries (speculative decoding / chunked prefill).
         Shape::new(1, 2, 2, 3, 2049, 32, 16).unwrap(),
+        // One (batch, head) only: fewer query blocks than threads, so the tiled engine splits
+        // the keys across threads and merges the partial softmax results.
+        Shape::new(1, 1, 1, 1, 5000, 64, 64).unwrap(),
+        Shape::new(1, 1, 1, 70, 3001, 16, 24).unwrap(),
     ];
     for v in variants_under_test() {
         if v.fidelity() != Fidelity::Exact {

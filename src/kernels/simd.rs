@@ -72,7 +72,7 @@ impl Isa {
 }
 
 /// Lanes that query blocks and value rows are padded to (the widest register block).
-pub const PAD: usize = 32;
+pub const PAD: usize = 16;
 
 /// Rounds `n` up to a multiple of [`PAD`].
 pub fn padded(n: usize) -> usize {

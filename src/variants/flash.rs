@@ -204,6 +204,15 @@ pub fn tiled_forward(
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
     let shape = p.shape();
+    let tasks = shape.batch * shape.heads * shape.n_q.div_ceil(tiling.bq);
+    let threads = rayon::current_num_threads();
+    if tasks < threads && shape.n_kv >= 2 * tiling.bk {
+        // Too few query blocks to keep every thread busy (decoding, b = h = 1): split the
+        // keys as well and merge the partial softmax results.
+        let splits = (2 * threads).div_ceil(tasks).min(shape.n_kv / tiling.bk);
+        split_kv_forward(p, mask, tiling, isa, splits, out);
+        return;
+    }
     for_each_row_block(
         out,
         tiling.bq,
@@ -231,9 +240,94 @@ pub fn tiled_forward(
                 scale: p.scale(),
                 mask,
                 bk: tiling.bk,
+                keys: 0..shape.n_kv,
                 isa,
             };
             task.run(ws, block_out);
+        },
+    );
+}
+
+/// The tiled engine with each query block's keys cut into `splits` ranges processed in
+/// parallel; the partial maxima, sums and accumulators are merged exactly:
+/// `m = max m_s`, `l = sum l_s e^(m_s - m)`, `acc = sum acc_s e^(m_s - m)`.
+fn split_kv_forward(
+    p: &Problem<'_>,
+    mask: &dyn Pattern,
+    tiling: Tiling,
+    isa: Isa,
+    splits: usize,
+    out: ndarray::ArrayViewMut4<'_, f32>,
+) {
+    use rayon::prelude::*;
+    let shape = p.shape();
+    let tiles = shape.n_kv.div_ceil(tiling.bk);
+    let t = Tiling {
+        bq: tiling.bq.min(shape.n_q),
+        bk: tiling.bk.min(shape.n_kv),
+    };
+    for_each_row_block(
+        out,
+        tiling.bq,
+        || (),
+        |_, b, h, r0, mut block_out| {
+            let kvh = shape.kv_head_of(h);
+            let rows = block_out.nrows();
+            let ldv = simd::padded(shape.v_dim);
+            let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
+                .into_par_iter()
+                .map(|s| {
+                    // Split on tile boundaries so that tiles are the same as unsplit.
+                    let k0 = (s * tiles / splits * tiling.bk).min(shape.n_kv);
+                    let k1 = ((s + 1) * tiles / splits * tiling.bk).min(shape.n_kv);
+                    let task = Task {
+                        q: p.q().slice_move(s![b, h, r0..r0 + rows, ..]),
+                        k: p.k()
+                            .index_axis_move(Axis(0), b)
+                            .index_axis_move(Axis(0), kvh),
+                        v: p.v()
+                            .index_axis_move(Axis(0), b)
+                            .index_axis_move(Axis(0), kvh),
+                        r0,
+                        g: shape.geometry(),
+                        scale: p.scale(),
+                        mask,
+                        bk: tiling.bk,
+                        keys: k0..k1,
+                        isa,
+                    };
+                    let mut ws = Workspace::new(t, shape.head_dim, shape.v_dim);
+                    task.accumulate(&mut ws);
+                    (
+                        ws.m[..rows].to_vec(),
+                        ws.l[..rows].to_vec(),
+                        ws.acc[..rows * ldv].to_vec(),
+                    )
+                })
+                .collect();
+            for (i, mut o) in block_out.outer_iter_mut().enumerate() {
+                let m = parts
+                    .iter()
+                    .map(|p| p.0[i])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                o.fill(0.0);
+                if m == f32::NEG_INFINITY {
+                    continue;
+                }
+                let mut l = 0.0;
+                for (pm, pl, pacc) in &parts {
+                    if pm[i] == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let w = crate::kernels::exp::exp(pm[i] - m);
+                    l += pl[i] * w;
+                    for (x, &a) in o.iter_mut().zip(&pacc[i * ldv..]) {
+                        *x += a * w;
+                    }
+                }
+                let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+                o.map_inplace(|x| *x *= inv);
+            }
         },
     );
 }
@@ -284,11 +378,29 @@ struct Task<'a> {
     scale: f32,
     mask: &'a dyn Pattern,
     bk: usize,
+    /// The keys this task covers (all of them unless the keys are split).
+    keys: std::ops::Range<usize>,
     isa: Isa,
 }
 
 impl Task<'_> {
+    /// Runs the block over its keys and writes the normalized output rows.
     fn run(&self, ws: &mut Workspace, mut out: ArrayViewMut2<f32>) {
+        self.accumulate(ws);
+        let dv = self.v.ncols();
+        let ldv = simd::padded(dv);
+        for (i, mut o) in out.outer_iter_mut().enumerate() {
+            let l = ws.l[i];
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            for (o, &a) in o.iter_mut().zip(&ws.acc[i * ldv..i * ldv + dv]) {
+                *o = a * inv;
+            }
+        }
+    }
+
+    /// Leaves the running maxima, sums and unnormalized accumulator of the block's rows over
+    /// its keys in `ws`.
+    fn accumulate(&self, ws: &mut Workspace) {
         let (rows, d) = self.q.dim();
         let dv = self.v.ncols();
         let (ldq, ldv) = (simd::padded(rows), simd::padded(dv));
@@ -305,8 +417,8 @@ impl Task<'_> {
         ws.l[..ldq].fill(0.0);
         ws.acc[..rows * ldv].fill(0.0);
 
-        for c0 in (0..self.g.n_kv).step_by(self.bk) {
-            let c1 = (c0 + self.bk).min(self.g.n_kv);
+        for c0 in self.keys.clone().step_by(self.bk) {
+            let c1 = (c0 + self.bk).min(self.keys.end);
             let cols = c1 - c0;
             let tile = self.mask.classify(self.g, row_range.clone(), c0..c1);
             if tile == Tile::Empty {
@@ -378,14 +490,6 @@ impl Task<'_> {
                 rows,
                 &ws.rescale[..ldq],
             );
-        }
-
-        for (i, mut o) in out.outer_iter_mut().enumerate() {
-            let l = ws.l[i];
-            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            for (o, &a) in o.iter_mut().zip(&ws.acc[i * ldv..i * ldv + dv]) {
-                *o = a * inv;
-            }
         }
     }
 }
