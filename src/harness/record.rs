@@ -88,6 +88,55 @@ pub struct Record {
     pub note: String,
 }
 
+impl Record {
+    /// A row for `variant` on `shape` with every measurement empty, status `ok` and no note.
+    pub fn unmeasured(
+        run_id: &str,
+        variant: &dyn crate::attention::Attention,
+        shape: &crate::shape::Shape,
+        causal: bool,
+        threads: usize,
+        workload: String,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            variant: variant.to_string(),
+            name: variant.name().to_string(),
+            fidelity: variant.fidelity().to_string(),
+            batch: shape.batch,
+            heads: shape.heads,
+            kv_heads: shape.kv_heads,
+            n_q: shape.n_q,
+            n_kv: shape.n_kv,
+            head_dim: shape.head_dim,
+            causal,
+            threads,
+            workload,
+            time_median_ms: None,
+            time_min_ms: None,
+            time_max_ms: None,
+            repeats: None,
+            flops: None,
+            gflops: None,
+            gemm_gflops: None,
+            pct_of_gemm: None,
+            pct_of_peak: None,
+            peak_bytes: None,
+            workspace_bytes: None,
+            density: None,
+            err_dense_rel: None,
+            err_dense_max_abs: None,
+            err_dense_cosine: None,
+            err_own_rel: None,
+            err_own_max_abs: None,
+            dropped_mass: None,
+            oracle_rows: None,
+            status: "ok".into(),
+            note: String::new(),
+        }
+    }
+}
+
 /// A run's JSON metadata, written beside its CSV.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {

@@ -345,46 +345,31 @@ fn input_bytes(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> u64 {
 
 /// A `skipped` row for a length whose inputs alone exceed the memory budget.
 fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: u64) -> Record {
-    Record {
-        run_id: run_id.to_string(),
-        variant: v.to_string(),
-        name: v.name().to_string(),
-        fidelity: v.fidelity().to_string(),
+    // Not validated: this shape is only described, never run.
+    let shape = Shape {
         batch: cfg.batch,
         heads: cfg.heads,
         kv_heads: cfg.kv_heads,
         n_q: n,
         n_kv: n,
         head_dim: cfg.head_dim,
-        causal: cfg.causal,
-        threads: cfg.threads,
-        workload: cfg.workload.to_string(),
-        time_median_ms: None,
-        time_min_ms: None,
-        time_max_ms: None,
-        repeats: None,
-        flops: None,
-        gflops: None,
-        gemm_gflops: None,
-        pct_of_gemm: None,
-        pct_of_peak: None,
-        peak_bytes: None,
-        workspace_bytes: None,
-        density: None,
-        err_dense_rel: None,
-        err_dense_max_abs: None,
-        err_dense_cosine: None,
-        err_own_rel: None,
-        err_own_max_abs: None,
-        dropped_mass: None,
-        oracle_rows: None,
-        status: "skipped".into(),
-        note: format!(
-            "the inputs and output alone need ~{} MB, over --max-memory {} MB",
-            bytes >> 20,
-            cfg.max_memory >> 20
-        ),
-    }
+        v_dim: cfg.head_dim,
+    };
+    let mut r = Record::unmeasured(
+        run_id,
+        v,
+        &shape,
+        cfg.causal,
+        cfg.threads,
+        cfg.workload.to_string(),
+    );
+    r.status = "skipped".into();
+    r.note = format!(
+        "the inputs and output alone need ~{} MB, over --max-memory {} MB",
+        bytes >> 20,
+        cfg.max_memory >> 20
+    );
+    r
 }
 
 /// Everything one (variant, length) cell is measured against.
@@ -400,43 +385,16 @@ struct Cell<'a> {
 
 impl Cell<'_> {
     fn record(&self, v: &dyn Attention) -> Record {
-        let s = self.problem.shape();
-        Record {
-            run_id: self.run_id.to_string(),
-            variant: v.to_string(),
-            name: v.name().to_string(),
-            fidelity: v.fidelity().to_string(),
-            batch: s.batch,
-            heads: s.heads,
-            kv_heads: s.kv_heads,
-            n_q: s.n_q,
-            n_kv: s.n_kv,
-            head_dim: s.head_dim,
-            causal: self.problem.opts().causal,
-            threads: rayon::current_num_threads(),
-            workload: self.cfg.workload.to_string(),
-            time_median_ms: None,
-            time_min_ms: None,
-            time_max_ms: None,
-            repeats: None,
-            flops: None,
-            gflops: None,
-            gemm_gflops: Some(self.gemm_rate),
-            pct_of_gemm: None,
-            pct_of_peak: None,
-            peak_bytes: None,
-            workspace_bytes: None,
-            density: None,
-            err_dense_rel: None,
-            err_dense_max_abs: None,
-            err_dense_cosine: None,
-            err_own_rel: None,
-            err_own_max_abs: None,
-            dropped_mass: None,
-            oracle_rows: None,
-            status: "ok".into(),
-            note: String::new(),
-        }
+        let mut r = Record::unmeasured(
+            self.run_id,
+            v,
+            &self.problem.shape(),
+            self.problem.opts().causal,
+            rayon::current_num_threads(),
+            self.cfg.workload.to_string(),
+        );
+        r.gemm_gflops = Some(self.gemm_rate);
+        r
     }
 
     fn measure(&self, v: &dyn Attention, last: Option<(usize, f64)>) -> Record {

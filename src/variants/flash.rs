@@ -225,24 +225,15 @@ pub fn tiled_forward(
             Workspace::new(t, shape.head_dim, shape.v_dim)
         },
         |ws, b, h, r0, block_out| {
-            let kvh = shape.kv_head_of(h);
             let rows = block_out.nrows();
-            let task = Task {
-                q: p.q().slice_move(s![b, h, r0..r0 + rows, ..]),
-                k: p.k()
-                    .index_axis_move(Axis(0), b)
-                    .index_axis_move(Axis(0), kvh),
-                v: p.v()
-                    .index_axis_move(Axis(0), b)
-                    .index_axis_move(Axis(0), kvh),
-                r0,
-                g: shape.geometry(),
-                scale: p.scale(),
+            let task = Task::new(
+                p,
                 mask,
-                bk: tiling.bk,
-                keys: 0..shape.n_kv,
+                (b, h, r0..r0 + rows),
+                0..shape.n_kv,
+                tiling.bk,
                 isa,
-            };
+            );
             task.run(ws, block_out);
         },
     );
@@ -271,7 +262,6 @@ fn split_kv_forward(
         tiling.bq,
         || (),
         |_, b, h, r0, mut block_out| {
-            let kvh = shape.kv_head_of(h);
             let rows = block_out.nrows();
             let ldv = simd::padded(shape.v_dim);
             let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
@@ -280,22 +270,7 @@ fn split_kv_forward(
                     // Split on tile boundaries so that tiles are the same as unsplit.
                     let k0 = (s * tiles / splits * tiling.bk).min(shape.n_kv);
                     let k1 = ((s + 1) * tiles / splits * tiling.bk).min(shape.n_kv);
-                    let task = Task {
-                        q: p.q().slice_move(s![b, h, r0..r0 + rows, ..]),
-                        k: p.k()
-                            .index_axis_move(Axis(0), b)
-                            .index_axis_move(Axis(0), kvh),
-                        v: p.v()
-                            .index_axis_move(Axis(0), b)
-                            .index_axis_move(Axis(0), kvh),
-                        r0,
-                        g: shape.geometry(),
-                        scale: p.scale(),
-                        mask,
-                        bk: tiling.bk,
-                        keys: k0..k1,
-                        isa,
-                    };
+                    let task = Task::new(p, mask, (b, h, r0..r0 + rows), k0..k1, tiling.bk, isa);
                     let mut ws = Workspace::new(t, shape.head_dim, shape.v_dim);
                     task.accumulate(&mut ws);
                     (
@@ -383,7 +358,36 @@ struct Task<'a> {
     isa: Isa,
 }
 
-impl Task<'_> {
+impl<'a> Task<'a> {
+    /// The query rows `rows` of (batch `b`, head `h`) against the keys `keys`.
+    fn new<'p: 'a>(
+        p: &Problem<'p>,
+        mask: &'a dyn Pattern,
+        (b, h, rows): (usize, usize, std::ops::Range<usize>),
+        keys: std::ops::Range<usize>,
+        bk: usize,
+        isa: Isa,
+    ) -> Self {
+        let shape = p.shape();
+        let kvh = shape.kv_head_of(h);
+        Task {
+            r0: rows.start,
+            q: p.q().slice_move(s![b, h, rows, ..]),
+            k: p.k()
+                .index_axis_move(Axis(0), b)
+                .index_axis_move(Axis(0), kvh),
+            v: p.v()
+                .index_axis_move(Axis(0), b)
+                .index_axis_move(Axis(0), kvh),
+            g: shape.geometry(),
+            scale: p.scale(),
+            mask,
+            bk,
+            keys,
+            isa,
+        }
+    }
+
     /// Runs the block over its keys and writes the normalized output rows.
     fn run(&self, ws: &mut Workspace, mut out: ArrayViewMut2<f32>) {
         self.accumulate(ws);
