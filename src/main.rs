@@ -362,10 +362,24 @@ fn sweep_cmd(registry: &Registry, args: SweepArgs, report: bool) -> io::Result<E
     match run_with_progress(&cfg, &variants) {
         Ok(output) => {
             print_summary(&output)?;
-            if report {
-                return report_cmd(registry, std::slice::from_ref(&output.csv), None);
+            let code = if report {
+                report_cmd(registry, std::slice::from_ref(&output.csv), None)?
+            } else {
+                ExitCode::SUCCESS
+            };
+            // An exact variant off its own definition is a kernel bug: fail loudly.
+            let flagged = output
+                .records
+                .iter()
+                .filter(|r| r.status == "flagged")
+                .count();
+            if flagged > 0 {
+                eprintln!(
+                    "error: {flagged} cell(s) flagged: an exact variant differs from the oracle under its own pattern (see the status column)"
+                );
+                return Ok(ExitCode::FAILURE);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(code)
         }
         Err(e) => {
             eprintln!("error: {e}");
