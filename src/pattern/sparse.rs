@@ -123,6 +123,27 @@ fn first_last(g: Geometry, rows: &Range<usize>) -> (isize, isize) {
     (g.pos(rows.start), g.pos(rows.end - 1))
 }
 
+/// The `classify`, `mask_row` and `keys_in_row` of a pattern whose allowed keys in row `p`
+/// are the interval `self.interval(p)` (see [`interval_tile`] for the conditions).
+macro_rules! interval_pattern_methods {
+    () => {
+        fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+            let (p0, p1) = first_last(g, &rows);
+            interval_tile(self.interval(p0), self.interval(p1), &cols)
+        }
+
+        fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+            let (lo, hi) = self.interval(g.pos(i));
+            fill_outside(row, c0, lo, hi);
+        }
+
+        fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+            let (lo, hi) = self.interval(g.pos(i));
+            clipped_len(lo, hi, g.n_kv)
+        }
+    };
+}
+
 /// `j mod s == p mod s`: the stripes of the strided and dilated patterns.
 #[derive(Debug, Clone, Copy)]
 struct Stripes {
@@ -184,20 +205,7 @@ impl Pattern for Window {
         (g.pos(i) - j as isize).unsigned_abs() <= self.w
     }
 
-    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
-        let (p0, p1) = first_last(g, &rows);
-        interval_tile(self.interval(p0), self.interval(p1), &cols)
-    }
-
-    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
-        let (lo, hi) = self.interval(g.pos(i));
-        fill_outside(row, c0, lo, hi);
-    }
-
-    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
-        let (lo, hi) = self.interval(g.pos(i));
-        clipped_len(lo, hi, g.n_kv)
-    }
+    interval_pattern_methods!();
 }
 
 impl fmt::Display for Window {
@@ -223,20 +231,7 @@ impl Pattern for Local {
         g.pos(i).div_euclid(b) == j as isize / b
     }
 
-    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
-        let (p0, p1) = first_last(g, &rows);
-        interval_tile(self.interval(p0), self.interval(p1), &cols)
-    }
-
-    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
-        let (lo, hi) = self.interval(g.pos(i));
-        fill_outside(row, c0, lo, hi);
-    }
-
-    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
-        let (lo, hi) = self.interval(g.pos(i));
-        clipped_len(lo, hi, g.n_kv)
-    }
+    interval_pattern_methods!();
 }
 
 impl fmt::Display for Local {
