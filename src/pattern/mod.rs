@@ -256,47 +256,33 @@ impl<A: Pattern, B: Pattern> Pattern for Union<A, B> {
     }
 }
 
-impl<P: Pattern + ?Sized> Pattern for &P {
-    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
-        (**self).allows(g, i, j)
-    }
-    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
-        (**self).classify(g, rows, cols)
-    }
-    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
-        (**self).mask_row(g, i, c0, row)
-    }
-    fn unsupported(&self, g: Geometry) -> Vec<String> {
-        (**self).unsupported(g)
-    }
-    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
-        (**self).keys_in_row(g, i)
-    }
-    fn density(&self, g: Geometry) -> f64 {
-        (**self).density(g)
-    }
+/// Forwards every `Pattern` method through a pointer type, so `&P` and `Box<P>` are patterns.
+macro_rules! forward_pattern {
+    ($($ptr:ty),*) => {$(
+        impl<P: Pattern + ?Sized> Pattern for $ptr {
+            fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
+                (**self).allows(g, i, j)
+            }
+            fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
+                (**self).classify(g, rows, cols)
+            }
+            fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
+                (**self).mask_row(g, i, c0, row)
+            }
+            fn unsupported(&self, g: Geometry) -> Vec<String> {
+                (**self).unsupported(g)
+            }
+            fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
+                (**self).keys_in_row(g, i)
+            }
+            fn density(&self, g: Geometry) -> f64 {
+                (**self).density(g)
+            }
+        }
+    )*};
 }
 
-impl<P: Pattern + ?Sized> Pattern for Box<P> {
-    fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
-        (**self).allows(g, i, j)
-    }
-    fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
-        (**self).classify(g, rows, cols)
-    }
-    fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
-        (**self).mask_row(g, i, c0, row)
-    }
-    fn unsupported(&self, g: Geometry) -> Vec<String> {
-        (**self).unsupported(g)
-    }
-    fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
-        (**self).keys_in_row(g, i)
-    }
-    fn density(&self, g: Geometry) -> f64 {
-        (**self).density(g)
-    }
-}
+forward_pattern!(&P, Box<P>);
 
 /// The mask a call actually applies: a variant's pattern (dense when it has none),
 /// intersected with [`Causal`] when the call is causal.
