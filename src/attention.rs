@@ -6,6 +6,7 @@ use std::fmt;
 use ndarray::{Array4, ArrayView, ArrayView4, ArrayViewMut4, Dimension, Ix4};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::modifier::{self, Feature, ScoreMods};
 use crate::pattern::{Mask, Pattern};
 use crate::shape::Shape;
 
@@ -44,7 +45,18 @@ pub struct Options {
     pub causal: bool,
     /// The factor applied to `q . k` before the softmax. Default (`None`): `1 / sqrt(head_dim)`.
     pub scale: Option<f32>,
+    /// ALiBi position biases with the standard per-head slopes ([`crate::modifier`]).
+    /// Default: `false`.
+    pub alibi: bool,
+    /// tanh soft-capping of the scaled scores at `±c` ([`crate::modifier`]). Default: none.
+    pub softcap: Option<f32>,
+    /// Rotary position embedding of Q and K with this base ([`crate::modifier`]; the usual
+    /// base is [`ROPE_BASE`]). Default: none.
+    pub rope: Option<f32>,
 }
+
+/// The usual RoPE base, 10000.
+pub const ROPE_BASE: f32 = 10000.0;
 
 impl Options {
     /// Bidirectional attention with the default scale.
@@ -64,19 +76,57 @@ impl Options {
         self
     }
 
+    /// Adds ALiBi position biases.
+    pub fn alibi(mut self, alibi: bool) -> Self {
+        self.alibi = alibi;
+        self
+    }
+
+    /// Soft-caps the scaled scores at `±c` with `c * tanh(s / c)`.
+    pub fn softcap(mut self, c: f32) -> Self {
+        self.softcap = Some(c);
+        self
+    }
+
+    /// Applies rotary position embeddings to Q and K with `base` (usually [`ROPE_BASE`]).
+    pub fn rope(mut self, base: f32) -> Self {
+        self.rope = Some(base);
+        self
+    }
+
+    /// The score-changing features these options need from a variant.
+    pub fn features(&self) -> Vec<Feature> {
+        let mut f = Vec::new();
+        if self.alibi {
+            f.push(Feature::Alibi);
+        }
+        if self.softcap.is_some() {
+            f.push(Feature::Softcap);
+        }
+        f
+    }
+
     /// The scale used for a head dimension of `head_dim`.
     pub fn scale_for(&self, head_dim: usize) -> f32 {
         self.scale
             .unwrap_or_else(|| (1.0 / (head_dim as f64).sqrt()) as f32)
     }
 
-    fn validate(&self) -> Result<()> {
-        match self.scale {
-            Some(s) if !s.is_finite() => Err(ErrorKind::BadOption {
-                option: "scale",
-                message: format!("must be finite, got {s}"),
+    fn validate(&self, head_dim: usize) -> Result<()> {
+        let bad = |option, message| Err(ErrorKind::BadOption { option, message }.into());
+        match (self.scale, self.softcap, self.rope) {
+            (Some(s), _, _) if !s.is_finite() => bad("scale", format!("must be finite, got {s}")),
+            (_, Some(c), _) if !(c.is_finite() && c > 0.0) => {
+                bad("softcap", format!("must be positive and finite, got {c}"))
             }
-            .into()),
+            (_, _, Some(b)) if !(b.is_finite() && b > 1.0) => bad(
+                "rope",
+                format!("the base must be finite and above 1, got {b}"),
+            ),
+            (_, _, Some(_)) if head_dim % 2 == 1 => bad(
+                "rope",
+                format!("rotates pairs of dimensions: head_dim must be even, got {head_dim}"),
+            ),
             _ => Ok(()),
         }
     }
@@ -105,6 +155,7 @@ pub struct Problem<'a> {
     v: ArrayView4<'a, f32>,
     shape: Shape,
     opts: Options,
+    key_lengths: Option<&'a [usize]>,
 }
 
 impl<'a> Problem<'a> {
@@ -116,7 +167,7 @@ impl<'a> Problem<'a> {
         opts: Options,
     ) -> Result<Self> {
         let shape = Shape::from_views(&q, &k, &v)?;
-        opts.validate()?;
+        opts.validate(shape.head_dim)?;
         check_finite("q", &q)?;
         check_finite("k", &k)?;
         check_finite("v", &v)?;
@@ -126,7 +177,53 @@ impl<'a> Problem<'a> {
             v,
             shape,
             opts,
+            key_lengths: None,
         })
+    }
+
+    /// Masks keys at positions `>= lengths[b]` of batch element `b` (key padding): they get
+    /// no weight, and a query with no remaining key gets a zero row. Needs one length per
+    /// batch element, each at most `n_kv`.
+    pub fn with_key_lengths(mut self, lengths: &'a [usize]) -> Result<Self> {
+        if lengths.len() != self.shape.batch {
+            return Err(ErrorKind::ShapeMismatch {
+                what: "key lengths: one per batch element".into(),
+                expected: self.shape.batch,
+                got: lengths.len(),
+            }
+            .into());
+        }
+        if let Some((b, &len)) = lengths
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l > self.shape.n_kv)
+        {
+            return Err(ErrorKind::BadOption {
+                option: "key lengths",
+                message: format!(
+                    "batch element {b} has length {len}, longer than the {} keys",
+                    self.shape.n_kv
+                ),
+            }
+            .into());
+        }
+        self.key_lengths = Some(lengths);
+        Ok(self)
+    }
+
+    /// The valid keys of batch element `b`: `n_kv` unless key lengths were given.
+    pub fn key_len(&self, b: usize) -> usize {
+        self.key_lengths.map_or(self.shape.n_kv, |l| l[b])
+    }
+
+    /// The per-batch key lengths, if any.
+    pub fn key_lengths(&self) -> Option<&'a [usize]> {
+        self.key_lengths
+    }
+
+    /// The score modifiers of query head `h`.
+    pub fn score_mods(&self, h: usize) -> ScoreMods {
+        ScoreMods::for_head(&self.shape, &self.opts, h)
     }
 
     /// Queries `[batch, heads, n_q, head_dim]`.
@@ -184,8 +281,17 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
     }
 
     /// Every reason this variant cannot run `shape` with `opts`; empty when it can.
+    ///
+    /// Callers use [`reasons`], which adds the [`Feature`]s the variant does not
+    /// [`support`](Attention::supports).
     fn unsupported(&self, _shape: &Shape, _opts: &Options) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Whether `forward` applies `feature` (ALiBi, soft-capping, key padding). The default is
+    /// `false`, so a variant that ignores a feature is refused rather than silently wrong.
+    fn supports(&self, _feature: Feature) -> bool {
+        false
     }
 
     /// The analytic cost of one call.
@@ -195,6 +301,28 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
     /// strides), overwriting it. The caller has validated `problem`, checked
     /// [`unsupported`](Attention::unsupported) and the shape of `out`.
     fn forward(&self, problem: &Problem<'_>, out: ArrayViewMut4<'_, f32>) -> Result<()>;
+}
+
+/// Every reason `variant` cannot run `shape` with `opts` and, when `key_padding`, per-batch key
+/// lengths: its own [`unsupported`](Attention::unsupported) reasons and the features it does
+/// not [`support`](Attention::supports).
+pub fn reasons(
+    variant: &dyn Attention,
+    shape: &Shape,
+    opts: &Options,
+    key_padding: bool,
+) -> Vec<String> {
+    let mut r = variant.unsupported(shape, opts);
+    let mut needed = opts.features();
+    if key_padding {
+        needed.push(Feature::KeyPadding);
+    }
+    for f in needed {
+        if !variant.supports(f) {
+            r.push(format!("{} does not apply {}", variant.name(), f.name()));
+        }
+    }
+    r
 }
 
 /// Validates the inputs, checks that `variant` supports them, and returns the attention
@@ -227,14 +355,19 @@ pub fn attend_into<D: Dimension>(
     run(variant, &problem, out)
 }
 
-/// Checks `variant`'s reasons and the shape of `out`, then runs `forward` on a validated
-/// problem.
+/// Checks `variant`'s [`reasons`] and the shape of `out`, applies RoPE to Q and K when the
+/// options ask for it, then runs `forward` on the validated problem.
 pub fn run(
     variant: &dyn Attention,
     problem: &Problem<'_>,
     out: ArrayViewMut4<'_, f32>,
 ) -> Result<()> {
-    let reasons = variant.unsupported(&problem.shape(), &problem.opts());
+    let reasons = reasons(
+        variant,
+        &problem.shape(),
+        &problem.opts(),
+        problem.key_lengths.is_some(),
+    );
     if !reasons.is_empty() {
         return Err(ErrorKind::Unsupported {
             variant: variant.to_string(),
@@ -254,7 +387,24 @@ pub fn run(
             .into());
         }
     }
-    variant.forward(problem, out)
+    match problem.opts.rope {
+        None => variant.forward(problem, out),
+        Some(base) => {
+            let offset = problem.shape.offset();
+            let q = modifier::rope(problem.q, offset, base);
+            let k = modifier::rope(problem.k, 0, base);
+            let rotated = Problem {
+                q: q.view(),
+                k: k.view(),
+                opts: Options {
+                    rope: None,
+                    ..problem.opts
+                },
+                ..*problem
+            };
+            variant.forward(&rotated, out)
+        }
+    }
 }
 
 fn rank4<'a, D: Dimension>(

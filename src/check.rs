@@ -3,12 +3,13 @@
 //! The cases cover what kernels get wrong: lengths that are not a multiple of any block size,
 //! cross-attention in both directions (`n_q < n_kv` and `n_q > n_kv`, where causal rows can be
 //! empty), head dimensions 1, 16, 64 and 128, `d_v != d`, grouped-query and multi-query heads,
-//! batches, a single token, decoding against a long KV, and peaked logits. Each runs causal and
-//! bidirectional. `attnbench check` and the conformance tests both use [`check`].
+//! batches, a single token, decoding against a long KV, and peaked logits; then the options that
+//! change the scores (ALiBi, soft-capping, RoPE, all three at once) and key padding. Each runs
+//! causal and bidirectional. `attnbench check` and the conformance tests both use [`check`].
 
 use ndarray::Array4;
 
-use crate::attention::{Attention, Fidelity, Options, Problem, run};
+use crate::attention::{Attention, Fidelity, Options, Problem, ROPE_BASE, reasons, run};
 use crate::oracle::{ErrorStats, compare, oracle};
 use crate::shape::Shape;
 use crate::workload::gaussian;
@@ -23,20 +24,23 @@ pub struct Case {
     pub name: String,
     /// The sizes.
     pub shape: Shape,
-    /// Causal masking.
-    pub causal: bool,
+    /// The options (causal masking, score modifiers).
+    pub opts: Options,
     /// The scale of the Gaussian Q and K (1 = logits of unit variance).
     pub input_scale: f32,
+    /// Per-batch key lengths (key padding), if any.
+    pub key_lengths: Option<Vec<usize>>,
 }
 
 impl Case {
-    fn new(name: &str, shape: [usize; 7], input_scale: f32, causal: bool) -> Self {
+    fn new(name: &str, shape: [usize; 7], input_scale: f32, opts: Options) -> Self {
         let [b, h, h_kv, n_q, n_kv, d, d_v] = shape;
         Self {
-            name: format!("{name}{}", if causal { " causal" } else { "" }),
+            name: name.to_string(),
             shape: Shape::new(b, h, h_kv, n_q, n_kv, d, d_v).expect("case shapes are valid"),
-            causal,
+            opts,
             input_scale,
+            key_lengths: None,
         }
     }
 }
@@ -59,9 +63,64 @@ pub fn cases() -> Vec<Case> {
         ("decode n_q=1 n_kv=1000", [1, 4, 2, 1, 1000, 64, 64], 1.0),
         ("peaked logits n=257", [1, 2, 2, 257, 257, 64, 64], 3.0),
     ];
-    base.iter()
-        .flat_map(|&(name, shape, scale)| {
-            [false, true].map(|causal| Case::new(name, shape, scale, causal))
+    let none = Options::new();
+    let all = none.alibi(true).softcap(5.0).rope(ROPE_BASE);
+    let modified: [(&str, [usize; 7], f32, Options); 6] = [
+        (
+            "alibi n=77",
+            [1, 4, 4, 77, 77, 32, 32],
+            1.0,
+            none.alibi(true),
+        ),
+        (
+            "alibi h=6 cross n_q=40 n_kv=150",
+            [1, 6, 3, 40, 150, 32, 32],
+            1.0,
+            none.alibi(true),
+        ),
+        (
+            "softcap=5 peaked n=257",
+            [1, 2, 2, 257, 257, 64, 64],
+            3.0,
+            none.softcap(5.0),
+        ),
+        (
+            "rope n=300 d=16",
+            [1, 2, 2, 300, 300, 16, 16],
+            1.0,
+            none.rope(ROPE_BASE),
+        ),
+        (
+            "rope cross n_q=37 n_kv=300",
+            [1, 2, 2, 37, 300, 64, 64],
+            1.0,
+            none.rope(ROPE_BASE),
+        ),
+        (
+            "alibi+softcap+rope gqa",
+            [1, 8, 2, 70, 70, 32, 32],
+            2.0,
+            all,
+        ),
+    ];
+    let mut padded = Case::new("key padding batch=3", [3, 2, 2, 65, 65, 32, 32], 1.0, none);
+    padded.key_lengths = Some(vec![65, 23, 0]);
+    let plain = base
+        .iter()
+        .map(|&(name, shape, scale)| (name, shape, scale, none));
+    plain
+        .chain(modified)
+        .map(|(name, shape, scale, opts)| Case::new(name, shape, scale, opts))
+        .chain([padded])
+        .flat_map(|c| {
+            [false, true].map(|causal| {
+                let mut c = c.clone();
+                c.opts.causal = causal;
+                if causal {
+                    c.name.push_str(" causal");
+                }
+                c
+            })
         })
         .collect()
 }
@@ -97,13 +156,19 @@ impl Outcome {
 
 /// Runs `variant` on `case` and compares it with the oracle.
 pub fn check(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
-    let opts = Options::new().causal(case.causal);
-    let reasons = variant.unsupported(&case.shape, &opts);
-    if !reasons.is_empty() {
-        return Outcome::Unsupported(reasons);
+    let why = reasons(variant, &case.shape, &case.opts, case.key_lengths.is_some());
+    if !why.is_empty() {
+        return Outcome::Unsupported(why);
     }
     let qkv = gaussian(&case.shape, case.input_scale, seed);
-    let problem = match Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts) {
+    let problem =
+        Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), case.opts).and_then(|p| match &case
+            .key_lengths
+        {
+            Some(lengths) => p.with_key_lengths(lengths),
+            None => Ok(p),
+        });
+    let problem = match problem {
         Ok(p) => p,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
@@ -127,7 +192,7 @@ mod tests {
     #[test]
     fn cases_cover_the_required_shapes() {
         let cs = cases();
-        assert_eq!(cs.len(), 26);
+        assert_eq!(cs.len(), 40);
         assert!(
             cs.iter()
                 .any(|c| c.shape.n_q != c.shape.n_kv && c.shape.n_q > 1)
@@ -142,6 +207,13 @@ mod tests {
         for d in [1, 16, 64, 128] {
             assert!(cs.iter().any(|c| c.shape.head_dim == d), "d = {d}");
         }
-        assert_eq!(cs.iter().filter(|c| c.causal).count(), 13);
+        assert_eq!(cs.iter().filter(|c| c.opts.causal).count(), 20);
+        assert!(
+            cs.iter()
+                .any(|c| c.opts.alibi && c.shape.n_q != c.shape.n_kv)
+        );
+        assert!(cs.iter().any(|c| c.opts.softcap.is_some()));
+        assert!(cs.iter().any(|c| c.opts.rope.is_some()));
+        assert!(cs.iter().any(|c| c.key_lengths.is_some()));
     }
 }

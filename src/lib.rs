@@ -60,6 +60,7 @@ pub mod error;
 pub mod feature;
 pub mod harness;
 pub mod kernels;
+pub mod modifier;
 pub mod npy;
 pub mod oracle;
 pub mod parallel;
@@ -76,8 +77,11 @@ pub mod workload;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use attention::{Attention, Cost, Fidelity, Options, Problem, attend, attend_into};
+pub use attention::{
+    Attention, Cost, Fidelity, Options, Problem, ROPE_BASE, attend, attend_into, reasons,
+};
 pub use error::{Error, ErrorKind, Result};
+pub use modifier::Feature;
 pub use pattern::{Geometry, Pattern, Tile};
 pub use registry::Registry;
 pub use shape::Shape;

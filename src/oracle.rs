@@ -5,17 +5,18 @@
 //! conventions: bottom-right causal alignment, GQA head sharing, and a zero output row for a
 //! query with no allowed key.
 
-use ndarray::{Array4, ArrayView2, ArrayView4, ArrayViewMut2, Axis};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index;
 
 use crate::attention::Problem;
+use crate::modifier::{ScoreMods, rope_row_f64};
 use crate::parallel::for_each_head;
-use crate::pattern::{Mask, Pattern};
+use crate::pattern::{Geometry, Pattern};
 
 /// Softmax attention of every query row under `pattern` (dense when `None`) and the problem's
-/// causal flag, in `f64`: `[batch, heads, n_q, v_dim]`.
+/// causal flag, key lengths and score modifiers, in `f64`: `[batch, heads, n_q, v_dim]`.
 pub fn oracle(problem: &Problem<'_>, pattern: Option<&dyn Pattern>) -> Array4<f64> {
     let rows: Vec<usize> = (0..problem.shape().n_q).collect();
     oracle_rows(problem, pattern, &rows)
@@ -38,73 +39,92 @@ pub fn oracle_rows(
         shape.n_q
     );
     let mask = problem.mask(pattern);
-    let scale = problem.scale() as f64;
     let mut out = Array4::zeros([shape.batch, shape.heads, rows.len(), shape.v_dim]);
-    for_each_head(out.view_mut(), |b, h, head_out| {
-        let kvh = shape.kv_head_of(h);
-        head_oracle(
-            problem
-                .q()
-                .index_axis_move(Axis(0), b)
-                .index_axis(Axis(0), h),
-            problem
-                .k()
-                .index_axis_move(Axis(0), b)
-                .index_axis(Axis(0), kvh),
-            problem
-                .v()
-                .index_axis_move(Axis(0), b)
-                .index_axis(Axis(0), kvh),
-            &mask,
-            scale,
-            rows,
-            head_out,
-        );
+    for_each_head(out.view_mut(), |b, h, mut head_out| {
+        let head = HeadRef::new(problem, b, h);
+        let v = problem
+            .v()
+            .index_axis_move(Axis(0), b)
+            .index_axis_move(Axis(0), shape.kv_head_of(h));
+        for (r, &i) in rows.iter().enumerate() {
+            let scores = head.scores(i, &mask);
+            let mut out_row = head_out.row_mut(r);
+            out_row.fill(0.0);
+            if scores.is_empty() {
+                continue;
+            }
+            let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+            let mut total = 0.0;
+            for &(j, s) in &scores {
+                let p = (s - m).exp();
+                total += p;
+                for (o, &x) in out_row.iter_mut().zip(v.row(j)) {
+                    *o += p * x as f64;
+                }
+            }
+            out_row.mapv_inplace(|o| o / total);
+        }
     });
     out
 }
 
-fn head_oracle(
-    q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
-    mask: &Mask<'_>,
+/// One (batch, head) of a problem in `f64`, with RoPE applied to its queries and keys.
+struct HeadRef {
+    q: Array2<f64>,
+    k: Array2<f64>,
     scale: f64,
-    rows: &[usize],
-    mut out: ArrayViewMut2<f64>,
-) {
-    let g = crate::pattern::Geometry::new(q.nrows(), k.nrows());
-    let mut scores: Vec<(usize, f64)> = Vec::with_capacity(k.nrows());
-    for (r, &i) in rows.iter().enumerate() {
-        scores.clear();
-        let qi = q.row(i);
-        for j in 0..k.nrows() {
-            if mask.allows(g, i, j) {
-                let kj = k.row(j);
-                let dot: f64 = qi.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum();
-                scores.push((j, dot * scale));
+    mods: ScoreMods,
+    key_len: usize,
+    g: Geometry,
+}
+
+impl HeadRef {
+    fn new(problem: &Problem<'_>, b: usize, h: usize) -> Self {
+        let shape = problem.shape();
+        let to_f64 = |x: ArrayView2<f32>, offset: isize| {
+            let mut x = x.mapv(f64::from);
+            if let Some(base) = problem.opts().rope {
+                for (s, mut row) in x.outer_iter_mut().enumerate() {
+                    let row = row.as_slice_mut().expect("a fresh array is contiguous");
+                    rope_row_f64(row, s as isize + offset, base);
+                }
             }
+            x
+        };
+        let q = problem
+            .q()
+            .index_axis_move(Axis(0), b)
+            .index_axis_move(Axis(0), h);
+        let k = problem
+            .k()
+            .index_axis_move(Axis(0), b)
+            .index_axis_move(Axis(0), shape.kv_head_of(h));
+        Self {
+            q: to_f64(q, shape.offset()),
+            k: to_f64(k, 0),
+            scale: problem.scale() as f64,
+            mods: problem.score_mods(h),
+            key_len: problem.key_len(b),
+            g: shape.geometry(),
         }
-        let mut out_row = out.row_mut(r);
-        out_row.fill(0.0);
-        if scores.is_empty() {
-            continue;
-        }
-        let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
-        let mut total = 0.0;
-        for &(j, s) in &scores {
-            let p = (s - m).exp();
-            total += p;
-            for (o, &x) in out_row.iter_mut().zip(v.row(j)) {
-                *o += p * x as f64;
-            }
-        }
-        out_row.mapv_inplace(|o| o / total);
+    }
+
+    /// The modified scores `(j, s_ij)` of query `i` for the valid keys `mask` allows.
+    fn scores(&self, i: usize, mask: &dyn Pattern) -> Vec<(usize, f64)> {
+        let qi = self.q.row(i);
+        (0..self.key_len)
+            .filter(|&j| mask.allows(self.g, i, j))
+            .map(|j| {
+                let dot = qi.dot(&self.k.row(j));
+                (j, self.mods.apply_f64(dot * self.scale, i, j))
+            })
+            .collect()
     }
 }
 
-/// The softmax mass dense attention (under the problem's causal flag) puts on the pairs
-/// `pattern` drops, averaged over `rows` of every (batch, head): `1 - P(allowed)`.
+/// The softmax mass dense attention (under the problem's causal flag, key lengths and score
+/// modifiers) puts on the pairs `pattern` drops, averaged over `rows` of every (batch, head):
+/// `1 - P(allowed)`.
 ///
 /// It bounds how far a pattern-restricted variant can be from dense attention: each output
 /// row moves by at most `2 * mass * max |v|`.
@@ -112,42 +132,22 @@ pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]
     let shape = problem.shape();
     let g = shape.geometry();
     let dense = problem.mask(None);
-    let scale = problem.scale() as f64;
     let mut total = 0.0;
     let mut count = 0usize;
     for b in 0..shape.batch {
         for h in 0..shape.heads {
-            let q = problem
-                .q()
-                .index_axis_move(Axis(0), b)
-                .index_axis_move(Axis(0), h);
-            let kvh = shape.kv_head_of(h);
-            let k = problem
-                .k()
-                .index_axis_move(Axis(0), b)
-                .index_axis_move(Axis(0), kvh);
+            let head = HeadRef::new(problem, b, h);
             for &i in rows {
-                let scores: Vec<(bool, f64)> = (0..shape.n_kv)
-                    .filter(|&j| dense.allows(g, i, j))
-                    .map(|j| {
-                        let dot: f64 = q
-                            .row(i)
-                            .iter()
-                            .zip(k.row(j))
-                            .map(|(&a, &b)| a as f64 * b as f64)
-                            .sum();
-                        (pattern.allows(g, i, j), dot * scale)
-                    })
-                    .collect();
+                let scores = head.scores(i, &dense);
                 if scores.is_empty() {
                     continue;
                 }
                 let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
                 let (mut all, mut kept) = (0.0, 0.0);
-                for &(allowed, s) in &scores {
+                for &(j, s) in &scores {
                     let p = (s - m).exp();
                     all += p;
-                    if allowed {
+                    if pattern.allows(g, i, j) {
                         kept += p;
                     }
                 }

@@ -31,7 +31,7 @@ fn check_passes_and_prints_a_table() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("flash(bq=16,bk=32)"));
     assert!(out.contains("gqa h=8/h_kv=2 causal"));
-    assert!(out.contains("52 of 52 checks passed"), "{out}");
+    assert!(out.contains("80 of 80 checks passed"), "{out}");
     assert!(!out.contains("FAIL"));
 }
 

@@ -30,7 +30,7 @@ fn naive(map: &dyn FeatureMap, p: &Problem<'_>) -> Array4<f64> {
             for i in 0..sh.n_q {
                 let mut den = 0.0f64;
                 let mut num = vec![0.0f64; sh.v_dim];
-                for j in 0..sh.n_kv {
+                for j in 0..p.key_len(b) {
                     if p.opts().causal && j as isize > i as isize + sh.offset() {
                         continue;
                     }
@@ -95,6 +95,38 @@ fn every_map_matches_its_naive_kernel() {
                         e.rel_frobenius < 1e-5,
                         "{v} on {shape} causal={causal}: {e:?}"
                     );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn key_padding_matches_the_naive_kernel() {
+    let shapes = [
+        Shape::new(3, 2, 2, 90, 90, 16, 16).unwrap(),
+        Shape::new(3, 2, 1, 30, 90, 16, 8).unwrap(),
+    ];
+    let lengths = [90, 41, 0];
+    for phi in phis() {
+        for chunk in [1, 16, 1000] {
+            let v = Linear::new(phi.clone(), chunk);
+            for shape in shapes {
+                for causal in [false, true] {
+                    let qkv = gaussian(&shape, 0.7, 8);
+                    let opts = Options::new().causal(causal);
+                    let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)
+                        .and_then(|p| p.with_key_lengths(&lengths))
+                        .unwrap();
+                    let mut out = Array4::from_elem(shape.out_dims(), f32::NAN);
+                    attnbench::attention::run(&v, &p, out.view_mut()).unwrap();
+                    let e = compare(out.view(), naive(v.feature_map(), &p).view());
+                    assert!(
+                        e.rel_frobenius < 1e-5,
+                        "{v} on {shape} causal={causal}: {e:?}"
+                    );
+                    // The batch element without keys gives zero rows.
+                    assert!(out.index_axis(Axis(0), 2).iter().all(|&x| x == 0.0));
                 }
             }
         }

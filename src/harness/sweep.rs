@@ -413,7 +413,7 @@ impl Cell<'_> {
             r.note = note;
             r
         };
-        let reasons = v.unsupported(&shape, &p.opts());
+        let reasons = crate::attention::reasons(v, &shape, &p.opts(), false);
         if !reasons.is_empty() {
             return skip(r, reasons.join("; "));
         }
@@ -444,7 +444,9 @@ impl Cell<'_> {
 
         let mut out = Array4::<f32>::zeros(shape.out_dims());
         let run = |out: &mut Array4<f32>| -> Result<()> {
-            match catch_unwind(AssertUnwindSafe(|| v.forward(p, out.view_mut()))) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                crate::attention::run(v, p, out.view_mut())
+            })) {
                 Ok(r) => r,
                 Err(panic) => Err(Error::new(ErrorKind::BadOption {
                     option: "variant",

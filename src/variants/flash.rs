@@ -6,13 +6,15 @@
 //!
 //! 1. asks the mask to [classify](Pattern::classify) the `bq x bk` tile: empty tiles are
 //!    skipped, full tiles run unmasked, partial tiles set disallowed scores to `-inf`;
-//! 2. computes the tile's scores `S = scale * Q_blk K_tile^T` (sgemm);
+//! 2. computes the tile's scores `S = scale * Q_blk K_tile^T` (SIMD microkernel), then
+//!    applies soft-capping and ALiBi when the options ask for them;
 //! 3. updates each row's running maximum `m` and running sum `l` (online softmax): with
 //!    `m' = max(m, max S_row)`, the accumulator row and `l` are rescaled by `e^(m - m')`, and
 //!    `P = e^(S - m')` is added to `l`;
 //! 4. accumulates `acc += P V_tile` (sgemm).
 //!
-//! The output row is `acc / l` (zero when the row had no allowed key). The n x n matrix is
+//! Keys past a batch element's key length (key padding) are never visited. The output row is
+//! `acc / l` (zero when the row had no allowed key). The n x n matrix is
 //! never formed: a task's workspace is `(bq * bk + bq * d_v + 2 * bq)` floats whatever `n`.
 //! This is the algorithm of FlashAttention (Dao et al. 2022), run on the CPU.
 
@@ -24,6 +26,7 @@ use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
 use crate::error::Result;
 use crate::kernels::gemm::gemm_flops;
 use crate::kernels::simd::{self, Isa};
+use crate::modifier::{Feature, ScoreMods};
 use crate::parallel::for_each_row_block;
 use crate::pattern::{Geometry, Mask, Pattern, Tile};
 use crate::registry::{ParamInfo, Params, VariantInfo};
@@ -138,6 +141,10 @@ impl Attention for Flash {
             }
             _ => Vec::new(),
         }
+    }
+
+    fn supports(&self, _feature: Feature) -> bool {
+        true
     }
 
     fn cost(&self, shape: &Shape, opts: &Options) -> Cost {
@@ -353,9 +360,10 @@ struct Task<'a> {
     scale: f32,
     mask: &'a dyn Pattern,
     bk: usize,
-    /// The keys this task covers (all of them unless the keys are split).
+    /// The keys this task covers (all valid keys unless the keys are split).
     keys: std::ops::Range<usize>,
     isa: Isa,
+    mods: ScoreMods,
 }
 
 impl<'a> Task<'a> {
@@ -370,6 +378,9 @@ impl<'a> Task<'a> {
     ) -> Self {
         let shape = p.shape();
         let kvh = shape.kv_head_of(h);
+        // Key padding: keys at or past the batch element's length are never visited.
+        let valid = p.key_len(b);
+        let keys = keys.start.min(valid)..keys.end.min(valid);
         Task {
             r0: rows.start,
             q: p.q().slice_move(s![b, h, rows, ..]),
@@ -385,6 +396,7 @@ impl<'a> Task<'a> {
             bk,
             keys,
             isa,
+            mods: p.score_mods(h),
         }
     }
 
@@ -466,6 +478,10 @@ impl<'a> Task<'a> {
                 ldv,
             };
             simd::scores(self.isa, &mut t, self.scale);
+            if !self.mods.is_identity() {
+                self.mods
+                    .apply_key_major(t.st, (self.r0, rows), (c0, cols), ldq);
+            }
             if tile == Tile::Partial {
                 // Masks work on query rows; the scores are key-major: gather, mask, scatter.
                 let row = &mut ws.row[..cols];

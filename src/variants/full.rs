@@ -3,7 +3,8 @@
 //! Per (batch, head): `S = scale * Q K^T` (one sgemm), a numerically stable softmax of each
 //! row (row maximum subtracted; masked keys excluded; the exponential vectorized at the
 //! widest SIMD width the CPU has), `O = P V` (a second sgemm), then each
-//! output row divided by its softmax denominator. (batch, head) pairs run in parallel, each
+//! output row divided by its softmax denominator. Soft-capping, ALiBi and key padding are
+//! applied to each score row before its softmax. (batch, head) pairs run in parallel, each
 //! with its own score matrix, so peak memory is `4 * n_q * n_kv` bytes per busy thread:
 //! this is the O(n^2)-memory baseline every efficient variant is compared with.
 
@@ -15,6 +16,7 @@ use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
 use crate::error::Result;
 use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
 use crate::kernels::simd::{self, Isa};
+use crate::modifier::Feature;
 use crate::parallel::for_each_head;
 use crate::pattern::{Causal, Pattern};
 use crate::registry::{Params, VariantInfo};
@@ -51,6 +53,10 @@ impl Attention for Full {
 
     fn fidelity(&self) -> Fidelity {
         Fidelity::Exact
+    }
+
+    fn supports(&self, _feature: Feature) -> bool {
+        true
     }
 
     fn cost(&self, s: &Shape, _opts: &Options) -> Cost {
@@ -96,6 +102,8 @@ fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>
 
     let mut inv_sum = vec![0.0f32; shape.n_q];
     let isa = Isa::detect();
+    let mods = p.score_mods(h);
+    let key_len = p.key_len(b);
     let rows = scores
         .as_slice_mut()
         .expect("a fresh array is contiguous")
@@ -106,10 +114,13 @@ fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>
         } else {
             shape.n_kv
         };
-        let (seen, masked) = row.split_at_mut(allowed);
+        let (seen, masked) = row.split_at_mut(allowed.min(key_len));
         masked.fill(0.0);
         if seen.is_empty() {
             continue;
+        }
+        if !mods.is_identity() {
+            mods.apply_row(i, 0, seen);
         }
         let m = simd::max(isa, seen);
         *inv = 1.0 / simd::exp_shifted_sum(isa, seen, m);

@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::feature::{Elu1, Favor, FeatureMap, KernelKind, Relu};
 use crate::kernels::exp;
 use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
+use crate::modifier::Feature;
 use crate::parallel::for_each_head;
 use crate::registry::{ParamInfo, Params, VariantInfo};
 use crate::shape::Shape;
@@ -186,6 +187,12 @@ impl Attention for Linear {
         }
     }
 
+    /// Key padding only: ALiBi and soft-capping act on individual scores, which linear
+    /// attention never forms (its kernel factorizes into `phi(q) . phi(k)`).
+    fn supports(&self, feature: Feature) -> bool {
+        feature == Feature::KeyPadding
+    }
+
     fn cost(&self, s: &Shape, opts: &Options) -> Cost {
         let m = self.map.dim(s.head_dim);
         let c = self.chunk;
@@ -224,6 +231,7 @@ impl Attention for Linear {
                 q: p.q().slice_move(s![b, h, .., ..]),
                 k: p.k().slice_move(s![b, kvh, .., ..]),
                 v: p.v().slice_move(s![b, kvh, .., ..]),
+                valid: p.key_len(b),
                 map: self.map.as_ref(),
                 scale: p.scale(),
                 state: State::new(self.map.dim(shape.head_dim), shape.v_dim),
@@ -274,6 +282,8 @@ struct Head<'a> {
     q: ArrayView2<'a, f32>,
     k: ArrayView2<'a, f32>,
     v: ArrayView2<'a, f32>,
+    /// Keys at or past this position are padding.
+    valid: usize,
     map: &'a dyn FeatureMap,
     scale: f32,
     state: State,
@@ -300,7 +310,7 @@ impl Head<'_> {
     fn bidirectional(&mut self, mut out: ArrayViewMut2<f32>) {
         let (n_q, n_kv, m) = (self.q.nrows(), self.k.nrows(), self.m());
         let mut fk = Array2::zeros((self.chunk.min(n_kv), m));
-        self.absorb_keys(0, n_kv, &mut fk);
+        self.absorb_keys(0, self.valid, &mut fk);
         let mut fq = Array2::zeros((self.chunk.min(n_q), m));
         for q0 in (0..n_q).step_by(self.chunk) {
             let q1 = (q0 + self.chunk).min(n_q);
@@ -322,7 +332,9 @@ impl Head<'_> {
         let mut fq = Array2::zeros((c, m));
         let mut w = Array2::<f32>::zeros((c, c));
         let mut absorbed = 0;
-        let clamp = |x: isize| x.clamp(0, n_kv as isize) as usize;
+        // Positions are aligned on all n_kv keys; padding keys are never absorbed.
+        let valid = self.valid as isize;
+        let clamp = |x: isize| x.clamp(0, valid) as usize;
         for q0 in (0..n_q).step_by(self.chunk) {
             let q1 = (q0 + self.chunk).min(n_q);
             let rows = q1 - q0;

@@ -75,6 +75,11 @@ impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
         self.pattern.unsupported(shape.geometry())
     }
 
+    /// The tiled engine applies every feature.
+    fn supports(&self, _feature: crate::modifier::Feature) -> bool {
+        true
+    }
+
     fn cost(&self, shape: &Shape, opts: &Options) -> Cost {
         tiled_cost(
             shape,
