@@ -93,6 +93,11 @@ pub enum ErrorKind {
         /// The underlying error's message.
         message: String,
     },
+    /// A multi-head layer's configuration, weights or inputs are inconsistent.
+    Layer {
+        /// What is wrong, naming the sizes involved.
+        message: String,
+    },
     /// A data file is malformed.
     Format {
         /// The file involved.
@@ -182,6 +187,7 @@ impl fmt::Display for Error {
             ErrorKind::BadSpec { spec, message } => write!(f, "bad spec '{spec}': {message}"),
             ErrorKind::Io { path, message } => write!(f, "{path}: {message}"),
             ErrorKind::Format { path, message } => write!(f, "{path}: {message}"),
+            ErrorKind::Layer { message } => write!(f, "multi-head layer: {message}"),
         }
     }
 }

@@ -50,6 +50,8 @@
 //! - [`variants`]: the built-in variants; [`variants::flash`] holds the tiled engine.
 //! - [`oracle`]: `f64` reference and error metrics; [`check`]: conformance cases.
 //! - [`registry`] and [`spec`]: spec strings such as `flash(bq=64,bk=128)`.
+//! - [`layer`]: the multi-head attention layer around any variant; [`modifier`]: ALiBi,
+//!   soft-capping and RoPE.
 //! - [`kernels`]: exp, softmax rows and GEMM; [`workload`]: input generators.
 
 #![warn(missing_docs)]
@@ -60,6 +62,7 @@ pub mod error;
 pub mod feature;
 pub mod harness;
 pub mod kernels;
+pub mod layer;
 pub mod modifier;
 pub mod npy;
 pub mod oracle;
