@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, ArrayView3};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -257,13 +257,13 @@ fn finite<'a>(name: &str, mut values: impl Iterator<Item = &'a f32>) -> Result<(
     }
 }
 
-/// A multi-head attention layer: projections, any attention variant as its core, and the
-/// output projection. See the [module docs](self).
-#[derive(Debug)]
+/// A multi-head attention layer: projections, any attention variant as its core (given per
+/// call, so one set of weights can be measured with every variant), and the output
+/// projection. See the [module docs](self).
+#[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
     cfg: LayerConfig,
     weights: Weights,
-    core: Box<dyn Attention>,
 }
 
 /// Where one layer call spent its time.
@@ -276,10 +276,10 @@ pub struct LayerTimes {
 }
 
 impl MultiHeadAttention {
-    /// A layer with `weights` (checked against `cfg`) around `core`.
-    pub fn new(cfg: LayerConfig, weights: Weights, core: Box<dyn Attention>) -> Result<Self> {
+    /// A layer with `weights`, checked against `cfg`.
+    pub fn new(cfg: LayerConfig, weights: Weights) -> Result<Self> {
         weights.check(&cfg)?;
-        Ok(Self { cfg, weights, core })
+        Ok(Self { cfg, weights })
     }
 
     /// The layer's sizes.
@@ -292,20 +292,17 @@ impl MultiHeadAttention {
         &self.weights
     }
 
-    /// The attention core.
-    pub fn core(&self) -> &dyn Attention {
-        self.core.as_ref()
-    }
-
-    /// Self-attention of `x` (`[batch, n, d_model]`): `[batch, n, d_model]`. `key_lengths`
-    /// (one per batch element) masks padded positions as keys.
+    /// Self-attention of `x` (`[batch, n, d_model]`) with `core`: `[batch, n, d_model]`.
+    /// `key_lengths` (one per batch element) masks padded positions as keys.
     pub fn forward(
         &self,
+        core: &dyn Attention,
         x: ArrayView3<f32>,
         opts: &Options,
         key_lengths: Option<&[usize]>,
     ) -> Result<Array3<f32>> {
-        self.forward_timed(x, None, opts, key_lengths).map(|r| r.0)
+        self.forward_timed(core, x, None, opts, key_lengths)
+            .map(|r| r.0)
     }
 
     /// Cross-attention of the queries `x` (`[batch, n_q, d_model]`) to `memory`
@@ -313,12 +310,13 @@ impl MultiHeadAttention {
     /// positions.
     pub fn forward_cross(
         &self,
+        core: &dyn Attention,
         x: ArrayView3<f32>,
         memory: ArrayView3<f32>,
         opts: &Options,
         key_lengths: Option<&[usize]>,
     ) -> Result<Array3<f32>> {
-        self.forward_timed(x, Some(memory), opts, key_lengths)
+        self.forward_timed(core, x, Some(memory), opts, key_lengths)
             .map(|r| r.0)
     }
 
@@ -326,6 +324,7 @@ impl MultiHeadAttention {
     /// [`forward_cross`](Self::forward_cross), also returning where the time went.
     pub fn forward_timed(
         &self,
+        core: &dyn Attention,
         x: ArrayView3<f32>,
         memory: Option<ArrayView3<f32>>,
         opts: &Options,
@@ -377,7 +376,7 @@ impl MultiHeadAttention {
             None => problem,
         };
         let mut heads = Array4::zeros([batch, cfg.heads, n_q, cfg.head_dim]);
-        run(self.core.as_ref(), &problem, heads.view_mut())?;
+        run(core, &problem, heads.view_mut())?;
         times.core = start.elapsed();
 
         let start = Instant::now();
@@ -393,6 +392,50 @@ impl MultiHeadAttention {
             .expect("a standard-layout array reshapes");
         times.projections += start.elapsed();
         Ok((y, times))
+    }
+}
+
+impl MultiHeadAttention {
+    /// The per-head queries `[batch, heads, n_q, head_dim]`, keys and values
+    /// `[batch, kv_heads, n_kv, head_dim]` of `x` (and `memory` for cross-attention): the
+    /// core's inputs.
+    pub fn project_qkv(
+        &self,
+        x: ArrayView3<f32>,
+        memory: Option<ArrayView3<f32>>,
+    ) -> Result<(Array4<f32>, Array4<f32>, Array4<f32>)> {
+        let (cfg, w) = (&self.cfg, &self.weights);
+        check_input("x", &x, cfg.d_model, None)?;
+        if let Some(mem) = &memory {
+            check_input("memory", mem, cfg.d_model, Some(x.shape()[0]))?;
+        }
+        let batch = x.shape()[0];
+        let x2 = rows(x);
+        let m2_own;
+        let m2 = match memory {
+            Some(mem) => {
+                m2_own = rows(mem);
+                &m2_own
+            }
+            None => &x2,
+        };
+        Ok((
+            to_heads(
+                project(&x2.view(), &w.w_q, w.b_q.as_ref()),
+                batch,
+                cfg.heads,
+            ),
+            to_heads(
+                project(&m2.view(), &w.w_k, w.b_k.as_ref()),
+                batch,
+                cfg.kv_heads,
+            ),
+            to_heads(
+                project(&m2.view(), &w.w_v, w.b_v.as_ref()),
+                batch,
+                cfg.kv_heads,
+            ),
+        ))
     }
 }
 
@@ -436,8 +479,10 @@ fn rows(x: ArrayView3<f32>) -> Array2<f32> {
         .expect("a standard-layout array reshapes")
 }
 
-/// `x w + b` (sgemm; the bias is broadcast into the output first).
+/// `x w + b` (sgemm; the bias is broadcast into the output first). The rows are split
+/// across the rayon pool: matrixmultiply itself runs on one thread.
 fn project(x: &ArrayView2<f32>, w: &Array2<f32>, b: Option<&Array1<f32>>) -> Array2<f32> {
+    use rayon::prelude::*;
     let mut y = Array2::zeros((x.nrows(), w.ncols()));
     let beta = match b {
         Some(b) => {
@@ -447,7 +492,15 @@ fn project(x: &ArrayView2<f32>, w: &Array2<f32>, b: Option<&Array1<f32>>) -> Arr
         }
         None => 0.0,
     };
-    gemm(1.0, x, &w.view(), beta, &mut y.view_mut());
+    // Blocks of at least 64 rows keep each product efficient.
+    let rows = x.nrows().div_ceil(rayon::current_num_threads()).max(64);
+    let blocks: Vec<_> = x
+        .axis_chunks_iter(Axis(0), rows)
+        .zip(y.axis_chunks_iter_mut(Axis(0), rows))
+        .collect();
+    blocks.into_par_iter().for_each(|(x, mut y)| {
+        gemm(1.0, &x, &w.view(), beta, &mut y);
+    });
     y
 }
 

@@ -11,7 +11,7 @@ use attnbench::harness::record::Record;
 use attnbench::harness::sweep::{Event, SweepConfig, SweepOutput, run_sweep};
 use attnbench::harness::timing::TimingConfig;
 use attnbench::workload::Workload;
-use attnbench::{Attention, Fidelity, Registry};
+use attnbench::{Attention, Fidelity, Options, Registry};
 use clap::{Args, Parser, Subcommand};
 
 /// Peak heap bytes of every variant call are measured through this allocator.
@@ -82,6 +82,26 @@ struct SweepArgs {
     /// Causal masking (bottom-right aligned).
     #[arg(long)]
     causal: bool,
+    /// ALiBi position biases (per-head slopes 2^(-8k/h)).
+    #[arg(long)]
+    alibi: bool,
+    /// tanh soft-capping of the scores at +-C, e.g. 30.
+    #[arg(long, value_name = "C")]
+    softcap: Option<f32>,
+    /// Rotary position embedding of Q and K (base 10000 unless given).
+    #[arg(long, value_name = "BASE", num_args = 0..=1, default_missing_value = "10000")]
+    rope: Option<f32>,
+    /// Decoding: this many queries (the last positions) against each length of keys; rows
+    /// then report their fraction of the measured read bandwidth.
+    #[arg(long, value_name = "N")]
+    n_q: Option<usize>,
+    /// Measure the whole multi-head layer (projections + core) around each variant, with
+    /// Gaussian X of width --d-model.
+    #[arg(long)]
+    layer: bool,
+    /// The layer's model width (with --layer); head_dim becomes d_model / heads.
+    #[arg(long, value_name = "N", default_value_t = 512, requires = "layer")]
+    d_model: usize,
     /// Worker threads; default: all cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -311,7 +331,14 @@ fn sweep_config(args: &SweepArgs) -> SweepConfig {
         heads: args.heads,
         kv_heads: args.kv_heads.unwrap_or(args.heads),
         head_dim: args.head_dim,
-        causal: args.causal,
+        opts: {
+            let mut o = Options::new().causal(args.causal).alibi(args.alibi);
+            o.softcap = args.softcap;
+            o.rope = args.rope;
+            o
+        },
+        n_q: args.n_q,
+        layer: args.layer.then_some(args.d_model),
         threads: args.threads.unwrap_or(defaults.threads),
         workload: args.workload.clone(),
         seed: args.seed,

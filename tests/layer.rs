@@ -183,12 +183,14 @@ fn layer_matches_the_f64_reference() {
             c.key_lengths.as_deref(),
         );
         for core in ["full", "flash", "flash(bq=3,bk=5)", "window(w=100)"] {
-            let layer =
-                MultiHeadAttention::new(c.cfg, w.clone(), registry.build(core).unwrap()).unwrap();
+            let layer = MultiHeadAttention::new(c.cfg, w.clone()).unwrap();
+            let core = registry.build(core).unwrap();
+            let core = core.as_ref();
             let opts = Options::new().causal(c.causal);
+            let lengths = c.key_lengths.as_deref();
             let got = match &memory {
-                None => layer.forward(x.view(), &opts, c.key_lengths.as_deref()),
-                Some(m) => layer.forward_cross(x.view(), m.view(), &opts, c.key_lengths.as_deref()),
+                None => layer.forward(core, x.view(), &opts, lengths),
+                Some(m) => layer.forward_cross(core, x.view(), m.view(), &opts, lengths),
             }
             .unwrap();
             let e = rel_error(&got, &want);
@@ -219,9 +221,11 @@ fn tiny_layer_by_hand() {
     let x =
         Array3::from_shape_vec((1, 2, 4), vec![1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]).unwrap();
     let a = 0.669_761_55_f32;
-    let layer =
-        MultiHeadAttention::new(cfg, w, Registry::builtin().build("flash").unwrap()).unwrap();
-    let y = layer.forward(x.view(), &Options::new(), None).unwrap();
+    let layer = MultiHeadAttention::new(cfg, w).unwrap();
+    let flash = Registry::builtin().build("flash").unwrap();
+    let y = layer
+        .forward(flash.as_ref(), x.view(), &Options::new(), None)
+        .unwrap();
     let want = [
         [
             2.0 * a + 0.5,
@@ -243,7 +247,7 @@ fn tiny_layer_by_hand() {
     }
     // Causal: position 0 sees only itself, so head outputs are x_0's halves.
     let y = layer
-        .forward(x.view(), &Options::new().causal(true), None)
+        .forward(flash.as_ref(), x.view(), &Options::new().causal(true), None)
         .unwrap();
     let want0 = [2.5, 0.0, 0.0, 1.5];
     for c in 0..4 {
@@ -258,8 +262,10 @@ fn any_variant_is_a_core() {
     let x = randn((1, 300, 64), 3);
     for core in Registry::builtin().defaults() {
         let name = core.to_string();
-        let layer = MultiHeadAttention::new(cfg, Weights::xavier(&cfg, 1), core).unwrap();
-        let y = layer.forward(x.view(), &Options::new(), None).unwrap();
+        let layer = MultiHeadAttention::new(cfg, Weights::xavier(&cfg, 1)).unwrap();
+        let y = layer
+            .forward(core.as_ref(), x.view(), &Options::new(), None)
+            .unwrap();
         assert_eq!(y.dim(), (1, 300, 64), "{name}");
         assert!(y.iter().all(|v| v.is_finite()), "{name}");
     }
@@ -348,31 +354,31 @@ fn bad_configurations_and_inputs_are_errors() {
     assert!(layer_err(LayerConfig::new(32, 8).unwrap().with_head_dim(0)).contains("head_dim"));
 
     let cfg = LayerConfig::new(8, 2).unwrap();
-    let flash = || Registry::builtin().build("flash").unwrap();
     let mut w = Weights::xavier(&cfg, 0);
     w.w_o = Array2::zeros((8, 7));
-    let e = MultiHeadAttention::new(cfg, w, flash()).unwrap_err();
+    let e = MultiHeadAttention::new(cfg, w).unwrap_err();
     assert!(e.to_string().contains("w_o must be [8, 8]"), "{e}");
-    let e = MultiHeadAttention::new(cfg.with_bias(true), Weights::xavier(&cfg, 0), flash())
-        .unwrap_err();
+    let e = MultiHeadAttention::new(cfg.with_bias(true), Weights::xavier(&cfg, 0)).unwrap_err();
     assert!(e.to_string().contains("b_q is missing"), "{e}");
     let mut w = Weights::xavier(&cfg, 0);
     w.w_k[[1, 1]] = f32::NAN;
-    assert!(MultiHeadAttention::new(cfg, w, flash()).is_err());
+    assert!(MultiHeadAttention::new(cfg, w).is_err());
 
-    let layer = MultiHeadAttention::new(cfg, Weights::xavier(&cfg, 0), flash()).unwrap();
+    let layer = MultiHeadAttention::new(cfg, Weights::xavier(&cfg, 0)).unwrap();
+    let flash = Registry::builtin().build("flash").unwrap();
+    let f = flash.as_ref();
     let opts = Options::new();
     let msg = |r: attnbench::Result<Array3<f32>>| r.unwrap_err().to_string();
     let x = Array3::<f32>::zeros((2, 5, 8));
-    assert!(msg(layer.forward(Array3::zeros((2, 5, 7)).view(), &opts, None)).contains("d_model=8"));
-    assert!(
-        msg(layer.forward(Array3::zeros((0, 5, 8)).view(), &opts, None)).contains("zero-length")
-    );
+    let narrow = Array3::<f32>::zeros((2, 5, 7));
+    assert!(msg(layer.forward(f, narrow.view(), &opts, None)).contains("d_model=8"));
+    let empty = Array3::<f32>::zeros((0, 5, 8));
+    assert!(msg(layer.forward(f, empty.view(), &opts, None)).contains("zero-length"));
     let mut bad = x.clone();
     bad[[1, 3, 2]] = f32::INFINITY;
-    assert!(msg(layer.forward(bad.view(), &opts, None)).contains("[1, 3, 2]"));
+    assert!(msg(layer.forward(f, bad.view(), &opts, None)).contains("[1, 3, 2]"));
     let memory = Array3::<f32>::zeros((3, 4, 8));
-    assert!(msg(layer.forward_cross(x.view(), memory.view(), &opts, None)).contains("batch 3"));
-    assert!(msg(layer.forward(x.view(), &opts, Some(&[5]))).contains("key lengths"));
-    assert!(msg(layer.forward(x.view(), &opts, Some(&[5, 6]))).contains("longer than"));
+    assert!(msg(layer.forward_cross(f, x.view(), memory.view(), &opts, None)).contains("batch 3"));
+    assert!(msg(layer.forward(f, x.view(), &opts, Some(&[5]))).contains("key lengths"));
+    assert!(msg(layer.forward(f, x.view(), &opts, Some(&[5, 6]))).contains("longer than"));
 }

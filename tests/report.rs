@@ -54,6 +54,12 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         err_own_max_abs: Some(1e-6),
         dropped_mass: None,
         oracle_rows: Some(64),
+        modifiers: String::new(),
+        pct_of_bandwidth: None,
+        d_model: None,
+        layer_ms: None,
+        proj_ms: None,
+        core_ms: None,
         status: status.into(),
         note: if status == "ok" {
             String::new()

@@ -70,7 +70,8 @@ fn writes_the_documented_schema_and_metadata() {
         "run_id,variant,name,fidelity,batch,heads,kv_heads,n_q,n_kv,head_dim,causal,threads,\
          workload,time_median_ms,time_min_ms,time_max_ms,repeats,flops,gflops,gemm_gflops,\
          pct_of_gemm,pct_of_peak,peak_bytes,workspace_bytes,density,err_dense_rel,err_dense_max_abs,\
-         err_dense_cosine,err_own_rel,err_own_max_abs,dropped_mass,oracle_rows,status,note"
+         err_dense_cosine,err_own_rel,err_own_max_abs,dropped_mass,oracle_rows,modifiers,\
+         pct_of_bandwidth,d_model,layer_ms,proj_ms,core_ms,status,note"
     );
     let rows = read_csv(&out.csv);
     assert_eq!(rows, out.records);
@@ -477,9 +478,109 @@ fn cli_rejects_bad_sweep_arguments() {
             "/nonexistent",
         ),
         (vec!["sweep", "--min-time=-1"], "min-time"),
+        (
+            vec![
+                "sweep",
+                "--layer",
+                "--d-model",
+                "30",
+                "--heads",
+                "4",
+                "--quick",
+            ],
+            "not divisible",
+        ),
+        (vec!["sweep", "--d-model", "64", "--quick"], "--layer"),
+        (
+            vec![
+                "sweep",
+                "--layer",
+                "--workload",
+                "npy:tests/data/qkv",
+                "--quick",
+            ],
+            "Gaussian",
+        ),
+        (
+            vec!["sweep", "--n-q", "300", "--lengths", "256", "--quick"],
+            "n_q <= n",
+        ),
+        (vec!["sweep", "--n-q", "0", "--quick"], "n-q"),
+        (vec!["sweep", "--softcap", "0", "--quick"], "softcap"),
+        (
+            vec!["sweep", "--rope", "--head-dim", "15", "--quick"],
+            "even",
+        ),
     ] {
         let (code, _, stderr) = attnbench(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn layer_sweeps_split_projections_from_the_core() {
+    let dir = temp_dir("layer");
+    let cfg = SweepConfig {
+        layer: Some(64),
+        heads: 4,
+        kv_heads: 2,
+        timing: TimingConfig {
+            warmup: 1,
+            min_repeats: 3,
+            min_time: Duration::ZERO,
+            max_repeats: 3,
+        },
+        ..small_config(&dir)
+    };
+    let out = sweep(&cfg, "full,flash,linear");
+    assert_eq!(out.records.len(), 6);
+    for r in &out.records {
+        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!((r.d_model, r.head_dim, r.kv_heads), (Some(64), 16, 2));
+        let (layer, proj, core) = (r.layer_ms.unwrap(), r.proj_ms.unwrap(), r.core_ms.unwrap());
+        assert!(proj > 0.0 && core > 0.0, "{r:?}");
+        // Medians of parts need not add up, but neither part can exceed the whole by much.
+        assert!(proj < 2.0 * layer && core < 2.0 * layer, "{r:?}");
+        if r.fidelity == "exact" {
+            assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
+        }
+    }
+    let report = attnbench::report::write_report(
+        std::slice::from_ref(&out.csv),
+        Some(&dir.join("report")),
+        &Registry::builtin(),
+    )
+    .unwrap();
+    let md = std::fs::read_to_string(report.markdown).unwrap();
+    assert!(md.contains("## Multi-head layer"), "{md}");
+    assert!(md.contains("the core takes longer than the projections from"));
+    assert!(dir.join("report/layer_core_share.svg").exists());
+}
+
+#[test]
+fn decode_sweeps_report_bandwidth_and_modifiers() {
+    let dir = temp_dir("decode");
+    let cfg = SweepConfig {
+        n_q: Some(1),
+        lengths: vec![300, 1000],
+        opts: Options::new().causal(true).alibi(true),
+        ..small_config(&dir)
+    };
+    let out = sweep(&cfg, "full,flash,window(w=64),linear");
+    for r in &out.records {
+        assert_eq!((r.n_q, r.modifiers.as_str()), (1, "alibi"), "{r:?}");
+        if r.name == "linear" {
+            assert_eq!(r.status, "skipped");
+            assert!(r.note.contains("alibi"), "{r:?}");
+            continue;
+        }
+        assert_eq!(r.status, "ok", "{r:?}");
+        assert!(r.pct_of_bandwidth.unwrap() > 0.0, "{r:?}");
+        assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
+    }
+    assert_eq!(
+        out.records.iter().map(|r| r.n_kv).collect::<Vec<_>>(),
+        vec![300, 300, 300, 300, 1000, 1000, 1000, 1000]
+    );
 }

@@ -82,6 +82,26 @@ pub struct Record {
     /// Query rows (per batch and head) the errors were computed on; fewer than `n_q` when
     /// the oracle was row-sampled.
     pub oracle_rows: Option<usize>,
+    /// Score modifiers of the run, e.g. `alibi;softcap=30;rope=10000`; empty for none.
+    #[serde(default)]
+    pub modifiers: String,
+    /// Decoding rows (`n_q` much smaller than `n_kv`): `100 * ` the K and V bytes the call
+    /// must read (times the mask density for exact variants) per second, over the run's
+    /// measured read bandwidth.
+    #[serde(default)]
+    pub pct_of_bandwidth: Option<f64>,
+    /// Layer sweeps: the model width of the multi-head layer around the variant.
+    #[serde(default)]
+    pub d_model: Option<usize>,
+    /// Layer sweeps: median time of one whole layer call, milliseconds.
+    #[serde(default)]
+    pub layer_ms: Option<f64>,
+    /// Layer sweeps: median time of the four projections within a layer call, ms.
+    #[serde(default)]
+    pub proj_ms: Option<f64>,
+    /// Layer sweeps: median time of the attention core within a layer call, ms.
+    #[serde(default)]
+    pub core_ms: Option<f64>,
     /// `ok`, `flagged` (an exact variant off its own definition), `skipped` or `error`.
     pub status: String,
     /// Why a cell was skipped, flagged or failed; empty otherwise.
@@ -131,6 +151,12 @@ impl Record {
             err_own_max_abs: None,
             dropped_mass: None,
             oracle_rows: None,
+            modifiers: String::new(),
+            pct_of_bandwidth: None,
+            d_model: None,
+            layer_ms: None,
+            proj_ms: None,
+            core_ms: None,
             status: "ok".into(),
             note: String::new(),
         }

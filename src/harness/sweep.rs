@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use ndarray::{Array2, Array4, Axis};
+use ndarray::{Array2, Array3, Array4, Axis};
 
 use super::machine::Machine;
 use super::memory;
@@ -26,6 +26,7 @@ use super::timing::{TimingConfig, time};
 use crate::attention::{Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::gemm::gemm;
+use crate::layer::{LayerConfig, MultiHeadAttention, Weights};
 use crate::oracle::{compare, dropped_mass, oracle_rows, sample_rows};
 use crate::pattern::Pattern;
 use crate::shape::Shape;
@@ -47,8 +48,14 @@ pub struct SweepConfig {
     pub kv_heads: usize,
     /// Head dimension (Gaussian workload).
     pub head_dim: usize,
-    /// Causal masking.
-    pub causal: bool,
+    /// Causal masking and score modifiers (ALiBi, soft-capping, RoPE) of every call.
+    pub opts: Options,
+    /// Decoding: this many queries (the last positions) against each length of keys; `None`
+    /// sweeps self-attention (`n_q = n_kv = n`).
+    pub n_q: Option<usize>,
+    /// Layer sweep: measure a multi-head layer of this model width (`heads` heads of
+    /// `d_model / heads`, seeded Xavier weights, Gaussian `X`) around each variant.
+    pub layer: Option<usize>,
     /// Worker threads.
     pub threads: usize,
     /// The inputs.
@@ -81,7 +88,9 @@ impl Default for SweepConfig {
             heads: 8,
             kv_heads: 8,
             head_dim: 64,
-            causal: false,
+            opts: Options::new(),
+            n_q: None,
+            layer: None,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             workload: Workload::Gaussian { scale: 1.0 },
             seed: 0,
@@ -200,6 +209,7 @@ pub fn run_sweep(
         ));
         let limits = super::machine::measure_limits();
         let peak = limits.fma_gflops_all_threads;
+        let limits_bandwidth = limits.read_gbytes_per_s;
         meta.limits = Some(limits);
         for &n in &cfg.lengths {
             let io = input_bytes(cfg, npy.as_ref(), n);
@@ -213,15 +223,19 @@ pub fn run_sweep(
                 }
                 continue;
             }
-            let qkv = inputs(cfg, npy.as_ref(), n);
-            let opts = Options::new().causal(cfg.causal);
-            let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
+            let layer = layer_inputs(cfg, n)?;
+            let qkv = match &layer {
+                Some(l) => l.qkv()?,
+                None => inputs(cfg, npy.as_ref(), n),
+            };
+            let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), cfg.opts)?;
             let gemm_rate = measure_gemm(n, problem.shape().head_dim);
             meta.gemm_gflops.push((n, gemm_rate));
-            let rows = if n <= cfg.dense_oracle_max {
-                (0..n).collect()
+            let n_q = problem.shape().n_q;
+            let rows = if n_q <= cfg.dense_oracle_max {
+                (0..n_q).collect()
             } else {
-                sample_rows(n, cfg.sampled_rows, cfg.seed)
+                sample_rows(n_q, cfg.sampled_rows, cfg.seed)
             };
             let dense = oracle_rows(&problem, None, &rows);
             for (v, last) in variants.iter().zip(last_seconds.iter_mut()) {
@@ -235,6 +249,8 @@ pub fn run_sweep(
                     dense: &dense,
                     gemm_rate,
                     peak,
+                    bandwidth: limits_bandwidth,
+                    layer: layer.as_ref(),
                 };
                 // A variant or pattern that panics anywhere (cost, patterns, forward) becomes
                 // an error row; the sweep goes on.
@@ -296,6 +312,28 @@ fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
             format!("must be positive, got {}", cfg.max_seconds),
         );
     }
+    if cfg.n_q == Some(0) {
+        return bad("n-q", "must be at least 1".into());
+    }
+    if let Some(&n) = cfg.n_q.and_then(|q| cfg.lengths.iter().find(|&&n| n < q)) {
+        return bad(
+            "n-q",
+            format!(
+                "{} queries are more than the {n} keys of length {n}; decoding needs n_q <= n",
+                cfg.n_q.unwrap_or(0)
+            ),
+        );
+    }
+    if let Some(d_model) = cfg.layer {
+        if matches!(cfg.workload, Workload::Npy { .. }) {
+            return bad(
+                "layer",
+                "a layer sweep projects Gaussian X; the npy workload holds Q, K and V already"
+                    .into(),
+            );
+        }
+        LayerConfig::new(d_model, cfg.heads)?.with_kv_heads(cfg.kv_heads)?;
+    }
     if matches!(cfg.workload, Workload::Gaussian { .. }) {
         Shape::new(
             cfg.batch,
@@ -311,14 +349,20 @@ fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
 }
 
 fn inputs(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Qkv {
+    let n_q = cfg.n_q.unwrap_or(n);
     match (npy, &cfg.workload) {
-        (Some(data), _) => data.prefix(n),
+        (Some(data), _) => {
+            let mut qkv = data.prefix(n);
+            // Decoding queries are the last positions.
+            qkv.q = qkv.q.slice(ndarray::s![.., .., n - n_q.., ..]).to_owned();
+            qkv
+        }
         (None, Workload::Gaussian { scale }) => {
             let shape = Shape::new(
                 cfg.batch,
                 cfg.heads,
                 cfg.kv_heads,
-                n,
+                n_q,
                 n,
                 cfg.head_dim,
                 cfg.head_dim,
@@ -330,6 +374,53 @@ fn inputs(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Qkv {
     }
 }
 
+/// The multi-head layer of a layer sweep at one length, with its inputs.
+struct LayerInputs {
+    layer: MultiHeadAttention,
+    x: Array3<f32>,
+    memory: Option<Array3<f32>>,
+}
+
+impl LayerInputs {
+    /// The core's inputs: the projections of `x` (and `memory`).
+    fn qkv(&self) -> Result<Qkv> {
+        let (q, k, v) = self
+            .layer
+            .project_qkv(self.x.view(), self.memory.as_ref().map(|m| m.view()))?;
+        Ok(Qkv { q, k, v })
+    }
+}
+
+fn layer_inputs(cfg: &SweepConfig, n: usize) -> Result<Option<LayerInputs>> {
+    let Some(d_model) = cfg.layer else {
+        return Ok(None);
+    };
+    let lc = LayerConfig::new(d_model, cfg.heads)?.with_kv_heads(cfg.kv_heads)?;
+    let layer = MultiHeadAttention::new(lc, Weights::xavier(&lc, cfg.seed))?;
+    let scale = match cfg.workload {
+        Workload::Gaussian { scale } => scale,
+        Workload::Npy { .. } => unreachable!("validated: layer sweeps use the Gaussian workload"),
+    };
+    let x = |len: usize, seed: u64| {
+        let shape = Shape::new(cfg.batch, 1, 1, 1, len, d_model, d_model).expect("validated");
+        let g = gaussian(&shape, scale, seed);
+        g.k.index_axis_move(Axis(1), 0)
+    };
+    let seed = cfg.seed ^ n as u64;
+    Ok(Some(match cfg.n_q {
+        None => LayerInputs {
+            layer,
+            x: x(n, seed),
+            memory: None,
+        },
+        Some(n_q) => LayerInputs {
+            layer,
+            x: x(n_q, seed),
+            memory: Some(x(n, seed.wrapping_add(1))),
+        },
+    }))
+}
+
 /// Bytes of Q, K, V and the output at length `n`.
 fn input_bytes(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> u64 {
     let (b, h, h_kv, d) = match npy {
@@ -339,8 +430,24 @@ fn input_bytes(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> u64 {
         }
         None => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
     };
-    let elems = (b as u128) * (n as u128) * (d as u128) * (2 * h as u128 + 2 * h_kv as u128);
+    let n_q = cfg.n_q.unwrap_or(n) as u128;
+    let elems = (b as u128) * (d as u128) * (2 * h as u128 * n_q + 2 * h_kv as u128 * n as u128);
     u64::try_from(elems * 4).unwrap_or(u64::MAX)
+}
+
+/// The run's modifiers as a record column: `alibi;softcap=30;rope=10000`.
+fn modifiers(opts: &Options) -> String {
+    let mut m = Vec::new();
+    if opts.alibi {
+        m.push("alibi".to_string());
+    }
+    if let Some(c) = opts.softcap {
+        m.push(format!("softcap={c}"));
+    }
+    if let Some(b) = opts.rope {
+        m.push(format!("rope={b}"));
+    }
+    m.join(";")
 }
 
 /// A `skipped` row for a length whose inputs alone exceed the memory budget.
@@ -350,7 +457,7 @@ fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: 
         batch: cfg.batch,
         heads: cfg.heads,
         kv_heads: cfg.kv_heads,
-        n_q: n,
+        n_q: cfg.n_q.unwrap_or(n),
         n_kv: n,
         head_dim: cfg.head_dim,
         v_dim: cfg.head_dim,
@@ -359,10 +466,12 @@ fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: 
         run_id,
         v,
         &shape,
-        cfg.causal,
+        cfg.opts.causal,
         cfg.threads,
         cfg.workload.to_string(),
     );
+    r.modifiers = modifiers(&cfg.opts);
+    r.d_model = cfg.layer;
     r.status = "skipped".into();
     r.note = format!(
         "the inputs and output alone need ~{} MB, over --max-memory {} MB",
@@ -381,6 +490,9 @@ struct Cell<'a> {
     dense: &'a Array4<f64>,
     gemm_rate: f64,
     peak: f64,
+    /// The measured read bandwidth, GB/s.
+    bandwidth: f64,
+    layer: Option<&'a LayerInputs>,
 }
 
 impl Cell<'_> {
@@ -394,6 +506,8 @@ impl Cell<'_> {
             self.cfg.workload.to_string(),
         );
         r.gemm_gflops = Some(self.gemm_rate);
+        r.modifiers = modifiers(&self.problem.opts());
+        r.d_model = self.layer.map(|l| l.layer.config().d_model);
         r
     }
 
@@ -491,6 +605,29 @@ impl Cell<'_> {
         r.gflops = Some(flops / secs / 1e9);
         r.pct_of_gemm = Some(100.0 * flops / secs / 1e9 / self.gemm_rate);
         r.pct_of_peak = Some(100.0 * flops / secs / 1e9 / self.peak);
+        if self.cfg.n_q.is_some() {
+            // Decoding is bound by reading K and V: the keys the mask allows, or all of them
+            // for variants that read every key.
+            let kv = (shape.batch * shape.kv_heads * shape.n_kv * (shape.head_dim + shape.v_dim))
+                as f64
+                * 4.0;
+            let read = if v.fidelity() == Fidelity::Exact {
+                kv * density
+            } else {
+                kv
+            };
+            r.pct_of_bandwidth = Some(100.0 * read / secs / 1e9 / self.bandwidth);
+        }
+        if let Some(layer) = self.layer {
+            match time_layer(self.cfg, layer, v) {
+                Ok((total, proj, core)) => {
+                    r.layer_ms = Some(total);
+                    r.proj_ms = Some(proj);
+                    r.core_ms = Some(core);
+                }
+                Err(e) => return fail(r, e),
+            }
+        }
 
         // Errors on the oracle rows.
         let got = out.select(Axis(2), self.rows);
@@ -524,6 +661,37 @@ impl Cell<'_> {
         }
         r
     }
+}
+
+/// Medians of a whole layer call, its projections and its core, milliseconds.
+fn time_layer(
+    cfg: &SweepConfig,
+    layer: &LayerInputs,
+    core: &dyn Attention,
+) -> Result<(f64, f64, f64)> {
+    let mut proj = Vec::new();
+    let mut cores = Vec::new();
+    let mut call = || -> Result<()> {
+        let memory = layer.memory.as_ref().map(|m| m.view());
+        let (_, t) = layer
+            .layer
+            .forward_timed(core, layer.x.view(), memory, &cfg.opts, None)?;
+        proj.push(t.projections.as_secs_f64() * 1e3);
+        cores.push(t.core.as_secs_f64() * 1e3);
+        Ok(())
+    };
+    let t = time(&cfg.timing, &mut call)?;
+    let median = |v: &mut Vec<f64>| {
+        // The warm-up calls come first; only the timed ones count.
+        let mut timed = v.split_off(v.len() - t.repeats);
+        timed.sort_by(f64::total_cmp);
+        timed[timed.len() / 2]
+    };
+    Ok((
+        t.median.as_secs_f64() * 1e3,
+        median(&mut proj),
+        median(&mut cores),
+    ))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

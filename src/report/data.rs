@@ -66,7 +66,7 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
 /// One measured point of a series.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
-    /// Sequence length (`n_q`).
+    /// Sequence length swept (`n_kv`; equal to `n_q` for self-attention).
     pub n: usize,
     /// Median time, milliseconds.
     pub time_ms: f64,
@@ -80,6 +80,8 @@ pub struct Point {
     pub gflops: Option<f64>,
     /// The same-run sgemm GFLOP/s.
     pub gemm_gflops: Option<f64>,
+    /// Layer sweeps: median ms of the whole layer, its projections and its core.
+    pub layer: Option<(f64, f64, f64)>,
 }
 
 /// One line of the charts: a variant (per run, causal flag and workload where these vary).
@@ -119,6 +121,15 @@ pub fn groups(records: &[Record]) -> Vec<String> {
     let many_runs = distinct(|r| r.run_id.clone());
     let many_causal = distinct(|r| r.causal.to_string());
     let many_workloads = distinct(|r| r.workload.clone());
+    let many_modifiers = distinct(|r| r.modifiers.clone());
+    let many_queries = distinct(|r| {
+        if r.n_q == r.n_kv {
+            "self".into()
+        } else {
+            r.n_q.to_string()
+        }
+    });
+    let many_layers = distinct(|r| format!("{:?}", r.d_model));
     records
         .iter()
         .map(|r| {
@@ -128,6 +139,15 @@ pub fn groups(records: &[Record]) -> Vec<String> {
             }
             if many_workloads {
                 group.push_str(&format!(" [{}]", r.workload));
+            }
+            if many_modifiers && !r.modifiers.is_empty() {
+                group.push_str(&format!(" [{}]", r.modifiers));
+            }
+            if many_queries && r.n_q != r.n_kv {
+                group.push_str(&format!(" [n_q={}]", r.n_q));
+            }
+            if many_layers && let Some(d) = r.d_model {
+                group.push_str(&format!(" [layer d_model={d}]"));
             }
             if many_runs {
                 group.push_str(&format!(" [{}]", r.run_id));
@@ -160,13 +180,17 @@ pub fn series(records: &[Record]) -> Vec<Series> {
         let measured = matches!(r.status.as_str(), "ok" | "flagged");
         if let (true, Some(time_ms)) = (measured, r.time_median_ms) {
             out[idx].points.push(Point {
-                n: r.n_q,
+                n: r.n_kv,
                 time_ms,
                 peak_bytes: r.peak_bytes.map(|b| b as f64),
                 workspace_bytes: r.workspace_bytes.map(|b| b as f64),
                 err_dense: r.err_dense_rel,
                 gflops: r.gflops,
                 gemm_gflops: r.gemm_gflops,
+                layer: match (r.layer_ms, r.proj_ms, r.core_ms) {
+                    (Some(l), Some(p), Some(c)) => Some((l, p, c)),
+                    _ => None,
+                },
             });
         }
     }

@@ -106,6 +106,12 @@ pub fn write_report(
         &dir,
         "patterns",
     )?;
+    let layered = all
+        .iter()
+        .any(|s| s.points.iter().any(|p| p.layer.is_some()));
+    if layered {
+        save(&layer_chart(&colored), &dir, "layer_core_share")?;
+    }
     let markdown = dir.join("report.md");
     let text = markdown_report(&results, &all, pareto_n);
     std::fs::write(&markdown, text).map_err(|e| {
@@ -193,6 +199,74 @@ fn time_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
     }
     enough(&mut chart);
     chart
+}
+
+fn layer_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
+    let mut chart = Chart {
+        title: "Multi-head layer: share of the attention core in the layer's time".into(),
+        x_desc: "sequence length n (log scale)".into(),
+        x_pow2: true,
+        y_desc: "core time / (core + projections), %".into(),
+        log_x: true,
+        ..Chart::default()
+    };
+    for (s, c) in series {
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| {
+                p.layer
+                    .map(|(_, proj, core)| (p.n as f64, 100.0 * core / (core + proj)))
+            })
+            .collect();
+        if !pts.is_empty() {
+            chart.lines.push(line(s, *c, pts));
+        }
+    }
+    let xs: Vec<f64> = chart
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0))
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        xs.iter().cloned().reduce(f64::min),
+        xs.iter().cloned().reduce(f64::max),
+    ) {
+        chart.lines.push(Line {
+            label: "50%: the core dominates above".into(),
+            color: plotters::style::RGBColor(120, 120, 120),
+            points: vec![(lo, 50.0), (hi, 50.0)],
+            stroke: Stroke::Dashed,
+        });
+    }
+    enough(&mut chart);
+    chart
+}
+
+/// The length from which a layer's core takes more time than its projections, interpolated
+/// in log space between the measured lengths that straddle it.
+fn core_dominates_from(s: &Series) -> String {
+    let pts: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .filter_map(|p| p.layer.map(|(_, proj, core)| (p.n as f64, core / proj)))
+        .collect();
+    let Some(&(n0, r0)) = pts.first() else {
+        return "-".into();
+    };
+    if r0 >= 1.0 {
+        return format!("already at n = {n0}");
+    }
+    for w in pts.windows(2) {
+        let ((na, ra), (nb, rb)) = (w[0], w[1]);
+        if ra < 1.0 && rb >= 1.0 {
+            let t = (0.0 - ra.ln()) / (rb.ln() - ra.ln());
+            let n = (na.ln() + t * (nb.ln() - na.ln())).exp();
+            return format!("n ≈ {n:.0}");
+        }
+    }
+    let (n_last, _) = pts[pts.len() - 1];
+    format!("not up to n = {n_last}")
 }
 
 fn memory_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
@@ -339,9 +413,9 @@ fn throughput_chart(series: &[(Series, plotters::style::RGBColor)], records: &[R
     let mut gemm: Vec<(usize, f64)> = Vec::new();
     for r in records {
         if let Some(g) = r.gemm_gflops {
-            match gemm.iter_mut().find(|e| e.0 == r.n_q) {
+            match gemm.iter_mut().find(|e| e.0 == r.n_kv) {
                 Some(e) => e.1 = e.1.max(g),
-                None => gemm.push((r.n_q, g)),
+                None => gemm.push((r.n_kv, g)),
             }
         }
     }
@@ -671,28 +745,99 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
     }
     let _ = writeln!(md);
 
+    // Layer breakdown.
+    let layered: Vec<&Series> = all
+        .iter()
+        .filter(|s| s.points.iter().any(|p| p.layer.is_some()))
+        .collect();
+    if !layered.is_empty() {
+        let d_models: Vec<String> = recs
+            .iter()
+            .filter_map(|r| r.d_model.map(|d| d.to_string()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _ = writeln!(
+            md,
+            "## Multi-head layer
+"
+        );
+        let _ = writeln!(
+            md,
+            "Each variant as the core of a multi-head layer (d_model = {}, Xavier weights, Gaussian X): the median time of the four projections (sgemm, including the reshapes to and from heads) and of the core within the same calls. The core's share grows with n for quadratic variants; for linear-time ones the projections can dominate at every length.\n",
+            d_models.join(", ")
+        );
+        let caption = "Share of the attention core in the layer's time";
+        let _ = writeln!(md, "![{caption}](layer_core_share.svg)\n");
+        let _ = writeln!(
+            md,
+            "| variant | n | layer ms | projections ms | core ms | core share |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for s in &layered {
+            for p in &s.points {
+                if let Some((layer, proj, core)) = p.layer {
+                    let _ = writeln!(
+                        md,
+                        "| `{}` | {} | {} | {} | {} | {:.0}% |",
+                        s.label,
+                        p.n,
+                        fmt_ms(layer),
+                        fmt_ms(proj),
+                        fmt_ms(core),
+                        100.0 * core / (core + proj)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n| variant | the core takes longer than the projections from |"
+        );
+        let _ = writeln!(md, "|---|---|");
+        for s in &layered {
+            let _ = writeln!(md, "| `{}` | {} |", s.label, core_dominates_from(s));
+        }
+        let _ = writeln!(md);
+    }
+
     // Per-length tables.
     let groups = data::groups(recs);
     let _ = writeln!(md, "## Results by length\n");
-    let mut ns: Vec<usize> = recs.iter().map(|r| r.n_q).collect();
+    let mut ns: Vec<usize> = recs.iter().map(|r| r.n_kv).collect();
     ns.sort_unstable();
     ns.dedup();
+    let decoding = recs.iter().any(|r| r.pct_of_bandwidth.is_some());
     for n in ns {
         let _ = writeln!(md, "### n = {n}\n");
         let _ = writeln!(
             md,
-            "| variant | time ms (min-max) | GFLOP/s | % of sgemm | % of FMA peak | peak memory | error vs dense | own check | status |"
+            "| variant | time ms (min-max) | GFLOP/s | % of sgemm | % of FMA peak | {}peak memory | error vs dense | own check | status |",
+            if decoding {
+                "% of read bandwidth | "
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-        for (r, group) in recs.iter().zip(&groups).filter(|(r, _)| r.n_q == n) {
+        let _ = writeln!(
+            md,
+            "|---|---|---|---|---|{}---|---|---|---|",
+            if decoding { "---|" } else { "" }
+        );
+        for (r, group) in recs.iter().zip(&groups).filter(|(r, _)| r.n_kv == n) {
             let own = match (r.err_own_rel, r.status.as_str()) {
                 (Some(e), "flagged") => format!("**{e:.1e} FLAGGED**"),
                 (Some(e), _) => format!("{e:.1e} ok"),
                 (None, _) => "-".into(),
             };
+            let bandwidth = if decoding {
+                format!("{} | ", opt(r.pct_of_bandwidth, |p| format!("{p:.0}%")))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 md,
-                "| `{}{group}` | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| `{}{group}` | {} | {} | {} | {} | {bandwidth}{} | {} | {} | {} |",
                 r.variant,
                 match (r.time_median_ms, r.time_min_ms, r.time_max_ms) {
                     (Some(m), Some(lo), Some(hi)) =>
@@ -727,7 +872,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
                 md,
                 "| `{}{group}` | {} | {} | {} |",
                 r.variant,
-                r.n_q,
+                r.n_kv,
                 r.status,
                 r.note.replace('|', "/")
             );
