@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ndarray::{Array4, ArrayView, ArrayView4, ArrayViewMut4, Dimension, Ix4};
+use ndarray::{Array2, Array4, ArrayView, ArrayView4, ArrayViewMut4, Dimension, Ix4};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::modifier::{self, Feature, ScoreMods};
@@ -296,6 +296,16 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
 
     /// The analytic cost of one call.
     fn cost(&self, shape: &Shape, opts: &Options) -> Cost;
+
+    /// The attention weights this variant effectively applies to (batch `b`, query head `h`)
+    /// of `problem`: `[n_q, n_kv]`, rows summing to 1 (or zero), for attention maps.
+    ///
+    /// The default, `None`, means: the softmax weights under [`pattern`](Attention::pattern)
+    /// for an exact variant ([`crate::oracle::weights`]), not available otherwise. Variants
+    /// that compute a different kernel (e.g. linear attention) override it.
+    fn weights(&self, _problem: &Problem<'_>, _b: usize, _h: usize) -> Option<Array2<f64>> {
+        None
+    }
 
     /// Computes the attention of `problem` into `out` (`[batch, heads, n_q, v_dim]`, any
     /// strides), overwriting it. The caller has validated `problem`, checked

@@ -63,6 +63,7 @@ pub mod feature;
 pub mod harness;
 pub mod kernels;
 pub mod layer;
+pub mod maps;
 pub mod modifier;
 pub mod npy;
 pub mod oracle;

@@ -54,6 +54,38 @@ enum Command {
     },
     /// Sweep, then report: the main job. Takes every `sweep` flag.
     Run(Box<SweepArgs>),
+    /// Draw each head's attention weights under full attention and under each variant, with
+    /// per-head entropy, local and first-token mass; write PNGs, maps.csv and maps.md.
+    Maps(MapsArgs),
+}
+
+#[derive(Debug, Args)]
+struct MapsArgs {
+    /// Inputs: `npy:DIR` (real activations, e.g. npy:tests/data/qkv) or `gaussian`.
+    #[arg(long, default_value = "npy:tests/data/qkv", value_parser = parse_workload)]
+    workload: Workload,
+    /// Comma-separated variant specs drawn next to full attention.
+    #[arg(
+        long,
+        value_name = "SPEC,...",
+        default_value = "window(w=32),linear(phi=elu1)"
+    )]
+    variants: String,
+    /// Heads to draw, e.g. `0,1,2`; default: all.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    heads: Option<Vec<usize>>,
+    /// Sequence length (a prefix); default: the workload's length, up to 512.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Causal masking.
+    #[arg(long)]
+    causal: bool,
+    /// Log colour scale (four decades), which shows the tails of the weights.
+    #[arg(long)]
+    log: bool,
+    /// Output directory; default: reports/maps-<UTC time>.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +230,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => sweep_cmd(&registry, *args, false),
         Command::Run(args) => sweep_cmd(&registry, *args, true),
         Command::Report { csv, out } => report_cmd(&registry, &csv, out.as_deref()),
+        Command::Maps(args) => maps_cmd(&registry, args),
     };
     match result {
         Ok(code) => code,
@@ -353,6 +386,56 @@ fn sweep_config(args: &SweepArgs) -> SweepConfig {
         out_dir: args.out.clone(),
         label: args.label.clone(),
         ..defaults
+    }
+}
+
+fn maps_cmd(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> {
+    let variants = match registry.build_list(&args.variants) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let out_dir = args.out.unwrap_or_else(|| {
+        let stamp = attnbench::harness::sweep::utc_stamp(std::time::SystemTime::now());
+        PathBuf::from("reports").join(format!("maps-{stamp}"))
+    });
+    let cfg = attnbench::maps::MapsConfig {
+        workload: args.workload,
+        variants,
+        heads: args.heads,
+        n: args.n,
+        causal: args.causal,
+        log: args.log,
+        out_dir,
+        seed: 0,
+    };
+    match attnbench::maps::write_maps(&cfg) {
+        Ok(out) => {
+            for kind in ["previous-token", "first-token", "local"] {
+                let heads: Vec<String> = out
+                    .rows
+                    .iter()
+                    .filter(|r| r.variant == "full" && r.stats.kind() == kind)
+                    .map(|r| format!("{} h{}", r.sequence, r.head))
+                    .collect();
+                if !heads.is_empty() {
+                    println!("{kind} heads: {}", heads.join(", "));
+                }
+            }
+            println!(
+                "{} images, statistics: {}, summary: {}",
+                out.images.len(),
+                out.csv.display(),
+                out.markdown.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
     }
 }
 

@@ -68,6 +68,31 @@ pub fn oracle_rows(
     out
 }
 
+/// The softmax attention weights of (batch `b`, query head `h`) under `pattern` (dense when
+/// `None`) and the problem's causal flag, key lengths and score modifiers, in `f64`:
+/// `[n_q, n_kv]`, each row summing to 1 (a row with no allowed key is zero). For a pattern
+/// these are the renormalized masked weights.
+pub fn weights(
+    problem: &Problem<'_>,
+    pattern: Option<&dyn Pattern>,
+    b: usize,
+    h: usize,
+) -> Array2<f64> {
+    let shape = problem.shape();
+    let mask = problem.mask(pattern);
+    let head = HeadRef::new(problem, b, h);
+    let mut w = Array2::zeros((shape.n_q, shape.n_kv));
+    for (i, mut row) in w.outer_iter_mut().enumerate() {
+        let scores = head.scores(i, &mask);
+        let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().map(|&(_, s)| (s - m).exp()).sum();
+        for &(j, s) in &scores {
+            row[j] = (s - m).exp() / total;
+        }
+    }
+    w
+}
+
 /// One (batch, head) of a problem in `f64`, with RoPE applied to its queries and keys.
 struct HeadRef {
     q: Array2<f64>,

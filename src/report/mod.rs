@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::harness::record::Record;
 use crate::pattern::{Geometry, Mask, Pattern};
 use crate::registry::Registry;
+use crate::workload::Workload;
 
 /// The chart stems a report writes, each as `.svg` and `.png`.
 pub const CHARTS: [&str; 7] = [
@@ -112,8 +113,10 @@ pub fn write_report(
     if layered {
         save(&layer_chart(&colored), &dir, "layer_core_share")?;
     }
+    let gallery = maps_gallery(&results.records, &dir, registry)?;
     let markdown = dir.join("report.md");
-    let text = markdown_report(&results, &all, pareto_n);
+    let mut text = markdown_report(&results, &all, pareto_n);
+    text.push_str(&gallery);
     std::fs::write(&markdown, text).map_err(|e| {
         Error::new(ErrorKind::Io {
             path: markdown.display().to_string(),
@@ -121,6 +124,73 @@ pub fn write_report(
         })
     })?;
     Ok(ReportOutput { dir, markdown })
+}
+
+/// For a run on real activations (`npy:DIR`, when DIR is still there): attention maps of
+/// every head into `<dir>/maps`, and a gallery of one head of each kind for the report.
+fn maps_gallery(records: &[Record], dir: &Path, registry: &Registry) -> Result<String> {
+    let Some(npy) = records
+        .iter()
+        .find_map(|r| r.workload.strip_prefix("npy:"))
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+    else {
+        return Ok(String::new());
+    };
+    // Variants whose maps differ from full attention's, as the run named them.
+    let mut specs: Vec<&str> = records
+        .iter()
+        .filter(|r| !matches!(r.name.as_str(), "full" | "flash"))
+        .map(|r| r.variant.as_str())
+        .collect();
+    specs.dedup();
+    let variants = specs
+        .iter()
+        .take(3)
+        .filter_map(|s| registry.build(s).ok())
+        .collect();
+    let n = records.iter().map(|r| r.n_kv).max().unwrap_or(256).min(256);
+    let maps_dir = dir.join("maps");
+    if maps_dir.join("maps.csv").exists() {
+        // An earlier report into this directory drew them already.
+        return Ok(String::new());
+    }
+    let out = crate::maps::write_maps(&crate::maps::MapsConfig {
+        workload: Workload::Npy { dir: npy.clone() },
+        variants,
+        heads: None,
+        n: Some(n),
+        causal: records.iter().any(|r| r.causal),
+        log: true,
+        out_dir: maps_dir,
+        seed: 0,
+    })?;
+    let mut picked = Vec::new();
+    for kind in ["previous-token", "first-token", "local", "broad"] {
+        if let Some(r) = out
+            .rows
+            .iter()
+            .find(|r| r.variant == "full" && r.stats.kind() == kind)
+        {
+            picked.push((r.sequence.clone(), r.head));
+        }
+    }
+    let rows: Vec<crate::maps::MapRow> = out
+        .rows
+        .iter()
+        .filter(|r| picked.contains(&(r.sequence.clone(), r.head)))
+        .cloned()
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "## Attention maps of the real activations\n");
+    let _ = writeln!(
+        md,
+        "What the heads of `{}` attend to at n = {n} (log colour scale), under full attention and under the run's variants: one head of each kind found (every head is in `maps/`, statistics in `maps/maps.csv`). Kinds are heuristics from the statistics: previous-token (> 0.3 of the weight on the previous token), first-token (> 0.3 on the first), local (> 0.6 within ±{}), else broad.\n",
+        npy.display(),
+        crate::maps::LOCAL_BAND
+    );
+    md.push_str(&crate::maps::maps_table(&rows, "maps/"));
+    Ok(md)
 }
 
 fn line(s: &Series, color: plotters::style::RGBColor, pts: Vec<(f64, f64)>) -> Line {

@@ -223,6 +223,40 @@ impl Attention for Linear {
         }
     }
 
+    /// `phi(q_i) . phi(k_j)` normalized per row, over the valid (and, when causal, visible)
+    /// keys, in `f64` from the `f32` features.
+    fn weights(&self, p: &Problem<'_>, b: usize, h: usize) -> Option<Array2<f64>> {
+        let shape = p.shape();
+        let m = self.map.dim(shape.head_dim);
+        let kvh = shape.kv_head_of(h);
+        let mut fq = Array2::zeros((shape.n_q, m));
+        self.map
+            .map_queries(p.q().slice_move(s![b, h, .., ..]), p.scale(), fq.view_mut());
+        let mut fk = Array2::zeros((shape.n_kv, m));
+        // One call for all keys: its common factor e^c cancels in the normalization.
+        self.map.map_keys(
+            p.k().slice_move(s![b, kvh, .., ..]),
+            p.scale(),
+            fk.view_mut(),
+        );
+        let (fq, fk) = (fq.mapv(f64::from), fk.mapv(f64::from));
+        let mut w = fq.dot(&fk.t());
+        let valid = p.key_len(b);
+        for (i, mut row) in w.outer_iter_mut().enumerate() {
+            let visible = if p.opts().causal {
+                (i as isize + shape.offset() + 1).clamp(0, valid as isize) as usize
+            } else {
+                valid
+            };
+            row.slice_mut(s![visible..]).fill(0.0);
+            let total = row.sum();
+            if total > 0.0 {
+                row.mapv_inplace(|x| x / total);
+            }
+        }
+        Some(w)
+    }
+
     fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
         let shape = p.shape();
         for_each_head(out, |b, h, head_out| {
