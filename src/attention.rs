@@ -112,7 +112,8 @@ impl Options {
             .unwrap_or_else(|| (1.0 / (head_dim as f64).sqrt()) as f32)
     }
 
-    fn validate(&self, head_dim: usize) -> Result<()> {
+    /// Checks the options for a head dimension of `head_dim` (as [`Problem::new`] does).
+    pub fn check(&self, head_dim: usize) -> Result<()> {
         let bad = |option, message| Err(ErrorKind::BadOption { option, message }.into());
         match (self.scale, self.softcap, self.rope) {
             (Some(s), _, _) if !s.is_finite() => bad("scale", format!("must be finite, got {s}")),
@@ -167,7 +168,7 @@ impl<'a> Problem<'a> {
         opts: Options,
     ) -> Result<Self> {
         let shape = Shape::from_views(&q, &k, &v)?;
-        opts.validate(shape.head_dim)?;
+        opts.check(shape.head_dim)?;
         check_finite("q", &q)?;
         check_finite("k", &k)?;
         check_finite("v", &v)?;

@@ -454,6 +454,8 @@ fn cli_quick_sweep_end_to_end() {
 
 #[test]
 fn cli_rejects_bad_sweep_arguments() {
+    let dir = temp_dir("cli-bad");
+    let out = dir.to_str().unwrap();
     for (args, needle) in [
         (vec!["sweep", "--lengths", "0"], "at least 1"),
         (vec!["sweep", "--lengths", "512..256"], "start <= end"),
@@ -512,9 +514,14 @@ fn cli_rejects_bad_sweep_arguments() {
             "even",
         ),
     ] {
+        let mut args = args;
+        args.extend(["--out", out]);
         let (code, _, stderr) = attnbench(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        // Bad input is refused before any result file is created.
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(files.is_empty(), "{args:?} left {files:?}");
     }
 }
 

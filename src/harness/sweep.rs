@@ -168,6 +168,13 @@ pub fn run_sweep(
             ),
         }));
     }
+    // Options are checked before any file is created.
+    let head_dim = match (&npy, cfg.layer) {
+        (Some(data), _) => data.qkv.q.shape()[3],
+        (None, Some(d_model)) => d_model / cfg.heads,
+        (None, None) => cfg.head_dim,
+    };
+    cfg.opts.check(head_dim)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()
