@@ -1,4 +1,4 @@
-//! Score modifiers and rotary embeddings, applied as [`Options`] rather than as variants.
+//! Score modifiers and rotary embeddings, applied as [`Options`](crate::Options) rather than as variants.
 //!
 //! Positions follow the crate's alignment: query `i` sits at position `p_i = i + n_kv - n_q`,
 //! key `j` at position `j`, so a query against a KV cache is at the cache's last position.

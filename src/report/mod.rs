@@ -155,26 +155,42 @@ fn maps_gallery(records: &[Record], dir: &Path, registry: &Registry) -> Result<S
         // An earlier report into this directory drew them already.
         return Ok(String::new());
     }
+    // Classify every head from its full-attention statistics, then draw one of each kind.
+    let data = crate::workload::load_npy_dir(&npy)?;
+    let n = n.min(data.max_len());
+    let qkv = data.prefix(n);
+    let causal = records.iter().any(|r| r.causal);
+    let problem = crate::attention::Problem::new(
+        qkv.q.view(),
+        qkv.k.view(),
+        qkv.v.view(),
+        crate::attention::Options::new().causal(causal),
+    )?;
+    let mut picked: Vec<(String, usize)> = Vec::new();
+    for kind in ["previous-token", "first-token", "local", "broad"] {
+        'search: for (b, name) in data.prefixes.iter().enumerate() {
+            for h in 0..qkv.q.shape()[1] {
+                let w = crate::oracle::weights(&problem, None, b, h);
+                if crate::maps::MapStats::of(&w).kind() == kind {
+                    picked.push((name.clone(), h));
+                    break 'search;
+                }
+            }
+        }
+    }
+    let mut heads: Vec<usize> = picked.iter().map(|p| p.1).collect();
+    heads.sort_unstable();
+    heads.dedup();
     let out = crate::maps::write_maps(&crate::maps::MapsConfig {
         workload: Workload::Npy { dir: npy.clone() },
         variants,
-        heads: None,
+        heads: Some(heads),
         n: Some(n),
-        causal: records.iter().any(|r| r.causal),
+        causal,
         log: true,
         out_dir: maps_dir,
         seed: 0,
     })?;
-    let mut picked = Vec::new();
-    for kind in ["previous-token", "first-token", "local", "broad"] {
-        if let Some(r) = out
-            .rows
-            .iter()
-            .find(|r| r.variant == "full" && r.stats.kind() == kind)
-        {
-            picked.push((r.sequence.clone(), r.head));
-        }
-    }
     let rows: Vec<crate::maps::MapRow> = out
         .rows
         .iter()
@@ -185,7 +201,7 @@ fn maps_gallery(records: &[Record], dir: &Path, registry: &Registry) -> Result<S
     let _ = writeln!(md, "## Attention maps of the real activations\n");
     let _ = writeln!(
         md,
-        "What the heads of `{}` attend to at n = {n} (log colour scale), under full attention and under the run's variants: one head of each kind found (every head is in `maps/`, statistics in `maps/maps.csv`). Kinds are heuristics from the statistics: previous-token (> 0.3 of the weight on the previous token), first-token (> 0.3 on the first), local (> 0.6 within ±{}), else broad.\n",
+        "What the heads of `{}` attend to at n = {n} (log colour scale), under full attention and under the run's variants: one head of each kind found (those heads of every sequence are in `maps/`, statistics in `maps/maps.csv`; `attnbench maps` draws all heads). Kinds are heuristics from the statistics: previous-token (> 0.3 of the weight on the previous token), first-token (> 0.3 on the first), local (> 0.6 within ±{}), else broad.\n",
         npy.display(),
         crate::maps::LOCAL_BAND
     );
