@@ -330,40 +330,10 @@ impl MultiHeadAttention {
         opts: &Options,
         key_lengths: Option<&[usize]>,
     ) -> Result<(Array3<f32>, LayerTimes)> {
-        let cfg = &self.cfg;
-        check_input("x", &x, cfg.d_model, None)?;
-        let mem = memory.unwrap_or(x);
-        if memory.is_some() {
-            check_input("memory", &mem, cfg.d_model, Some(x.shape()[0]))?;
-        }
-        let (batch, n_q) = (x.shape()[0], x.shape()[1]);
-        let w = &self.weights;
-
+        let (cfg, w) = (&self.cfg, &self.weights);
         let start = Instant::now();
-        let x2 = rows(x);
-        let m2_own;
-        let m2 = match memory {
-            Some(mem) => {
-                m2_own = rows(mem);
-                &m2_own
-            }
-            None => &x2,
-        };
-        let q = to_heads(
-            project(&x2.view(), &w.w_q, w.b_q.as_ref()),
-            batch,
-            cfg.heads,
-        );
-        let k = to_heads(
-            project(&m2.view(), &w.w_k, w.b_k.as_ref()),
-            batch,
-            cfg.kv_heads,
-        );
-        let v = to_heads(
-            project(&m2.view(), &w.w_v, w.b_v.as_ref()),
-            batch,
-            cfg.kv_heads,
-        );
+        let (q, k, v) = self.project_qkv(x, memory)?;
+        let (batch, n_q) = (x.shape()[0], x.shape()[1]);
         let mut times = LayerTimes {
             projections: start.elapsed(),
             core: Duration::ZERO,

@@ -212,7 +212,7 @@ pub fn write_maps(cfg: &MapsConfig) -> Result<MapsOutput> {
             let max = full.iter().cloned().fold(0.0, f64::max);
             let mut panels = vec![WeightPanel {
                 title: format!("full, head {h} ({})", full_stats.kind()),
-                caption: caption(&full_stats, None),
+                caption: caption(&full_stats),
                 weights: full.clone(),
                 max,
             }];
@@ -230,7 +230,7 @@ pub fn write_maps(cfg: &MapsConfig) -> Result<MapsOutput> {
                 let tv = 0.5 * diff.sum_axis(Axis(1)).mean().unwrap_or(0.0);
                 panels.push(WeightPanel {
                     title: v.to_string(),
-                    caption: caption(&stats, None),
+                    caption: caption(&stats),
                     weights: w,
                     max,
                 });
@@ -306,7 +306,7 @@ pub fn write_maps(cfg: &MapsConfig) -> Result<MapsOutput> {
     })
 }
 
-fn caption(s: &MapStats, _tv: Option<f64>) -> String {
+fn caption(s: &MapStats) -> String {
     format!(
         "entropy {:.2}  local±{LOCAL_BAND} {:.2}  first {:.2}  prev {:.2}",
         s.entropy, s.local_mass, s.first_mass, s.prev_mass
