@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example baseline            # baseline numbers
 //! cargo run --release --example baseline -- tiling  # also scan (bq, bk) at n=4096
+//! cargo run --release --example baseline -- 'flash(isa=avx2)' full  # time only these
 //! ```
 
 use std::time::Duration;
@@ -20,7 +21,9 @@ use ndarray::{Array2, Array4};
 static ALLOC: CountingAlloc = CountingAlloc;
 
 fn main() -> attnbench::Result<()> {
-    let scan = std::env::args().any(|a| a == "tiling");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scan = args.iter().any(|a| a == "tiling");
+    let chosen: Vec<String> = args.into_iter().filter(|a| a != "tiling").collect();
     let reg = Registry::builtin();
     let cfg = TimingConfig {
         warmup: 1,
@@ -54,7 +57,11 @@ fn main() -> attnbench::Result<()> {
     let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), Options::new())?;
     let mut out = Array4::<f32>::zeros(shape.out_dims());
     let flops = 4.0 * (n * n * d * h) as f64;
-    let mut specs = vec!["full".to_string(), "flash".to_string()];
+    let mut specs = if chosen.is_empty() {
+        vec!["full".to_string(), "flash".to_string()]
+    } else {
+        chosen.clone()
+    };
     if scan {
         for bq in [16, 32, 64, 128] {
             for bk in [64, 128, 256, 512, 1024] {
@@ -77,6 +84,9 @@ fn main() -> attnbench::Result<()> {
             flops / t.median.as_secs_f64() / 1e9,
             100.0 * flops / t.median.as_secs_f64() / 1e9 / gemm_gflops
         );
+    }
+    if !chosen.is_empty() {
+        return Ok(());
     }
     println!(
         "flash / full time ratio at n={n}: {:.2}",

@@ -9,13 +9,13 @@
 //! clamped to give `~2.1e38` rather than infinity. In a softmax the argument is always `<= 0`.
 
 /// Below this the result would be subnormal; it is flushed to zero.
-const LO: f32 = -87.336_54;
+pub(super) const LO: f32 = -87.336_54;
 /// Inputs are clamped here, the largest value whose reduction keeps `n <= 127`.
-const HI: f32 = 88.3;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(super) const HI: f32 = 88.3;
+pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split so that `n * LN2_HI` is exact for `|n| < 2^9`.
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
+pub(super) const LN2_HI: f32 = 0.693_145_75;
+pub(super) const LN2_LO: f32 = 1.428_606_8e-6;
 /// Adding 1.5 * 2^23 rounds a float of magnitude < 2^22 to an integer in the low mantissa bits.
 const ROUND: f32 = 12_582_912.0;
 

@@ -3,8 +3,11 @@
 //! - [`exp`]: a branch-free `f32` exponential that the compiler vectorizes, and the row
 //!   operations of a numerically stable softmax built on it.
 //! - [`gemm`]: the single-precision matrix product (matrixmultiply, through ndarray).
+//! - `avx512`: explicit AVX-512 microkernels for the flash engine's tile products.
 //! - [`simd`]: runtime-dispatched tile products and softmax rows (AVX-512, AVX2+FMA, portable).
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod exp;
 pub mod gemm;
 pub mod simd;

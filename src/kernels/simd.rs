@@ -106,7 +106,7 @@ pub fn scores(isa: Isa, t: &mut Tile<'_>, scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { scores_avx512(t, scale) },
+        Isa::Avx512 => unsafe { super::avx512::scores(t, scale) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
         Isa::Avx2Fma => unsafe { scores_avx2(t, scale) },
@@ -128,7 +128,7 @@ pub fn online_softmax(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { softmax_avx512(st, cols, ldq, state) },
+        Isa::Avx512 => unsafe { super::avx512::online_softmax(st, cols, ldq, state) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
         Isa::Avx2Fma => unsafe { softmax_avx2(st, cols, ldq, state) },
@@ -155,7 +155,7 @@ pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale:
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { pv_avx512(t, acc, rows, rescale) },
+        Isa::Avx512 => unsafe { super::avx512::pv(t, acc, rows, rescale) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
         Isa::Avx2Fma => unsafe { pv_avx2(t, acc, rows, rescale) },
@@ -168,7 +168,7 @@ pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { exp_sum_avx512(xs, shift) },
+        Isa::Avx512 => unsafe { super::avx512::exp_shifted_sum(xs, shift) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
         Isa::Avx2Fma => unsafe { exp_sum_avx2(xs, shift) },
@@ -190,21 +190,9 @@ pub fn max(isa: Isa, xs: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn scores_avx512(t: &mut Tile<'_>, scale: f32) {
-    scores_block::<4, 16, true>(t, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn scores_avx2(t: &mut Tile<'_>, scale: f32) {
     scores_block::<4, 16, true>(t, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn softmax_avx512(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
-    softmax_cols(st, cols, ldq, state)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -214,21 +202,9 @@ fn softmax_avx2(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn pv_avx512(t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
-    pv_block::<4, 16, true>(t, acc, rows, rescale)
-}
-
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn pv_avx2(t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
     pv_block::<4, 16, true>(t, acc, rows, rescale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn exp_sum_avx512(xs: &mut [f32], shift: f32) -> f32 {
-    exp::exp_shifted_sum(xs, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -506,7 +482,14 @@ mod tests {
 
     #[test]
     fn every_path_matches_a_naive_tile() {
-        let (rows, d, cols, dv) = (13, 19, 45, 23);
+        // Query and value paddings of 16, 32 and 64 select every register block of each
+        // path; 45 keys and 13 or 37 queries leave remainders.
+        for (rows, dv) in [(13, 23), (37, 64), (64, 40), (13, 64), (64, 64)] {
+            check_tile(rows, 19, 45, dv);
+        }
+    }
+
+    fn check_tile(rows: usize, d: usize, cols: usize, dv: usize) {
         let (ldq, ldv) = (padded(rows), padded(dv));
         let f = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
         let qt: Vec<f32> = (0..d * ldq)
@@ -615,8 +598,10 @@ mod tests {
     #[test]
     fn exp_is_accurate_on_every_path() {
         for isa in Isa::available() {
-            let mut xs: Vec<f32> = (0..=200_000)
-                .map(|i| -87.3 + 87.3 * i as f32 / 200_000.0)
+            // The whole range whose results are normal floats: -87.33 to 88.3.
+            let (lo, hi, steps) = (-87.33f32, 88.3f32, 400_000);
+            let mut xs: Vec<f32> = (0..=steps)
+                .map(|i| lo + (hi - lo) * i as f32 / steps as f32)
                 .collect();
             let orig = xs.clone();
             exp_shifted_sum(isa, &mut xs, 0.0);
@@ -625,10 +610,21 @@ mod tests {
                 let ulps = (e.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
                 assert!(ulps <= 3, "{isa}: exp({x}) = {e}, want {want} ({ulps} ulp)");
             }
-            let mut under = [f32::NEG_INFINITY, -100.0, -87.5];
+            let mut under = [f32::NEG_INFINITY, -100.0, -87.5, -1e30, -87.3];
             exp_shifted_sum(isa, &mut under, 0.0);
-            assert_eq!(under, [0.0, 0.0, 0.0], "{isa}: underflow flushes to zero");
-            assert_eq!(max(isa, &orig), 0.0);
+            assert_eq!(
+                under[..4],
+                [0.0; 4],
+                "{isa}: underflow flushes to zero, -inf gives 0"
+            );
+            assert!(under[4] > 0.0, "{isa}");
+            let mut over = [100.0f32, 1e30];
+            exp_shifted_sum(isa, &mut over, 0.0);
+            assert!(
+                over.iter().all(|x| x.is_finite() && *x > 1e38),
+                "{isa}: clamped"
+            );
+            assert_eq!(max(isa, &orig), hi);
         }
     }
 }
