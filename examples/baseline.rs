@@ -1,4 +1,4 @@
-//! The foundation's performance baseline: `full` and `flash` against matrixmultiply's sgemm
+//! The foundation's performance baseline: `full` and `flash` against the GEMM ceiling
 //! at b=1, h=8, d=64, n=4096 (non-causal), peak heap bytes at n=1024 and n=8192, and a scan
 //! of flash block sizes.
 //!
@@ -11,11 +11,11 @@
 use std::time::Duration;
 
 use attnbench::harness::memory::{CountingAlloc, measure};
+use attnbench::harness::sweep::measure_gemm;
 use attnbench::harness::timing::{TimingConfig, time};
-use attnbench::kernels::gemm::gemm;
 use attnbench::workload::gaussian;
 use attnbench::{Options, Problem, Registry, Shape};
-use ndarray::{Array2, Array4};
+use ndarray::Array4;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -34,23 +34,9 @@ fn main() -> attnbench::Result<()> {
     let (h, d, n) = (8, 64, 4096);
     println!("threads: {}", rayon::current_num_threads());
 
-    // The GEMM ceiling at the attention shape: (n x d) * (d x n), one head per thread.
-    let a = Array2::<f32>::from_elem((n, d), 0.5);
-    let b = Array2::<f32>::from_elem((d, n), 0.25);
-    let mut cs: Vec<Array2<f32>> = (0..h).map(|_| Array2::zeros((n, n))).collect();
-    let t = time(&cfg, || {
-        use rayon::prelude::*;
-        cs.par_iter_mut()
-            .for_each(|c| gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut()));
-        Ok::<(), ()>(())
-    })
-    .unwrap();
-    let gemm_gflops = 2.0 * (n * n * d * h) as f64 / t.median.as_secs_f64() / 1e9;
-    println!(
-        "sgemm {n}x{d} * {d}x{n}, {h} heads: median {:.2} ms, {gemm_gflops:.1} GFLOP/s",
-        t.median.as_secs_f64() * 1e3
-    );
-    drop(cs);
+    // The GEMM ceiling: attention's two products, one head per thread, as the sweep does.
+    let gemm_gflops = measure_gemm(n, d);
+    println!("GEMM ceiling at n={n}, d={d}: {gemm_gflops:.1} GFLOP/s");
 
     let shape = Shape::self_attention(1, h, n, d)?;
     let qkv = gaussian(&shape, 1.0, 0);
@@ -75,7 +61,7 @@ fn main() -> attnbench::Result<()> {
         let t = time(&cfg, || v.forward(&p, out.view_mut()))?;
         medians.push((v.to_string(), t.median.as_secs_f64()));
         println!(
-            "{:<24} n={n}: median {:8.2} ms (min {:.2}, max {:.2}, {} runs), {:6.1} GFLOP/s, {:4.0}% of sgemm",
+            "{:<24} n={n}: median {:8.2} ms (min {:.2}, max {:.2}, {} runs), {:6.1} GFLOP/s, {:4.0}% of GEMM",
             v.to_string(),
             t.median.as_secs_f64() * 1e3,
             t.min.as_secs_f64() * 1e3,

@@ -7,7 +7,7 @@
 //! are `[d_model, kv_heads * head_dim]` (grouped-query attention when `kv_heads < heads`),
 //! `W_O` is `[heads * head_dim, d_model]`; head `i` owns columns `i * head_dim ..` of the
 //! projections. (PyTorch's `nn.Linear` stores the transpose.) The four projections are
-//! matrixmultiply sgemm calls on `[batch * n, d_model]` matrices; the core is any
+//! GEMM calls on `[batch * n, d_model]` matrices; the core is any
 //! [`Attention`] with the layer's [`Options`], and key padding masks memory positions past
 //! each batch element's length (queries at padded positions still attend to the valid keys).
 
@@ -449,8 +449,8 @@ fn rows(x: ArrayView3<f32>) -> Array2<f32> {
         .expect("a standard-layout array reshapes")
 }
 
-/// `x w + b` (sgemm; the bias is broadcast into the output first). The rows are split
-/// across the rayon pool: matrixmultiply itself runs on one thread.
+/// `x w + b` (GEMM; the bias is broadcast into the output first). The rows are split
+/// across the rayon pool: each GEMM call runs on one thread.
 fn project(x: &ArrayView2<f32>, w: &Array2<f32>, b: Option<&Array1<f32>>) -> Array2<f32> {
     use rayon::prelude::*;
     let mut y = Array2::zeros((x.nrows(), w.ncols()));

@@ -24,6 +24,34 @@ where
         });
 }
 
+/// Calls `f(workspace, b, h, slab)` for each `[seq, dim]` slab of a `[batch, heads, seq, dim]`
+/// output, with the (batch, head) pairs cut into one contiguous run per thread: `init` is
+/// called about once per thread, so a large workspace is made (and its pages touched) once
+/// per call rather than once per head.
+pub fn for_each_head_with<T, W, I, F>(out: ArrayViewMut4<'_, T>, init: I, f: F)
+where
+    T: Send + Sync,
+    I: Fn() -> W + Sync,
+    F: Fn(&mut W, usize, usize, ArrayViewMut2<'_, T>) + Sync,
+{
+    // One entry per (batch, head): a list that does not grow with the length.
+    let slabs: Vec<(usize, usize, ArrayViewMut2<'_, T>)> = out
+        .into_axis_iter_mut(Axis(0))
+        .enumerate()
+        .flat_map(|(b, per_batch)| {
+            per_batch
+                .into_axis_iter_mut(Axis(0))
+                .enumerate()
+                .map(move |(h, slab)| (b, h, slab))
+        })
+        .collect();
+    let per_thread = slabs.len().div_ceil(rayon::current_num_threads()).max(1);
+    slabs
+        .into_par_iter()
+        .with_min_len(per_thread)
+        .for_each_init(&init, |w, (b, h, slab)| f(w, b, h, slab));
+}
+
 /// Calls `f(workspace, b, h, first_row, rows)` for each block of `block` query rows of each
 /// (batch, head). `init` makes a per-worker workspace; at most a few are alive per thread.
 pub fn for_each_row_block<T, W, I, F>(out: ArrayViewMut4<'_, T>, block: usize, init: I, f: F)

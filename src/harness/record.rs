@@ -50,8 +50,10 @@ pub struct Record {
     pub flops: Option<f64>,
     /// `flops / time_median`, GFLOP/s.
     pub gflops: Option<f64>,
-    /// matrixmultiply's sgemm rate at `[min(n, 1024), d] x [d, min(n, 16384)]` (the attention
-    /// score shape, capped) measured in the same run, GFLOP/s.
+    /// The GEMM rate of attention's two products at this length (`[min(n, 1024), d] x
+    /// [d, min(n, 16384)]` and back, see [`measure_gemm`]) measured in the same run, GFLOP/s.
+    ///
+    /// [`measure_gemm`]: super::sweep::measure_gemm
     pub gemm_gflops: Option<f64>,
     /// `100 * gflops / gemm_gflops`.
     pub pct_of_gemm: Option<f64>,
@@ -186,7 +188,7 @@ pub struct RunMeta {
     pub variants: Vec<String>,
     /// The lengths swept.
     pub lengths: Vec<usize>,
-    /// The sgemm rate per length, GFLOP/s.
+    /// The GEMM ceiling per length, GFLOP/s.
     pub gemm_gflops: Vec<(usize, f64)>,
     /// The machine's measured FMA peak and read bandwidth.
     pub limits: Option<super::machine::Limits>,

@@ -2,7 +2,7 @@
 //!
 //! - [`exp`]: a branch-free `f32` exponential that the compiler vectorizes, and the row
 //!   operations of a numerically stable softmax built on it.
-//! - [`gemm`]: the single-precision matrix product (matrixmultiply, through ndarray).
+//! - [`gemm`]: the single-precision matrix product (the `gemm` crate, on ndarray views).
 //! - `avx512`: explicit AVX-512 microkernels for the flash engine's tile products.
 //! - [`simd`]: runtime-dispatched tile products and softmax rows (AVX-512, AVX2+FMA, portable).
 

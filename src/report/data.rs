@@ -78,7 +78,7 @@ pub struct Point {
     pub err_dense: Option<f64>,
     /// Useful GFLOP/s.
     pub gflops: Option<f64>,
-    /// The same-run sgemm GFLOP/s.
+    /// The same-run GEMM ceiling, GFLOP/s.
     pub gemm_gflops: Option<f64>,
     /// Layer sweeps: median ms of the whole layer, its projections and its core.
     pub layer: Option<(f64, f64, f64)>,

@@ -480,7 +480,7 @@ fn speedup_chart(series: &[(Series, plotters::style::RGBColor)]) -> Chart {
 
 fn throughput_chart(series: &[(Series, plotters::style::RGBColor)], records: &[Record]) -> Chart {
     let mut chart = Chart {
-        title: "Useful throughput and the same-run sgemm ceiling".into(),
+        title: "Useful throughput and the same-run GEMM ceiling".into(),
         x_desc: "sequence length n (log scale)".into(),
         x_pow2: true,
         y_desc: "GFLOP/s".into(),
@@ -507,7 +507,7 @@ fn throughput_chart(series: &[(Series, plotters::style::RGBColor)], records: &[R
     }
     gemm.sort_by_key(|e| e.0);
     chart.lines.push(Line {
-        label: "sgemm at the score shape, same run".into(),
+        label: "GEMM of the two attention products, same run".into(),
         color: plotters::style::RGBColor(0, 0, 0),
         points: gemm.iter().map(|&(n, g)| (n as f64, g)).collect(),
         stroke: Stroke::Dashed,
@@ -789,10 +789,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
         ),
         ("error_vs_n", "Relative error against dense attention"),
         ("speedup_vs_full", "Speedup over full attention"),
-        (
-            "throughput",
-            "Useful GFLOP/s and the same-run sgemm ceiling",
-        ),
+        ("throughput", "Useful GFLOP/s and the same-run GEMM ceiling"),
         ("pareto", "Error vs time (bubble: peak memory)"),
         ("patterns", "What each sparse pattern attends at n = 64"),
     ] {
@@ -850,7 +847,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
         );
         let _ = writeln!(
             md,
-            "Each variant as the core of a multi-head layer (d_model = {}, Xavier weights, Gaussian X): the median time of the four projections (sgemm, including the reshapes to and from heads) and of the core within the same calls. The core's share grows with n for quadratic variants; for linear-time ones the projections can dominate at every length.\n",
+            "Each variant as the core of a multi-head layer (d_model = {}, Xavier weights, Gaussian X): the median time of the four projections (GEMM, including the reshapes to and from heads) and of the core within the same calls. The core's share grows with n for quadratic variants; for linear-time ones the projections can dominate at every length.\n",
             d_models.join(", ")
         );
         let caption = "Share of the attention core in the layer's time";
@@ -898,7 +895,7 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
         let _ = writeln!(md, "### n = {n}\n");
         let _ = writeln!(
             md,
-            "| variant | time ms (min-max) | GFLOP/s | % of sgemm | % of FMA peak | {}peak memory | error vs dense | own check | status |",
+            "| variant | time ms (min-max) | GFLOP/s | % of GEMM | % of FMA peak | {}peak memory | error vs dense | own check | status |",
             if decoding {
                 "% of read bandwidth | "
             } else {

@@ -10,14 +10,14 @@
 
 use std::fmt;
 
-use ndarray::{Array2, ArrayViewMut2, Axis};
+use ndarray::{ArrayViewMut2, Axis};
 
 use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
 use crate::error::Result;
 use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
 use crate::kernels::simd::{self, Isa};
 use crate::modifier::Feature;
-use crate::parallel::for_each_head;
+use crate::parallel::for_each_head_with;
 use crate::pattern::{Causal, Pattern};
 use crate::registry::{Params, VariantInfo};
 use crate::shape::Shape;
@@ -74,12 +74,22 @@ impl Attention for Full {
     }
 
     fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
-        for_each_head(out, |b, h, head_out| head_forward(p, b, h, head_out));
+        // One score matrix per thread, reused across its heads: a fresh one per head would
+        // pay the page faults of n_q * n_kv floats every time.
+        for_each_head_with(out, Vec::new, |scores, b, h, head_out| {
+            head_forward(p, b, h, scores, head_out)
+        });
         Ok(())
     }
 }
 
-fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>) {
+fn head_forward(
+    p: &Problem<'_>,
+    b: usize,
+    h: usize,
+    buf: &mut Vec<f32>,
+    mut out: ArrayViewMut2<f32>,
+) {
     let shape = p.shape();
     let kvh = shape.kv_head_of(h);
     let q = p
@@ -96,9 +106,14 @@ fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>
         .index_axis_move(Axis(0), kvh);
     let g = shape.geometry();
 
-    // Zeroed allocations of this size come from fresh pages: no memset is paid.
-    let mut scores = Array2::<f32>::zeros((shape.n_q, shape.n_kv));
-    gemm(p.scale(), &q, &k.t(), 0.0, &mut scores.view_mut());
+    let len = shape.n_q * shape.n_kv;
+    if buf.len() < len {
+        // Zeroed allocations of this size come from fresh pages: no memset is paid.
+        *buf = vec![0.0; len];
+    }
+    let mut scores = ArrayViewMut2::from_shape((shape.n_q, shape.n_kv), &mut buf[..len])
+        .expect("the buffer holds n_q x n_kv floats");
+    gemm(p.scale(), &q, &k.t(), 0.0, &mut scores);
 
     let mut inv_sum = vec![0.0f32; shape.n_q];
     let isa = Isa::detect();
@@ -106,7 +121,7 @@ fn head_forward(p: &Problem<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>
     let key_len = p.key_len(b);
     let rows = scores
         .as_slice_mut()
-        .expect("a fresh array is contiguous")
+        .expect("a standard-layout view")
         .chunks_exact_mut(shape.n_kv);
     for (i, (row, inv)) in rows.zip(&mut inv_sum).enumerate() {
         let allowed = if p.opts().causal {
