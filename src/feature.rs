@@ -21,6 +21,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::kernels::exp;
 use crate::kernels::gemm::gemm;
+use crate::kernels::simd::{self, Isa};
 
 /// What kernel a feature map computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +64,13 @@ fn elementwise(x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>, f: impl Fn(f32) 
     Zip::from(&mut out).and(&x).for_each(|o, &x| *o = f(x));
 }
 
-fn elu1(x: f32) -> f32 {
-    if x > 0.0 { x + 1.0 } else { exp::exp(x) }
+/// `elu(x) + 1` elementwise, at the widest SIMD width when `out` is contiguous.
+fn elu1_map(x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
+    out.assign(&x);
+    match out.as_slice_mut() {
+        Some(xs) => simd::elu1(Isa::detect(), xs),
+        None => out.map_inplace(|x| *x = if *x > 0.0 { *x + 1.0 } else { exp::exp(*x) }),
+    }
 }
 
 impl FeatureMap for Elu1 {
@@ -75,10 +81,10 @@ impl FeatureMap for Elu1 {
         KernelKind::Different
     }
     fn map_queries(&self, x: ArrayView2<f32>, _scale: f32, out: ArrayViewMut2<f32>) {
-        elementwise(x, out, elu1);
+        elu1_map(x, out);
     }
     fn map_keys(&self, x: ArrayView2<f32>, _scale: f32, out: ArrayViewMut2<f32>) -> f32 {
-        elementwise(x, out, elu1);
+        elu1_map(x, out);
         0.0
     }
 }

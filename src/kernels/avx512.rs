@@ -291,6 +291,32 @@ pub(super) unsafe fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     total
 }
 
+/// Replaces each `x` with `elu(x) + 1`: `x + 1` for positive `x`, else `e^x`.
+///
+/// # Safety
+///
+/// The CPU must support avx512f, avx2 and fma.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn elu1(xs: &mut [f32]) {
+    let one = _mm512_set1_ps(1.0);
+    let mut chunks = xs.chunks_exact_mut(L);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 16 floats.
+        let x = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+        let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_setzero_ps());
+        let y = _mm512_mask_add_ps(exp16(x), positive, x, one);
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), y) };
+    }
+    for x in chunks.into_remainder() {
+        *x = if *x > 0.0 {
+            *x + 1.0
+        } else {
+            super::exp::exp(*x)
+        };
+    }
+}
+
 /// The online-softmax step of [`simd::online_softmax`](super::simd::online_softmax), one
 /// vector of 16 queries at a time: its new maxima over the tile's keys, then the
 /// exponentials and their sum in one pass (the sum stays in a register). Uses neither

@@ -176,6 +176,35 @@ pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
     }
 }
 
+/// Replaces each `x` with `elu(x) + 1` (`x + 1` for positive `x`, else `e^x`), on the given
+/// path: the feature map of linear attention.
+pub fn elu1(isa: Isa, xs: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { super::avx512::elu1(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { elu1_avx2(xs) },
+        _ => elu1_slice(xs),
+    }
+}
+
+#[inline(always)]
+fn elu1_slice(xs: &mut [f32]) {
+    for x in xs {
+        // Both sides are computed and one selected, so the loop vectorizes.
+        let e = exp::exp(*x);
+        *x = if *x > 0.0 { *x + 1.0 } else { e };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn elu1_avx2(xs: &mut [f32]) {
+    elu1_slice(xs)
+}
+
 /// The maximum of a slice, on the given path.
 pub fn max(isa: Isa, xs: &[f32]) -> f32 {
     match isa {
@@ -592,6 +621,31 @@ mod tests {
                 st.iter().all(|x| x.is_finite()),
                 "{isa}: no NaN from -inf - -inf"
             );
+        }
+    }
+
+    #[test]
+    fn elu1_matches_its_definition_on_every_path() {
+        // Both branches, the switch at 0, underflow, and a length with a remainder.
+        let xs: Vec<f32> = (0..=20_001)
+            .map(|i| -95.0 + 140.0 * i as f32 / 20_001.0)
+            .chain([0.0, -0.0, 1e-30, -1e-30, f32::NEG_INFINITY])
+            .collect();
+        for isa in Isa::available() {
+            let mut got = xs.clone();
+            elu1(isa, &mut got);
+            for (&x, &y) in xs.iter().zip(&got) {
+                let want = if x > 0.0 {
+                    x + 1.0
+                } else {
+                    (x as f64).exp() as f32
+                };
+                let ulps = (y.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
+                assert!(
+                    ulps <= 3 || (want < f32::MIN_POSITIVE && y == 0.0),
+                    "{isa}: elu1({x}) = {y}, want {want}"
+                );
+            }
         }
     }
 

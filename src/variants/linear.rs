@@ -195,7 +195,11 @@ impl Attention for Linear {
 
     fn cost(&self, s: &Shape, opts: &Options) -> Cost {
         let m = self.map.dim(s.head_dim);
-        let c = self.chunk;
+        let c = if opts.causal {
+            self.chunk
+        } else {
+            self.chunk.max(BIDIRECTIONAL_BLOCK)
+        };
         let rows = (s.n_q + s.n_kv) as f64;
         let features = match self.phi {
             Phi::Favor { .. } => gemm_flops(1, s.head_dim, m) * rows,
@@ -311,6 +315,11 @@ impl State {
     }
 }
 
+/// Rows per block when there is no causal mask (the `chunk` parameter, if larger, wins).
+/// Measured at n = 16384, h = 8, d = 64, phi = elu1 on 2 threads: 25.8 ms with blocks of 64
+/// rows, 22.5 ms with 512 (the scratch grows from 0.09 to 0.54 MiB, still independent of n).
+const BIDIRECTIONAL_BLOCK: usize = 512;
+
 /// One (batch, head) of linear attention.
 struct Head<'a> {
     q: ArrayView2<'a, f32>,
@@ -343,6 +352,9 @@ impl Head<'_> {
 
     fn bidirectional(&mut self, mut out: ArrayViewMut2<f32>) {
         let (n_q, n_kv, m) = (self.q.nrows(), self.k.nrows(), self.m());
+        // Without a mask the chunk only bounds the scratch: use blocks large enough that
+        // the products, not per-call overhead, take the time.
+        self.chunk = self.chunk.max(BIDIRECTIONAL_BLOCK);
         let mut fk = Array2::zeros((self.chunk.min(n_kv), m));
         self.absorb_keys(0, self.valid, &mut fk);
         let mut fq = Array2::zeros((self.chunk.min(n_q), m));
