@@ -106,11 +106,11 @@ pub fn scores(isa: Isa, t: &mut Tile<'_>, scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::avx512::scores(t, scale) },
+        Isa::Avx512 => unsafe { super::tiles::avx512::scores(t, scale) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
-        Isa::Avx2Fma => unsafe { scores_avx2(t, scale) },
-        _ => scores_block::<4, 8, false>(t, scale),
+        Isa::Avx2Fma => unsafe { super::tiles::avx2::scores(t, scale) },
+        _ => scores_block::<4, 8, HAS_FMA>(t, scale),
     }
 }
 
@@ -155,11 +155,11 @@ pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale:
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::avx512::pv(t, acc, rows, rescale) },
+        Isa::Avx512 => unsafe { super::tiles::avx512::pv(t, acc, rows, rescale) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
-        Isa::Avx2Fma => unsafe { pv_avx2(t, acc, rows, rescale) },
-        _ => pv_block::<4, 8, false>(t, acc, rows, rescale),
+        Isa::Avx2Fma => unsafe { super::tiles::avx2::pv(t, acc, rows, rescale) },
+        _ => pv_block::<4, 8, HAS_FMA>(t, acc, rows, rescale),
     }
 }
 
@@ -220,20 +220,8 @@ pub fn max(isa: Isa, xs: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn scores_avx2(t: &mut Tile<'_>, scale: f32) {
-    scores_block::<4, 16, true>(t, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
 fn softmax_avx2(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
     softmax_cols(st, cols, ldq, state)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn pv_avx2(t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
-    pv_block::<4, 16, true>(t, acc, rows, rescale)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -253,6 +241,10 @@ fn max_avx512(xs: &[f32]) -> f32 {
 fn max_avx2(xs: &[f32]) -> f32 {
     exp::max(xs)
 }
+
+/// Whether the portable path may fuse multiply-adds: NEON always has FMA; baseline x86_64
+/// (SSE2) does not, and there `f32::mul_add` would be a libm call.
+const HAS_FMA: bool = cfg!(target_arch = "aarch64");
 
 /// `a * b + c`, fused when `F` (the path has FMA), else separate (a libm `fmaf` call would
 /// be far slower than the two operations).
