@@ -534,10 +534,10 @@ fn run_with_progress(
                 bar.inc(1);
             } else {
                 eprintln!(
-                    "[{done}/{total} {:6.1}s] {} n={}: {}",
+                    "[{done}/{total} {:6.1}s] {} n_kv={}: {}",
                     started.elapsed().as_secs_f64(),
                     r.variant,
-                    r.n_q,
+                    r.n_kv,
                     cell_summary(r)
                 );
             }
@@ -566,14 +566,14 @@ fn print_summary(output: &SweepOutput) -> io::Result<()> {
     writeln!(
         out,
         "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  status",
-        "variant", "n", "median ms", "GFLOP/s", "% gemm", "peak MiB", "err dense", "err own"
+        "variant", "n_kv", "median ms", "GFLOP/s", "% gemm", "peak MiB", "err dense", "err own"
     )?;
     for r in &output.records {
         writeln!(
             out,
             "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  {}{}",
             r.variant,
-            r.n_q,
+            r.n_kv,
             fmt_opt(r.time_median_ms, |x| format!("{x:.2}")),
             fmt_opt(r.gflops, |x| format!("{x:.1}")),
             fmt_opt(r.pct_of_gemm, |x| format!("{x:.0}%")),
