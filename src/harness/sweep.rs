@@ -734,15 +734,24 @@ pub fn measure_gemm(n: usize, d: usize) -> f64 {
     let cfg = TimingConfig {
         warmup: 0,
         min_repeats: 3,
-        min_time: Duration::from_millis(150),
+        min_time: Duration::from_millis(100),
         max_repeats: 1000,
     };
-    let t = time(&cfg, || {
-        round();
-        Ok::<(), ()>(())
-    })
-    .expect("infallible");
-    4.0 * (threads * rows * d * n) as f64 / t.median.as_secs_f64() / 1e9
+    // A ceiling: the best of three medians, so that a neighbour's burst on a shared machine
+    // during one of them (seen: 104 GFLOP/s against 160-185 in every other trial) does not
+    // lower it.
+    let best = (0..3)
+        .map(|_| {
+            time(&cfg, || {
+                round();
+                Ok::<(), ()>(())
+            })
+            .expect("infallible")
+            .median
+        })
+        .min()
+        .expect("three trials");
+    4.0 * (threads * rows * d * n) as f64 / best.as_secs_f64() / 1e9
 }
 
 /// Creates `<dir>/<stamp>-<label>.csv` and `.json`, adding `-2`, `-3`, ... when a run of the
