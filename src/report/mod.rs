@@ -695,6 +695,28 @@ fn fmt_cross(c: Crossover, same: bool) -> String {
     if same { "-".into() } else { c.to_string() }
 }
 
+/// Lengths whose same-run GEMM ceiling fell below 70% of the run's median ceiling: the GEMM
+/// is the same code at every length, so such a drop means the machine itself was slower
+/// while that length ran (a busy neighbour on a shared host), and every time measured there
+/// is inflated.
+pub fn slow_lengths(gemm: &[(usize, f64)]) -> Vec<String> {
+    let mut rates: Vec<f64> = gemm.iter().map(|&(_, g)| g).collect();
+    if rates.len() < 3 {
+        return Vec::new();
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    gemm.iter()
+        .filter(|&&(_, g)| g < 0.7 * median)
+        .map(|&(n, g)| {
+            format!(
+                "the GEMM ceiling at n = {n} measured {g:.0} GFLOP/s, {:.0}% below the run's median of {median:.0}: the machine was slower while that length ran, and its times are inflated.",
+                100.0 * (1.0 - g / median)
+            )
+        })
+        .collect()
+}
+
 fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -> String {
     let mut md = String::new();
     let recs = &results.records;
@@ -744,6 +766,14 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
                 l.read_gbytes_per_s
             );
         }
+    }
+    let slow: Vec<String> = results
+        .metas
+        .iter()
+        .flat_map(|m| slow_lengths(&m.gemm_gflops))
+        .collect();
+    for line in &slow {
+        let _ = writeln!(md, "- **machine slowdown**: {line}");
     }
     if results.metas.is_empty() {
         let _ = writeln!(md, "- no run metadata (.json) beside the CSV files");
@@ -808,6 +838,12 @@ fn markdown_report(results: &Results, all: &[Series], pareto_n: Option<usize>) -
         md,
         "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), and the length from which each variant is faster than `full` and than `flash` (interpolated in log space).\n"
     );
+    if !slow.is_empty() {
+        let _ = writeln!(
+            md,
+            "The machine was measurably slower at some lengths (see Run): fits that span them are unreliable.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| variant | fidelity | time slope | memory slope | faster than full | faster than flash |"
@@ -1023,4 +1059,35 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
         recs.len() - skipped - errors
     ));
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slow_lengths;
+
+    #[test]
+    fn a_drop_in_the_gemm_ceiling_is_reported_as_a_slowdown() {
+        // The reference run that motivated it: n = 2048 at about half the others.
+        let run = [
+            (256, 207.0),
+            (512, 221.0),
+            (1024, 212.0),
+            (2048, 104.0),
+            (4096, 173.0),
+            (8192, 191.0),
+        ];
+        let slow = slow_lengths(&run);
+        assert_eq!(slow.len(), 1, "{slow:?}");
+        assert!(
+            slow[0].contains("n = 2048") && slow[0].contains("104"),
+            "{slow:?}"
+        );
+        // Ordinary variation (here 173 against a median of 207) is not flagged.
+        assert!(slow_lengths(&run[..3]).is_empty());
+        assert!(slow_lengths(&[(256, 207.0), (512, 173.0), (1024, 190.0)]).is_empty());
+        assert!(
+            slow_lengths(&[(256, 10.0)]).is_empty(),
+            "too few lengths to judge"
+        );
+    }
 }
