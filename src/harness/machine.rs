@@ -99,7 +99,7 @@ pub struct Limits {
     pub read_gbytes_per_s: f64,
 }
 
-/// Measures [`Limits`] on the current rayon pool (about a second).
+/// Measures [`Limits`] on the current rayon pool (about a second; up to two on a busy host).
 pub fn measure_limits() -> Limits {
     use crate::kernels::simd::{self, Isa};
     use rayon::prelude::*;
@@ -114,19 +114,32 @@ pub fn measure_limits() -> Limits {
     let iters = 2_000_000;
     rate(iters / 10);
     let one = (0..3).map(|_| rate(iters)).fold(0.0, f64::max);
-    let all = (0..3)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            let flops: f64 = rayon::broadcast(|_| {
-                let (f, v) = simd::fma_chains(isa, iters);
-                std::hint::black_box(v);
-                f
+    let all_once = || {
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let flops: f64 = rayon::broadcast(|_| {
+                    let (f, v) = simd::fma_chains(isa, iters);
+                    std::hint::black_box(v);
+                    f
+                })
+                .iter()
+                .sum();
+                flops / t.elapsed().as_secs_f64() / 1e9
             })
-            .iter()
-            .sum();
-            flops / t.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max);
+            .fold(0.0, f64::max)
+    };
+    // On a shared host a neighbour can hold a core for seconds: an all-threads figure far
+    // below `threads` times one core's is measured again (up to 10 times, 100 ms apart) and
+    // the best kept, since a peak is the rate the machine can reach.
+    let mut all = all_once();
+    for _ in 0..10 {
+        if all >= 0.8 * one * threads as f64 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        all = all.max(all_once());
+    }
     let buf = vec![1.0f32; 64 << 20];
     let chunk = buf.len().div_ceil(threads);
     let mut rates: Vec<f64> = (0..8)
