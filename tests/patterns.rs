@@ -432,3 +432,41 @@ fn bad_parameters_name_the_parameter() {
     assert!(matches!(e.kind(), ErrorKind::Unsupported { .. }));
     assert!(e.to_string().contains("g=16"), "{e}");
 }
+
+#[test]
+fn key_major_causal_masking_matches_allows() {
+    // Square, more keys than queries (decoding-like), more queries than keys; blocks that
+    // start anywhere, and tiles across the diagonal and off it.
+    for g in [sq(37), Geometry::new(9, 40), Geometry::new(40, 9)] {
+        for (r0, r1) in [(0, g.n_q), (3, 11.min(g.n_q)), (g.n_q - 5, g.n_q)] {
+            for (c0, c1) in [(0, g.n_kv), (2, 9), (g.n_kv - 4, g.n_kv)] {
+                let (rows, cols, ld) = (r1 - r0, c1 - c0, 16.max(r1 - r0));
+                {
+                    let mask = Mask::new(None, true);
+                    let mut st = vec![0.0f32; cols * ld];
+                    assert!(mask.mask_key_major(g, r0..r1, c0, cols, &mut st, ld));
+                    for j in 0..cols {
+                        for i in 0..rows {
+                            let masked = st[j * ld + i] == f32::NEG_INFINITY;
+                            assert_eq!(
+                                masked,
+                                !Causal.allows(g, r0 + i, c0 + j),
+                                "{g:?} query {} key {}",
+                                r0 + i,
+                                c0 + j
+                            );
+                        }
+                        // Padding queries beyond the block are never touched.
+                        assert!(st[j * ld + rows..(j + 1) * ld].iter().all(|&x| x == 0.0));
+                    }
+                }
+            }
+        }
+    }
+    // Other masks keep the row-by-row path.
+    let w = Window { w: 3 };
+    let mut st = vec![0.0f32; 16];
+    assert!(!Mask::new(Some(&w), true).mask_key_major(sq(4), 0..4, 0, 4, &mut st, 4));
+    assert!(!Mask::new(None, false).mask_key_major(sq(4), 0..4, 0, 4, &mut st, 4));
+    assert!(st.iter().all(|&x| x == 0.0));
+}

@@ -97,6 +97,23 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         }
     }
 
+    /// Masks a tile stored key-major, as the tiled engine keeps it: `st[j * ld + (i -
+    /// rows.start)]` is the score of query `i` and key `c0 + j`, for `cols` keys. Returns
+    /// `false`, leaving `st` untouched, when the pattern has no fast key-major form; the engine
+    /// then masks query by query with [`mask_row`](Pattern::mask_row). The causal mask
+    /// overrides it: each key masks a prefix of the block's queries.
+    fn mask_key_major(
+        &self,
+        _g: Geometry,
+        _rows: Range<usize>,
+        _c0: usize,
+        _cols: usize,
+        _st: &mut [f32],
+        _ld: usize,
+    ) -> bool {
+        false
+    }
+
     /// Reasons this pattern is not meaningful for geometry `g` (e.g. more global tokens than
     /// keys); empty when it is.
     fn unsupported(&self, _g: Geometry) -> Vec<String> {
@@ -188,6 +205,25 @@ impl Pattern for Causal {
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (g.pos(i) + 1).clamp(0, g.n_kv as isize) as usize
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) -> bool {
+        // Query i sees key k iff k <= pos(i), and pos grows by one per query: key k hides
+        // the block's first k - pos(rows.start) queries.
+        let first = g.pos(rows.start);
+        for (j, key_row) in st.chunks_mut(ld).take(cols).enumerate() {
+            let hidden = ((c0 + j) as isize - first).clamp(0, rows.len() as isize) as usize;
+            key_row[..hidden].fill(f32::NEG_INFINITY);
+        }
+        true
     }
 
     fn density(&self, g: Geometry) -> f64 {
@@ -316,6 +352,18 @@ impl Pattern for Mask<'_> {
             (Some(p), false) => p.classify(g, rows, cols),
             (Some(p), true) => Intersection(Causal, p).classify(g, rows, cols),
         }
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) -> bool {
+        self.causal && self.pattern.is_none() && Causal.mask_key_major(g, rows, c0, cols, st, ld)
     }
 
     fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {

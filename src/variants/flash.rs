@@ -515,7 +515,11 @@ impl<'a> Task<'a> {
                 self.mods
                     .apply_key_major(t.st, (self.r0, rows), (c0, cols), ldq);
             }
-            if tile == Tile::Partial {
+            if tile == Tile::Partial
+                && !self
+                    .mask
+                    .mask_key_major(self.g, row_range.clone(), c0, cols, t.st, ldq)
+            {
                 // Masks work on query rows; the scores are key-major: gather, mask, scatter.
                 let row = &mut ws.row[..cols];
                 for i in 0..rows {
