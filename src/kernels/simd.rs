@@ -176,6 +176,62 @@ pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
     }
 }
 
+/// `out[j] = scale * k_j . q` for the rows `k_j` (`q.len()` floats each) of `k`: the scores
+/// of a single query (decoding), vectorized along the head dimension.
+pub fn dot_rows(isa: Isa, k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(!q.is_empty() && k.len() >= out.len() * q.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        Isa::Avx512 => unsafe { dot_rows_avx512(k, q, scale, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        Isa::Avx2Fma => unsafe { dot_rows_avx2(k, q, scale, out) },
+        _ => dot_rows_lanes::<HAS_FMA>(k, q, scale, out),
+    }
+}
+
+#[inline(always)]
+fn dot_rows_lanes<const F: bool>(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
+    const W: usize = 16;
+    for (row, o) in k.chunks_exact(q.len()).zip(out) {
+        let mut acc = [0.0f32; W];
+        let (mut kc, mut qc) = (row.chunks_exact(W), q.chunks_exact(W));
+        for (a, b) in (&mut kc).zip(&mut qc) {
+            for l in 0..W {
+                acc[l] = madd::<F>(a[l], b[l], acc[l]);
+            }
+        }
+        // A pairwise tree, which vectorizes (a sequential sum would be one long chain).
+        let mut w = W / 2;
+        while w > 0 {
+            for l in 0..w {
+                acc[l] += acc[l + w];
+            }
+            w /= 2;
+        }
+        let tail: f32 = kc
+            .remainder()
+            .iter()
+            .zip(qc.remainder())
+            .map(|(a, b)| a * b)
+            .sum();
+        *o = (acc[0] + tail) * scale;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn dot_rows_avx512(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
+    dot_rows_lanes::<true>(k, q, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_rows_avx2(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
+    dot_rows_lanes::<true>(k, q, scale, out)
+}
+
 /// Replaces each `x` with `elu(x) + 1` (`x + 1` for positive `x`, else `e^x`), on the given
 /// path: the feature map of linear attention.
 pub fn elu1(isa: Isa, xs: &mut [f32]) {
@@ -613,6 +669,29 @@ mod tests {
                 st.iter().all(|x| x.is_finite()),
                 "{isa}: no NaN from -inf - -inf"
             );
+        }
+    }
+
+    #[test]
+    fn dot_rows_match_naive_dot_products_on_every_path() {
+        // Head dimensions with and without a remainder past 16 lanes.
+        for d in [1, 7, 16, 33, 64, 128] {
+            let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+            let k: Vec<f32> = (0..9 * d).map(|i| (i as f32 * 0.11).cos()).collect();
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; 9];
+                dot_rows(isa, &k, &q, 0.5, &mut out);
+                for (j, &got) in out.iter().enumerate() {
+                    let want: f64 = 0.5
+                        * (0..d)
+                            .map(|p| k[j * d + p] as f64 * q[p] as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (got as f64 - want).abs() < 1e-5,
+                        "{isa} d={d}: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 

@@ -447,9 +447,108 @@ impl<'a> Task<'a> {
         }
     }
 
+    /// The keys and values `keys` as contiguous slices (`d` and padded `d_v` floats per key):
+    /// read in place when the inputs allow, else copied into `kbuf` and `vbuf`.
+    fn kv_tile<'b>(
+        &'b self,
+        kbuf: &'b mut [f32],
+        vbuf: &'b mut [f32],
+        keys: std::ops::Range<usize>,
+    ) -> (&'b [f32], &'b [f32]) {
+        let (cols, d, dv) = (keys.len(), self.k.ncols(), self.v.ncols());
+        let ldv = simd::padded(dv);
+        let k_tile = self.k.slice(s![keys.clone(), ..]);
+        let k: &[f32] = match k_tile.to_slice() {
+            Some(k) => k,
+            None => {
+                for (j, krow) in k_tile.outer_iter().enumerate() {
+                    for (dst, &x) in kbuf[j * d..(j + 1) * d].iter_mut().zip(krow.iter()) {
+                        *dst = x;
+                    }
+                }
+                &kbuf[..cols * d]
+            }
+        };
+        let v_tile = self.v.slice(s![keys, ..]);
+        let v: &[f32] = match v_tile.to_slice().filter(|_| ldv == dv) {
+            Some(v) => v,
+            None => {
+                for (j, vrow) in v_tile.outer_iter().enumerate() {
+                    let dst = &mut vbuf[j * ldv..(j + 1) * ldv];
+                    for (d, &x) in dst.iter_mut().zip(vrow.iter()) {
+                        *d = x;
+                    }
+                    dst[dv..].fill(0.0);
+                }
+                &vbuf[..cols * ldv]
+            }
+        };
+        (k, v)
+    }
+
+    /// [`accumulate`](Self::accumulate) for a block of one query (decoding): its scores are a
+    /// row, computed as dot products along the head dimension, then masked, modified and
+    /// exponentiated as a contiguous row, instead of padding one query to a vector of 16.
+    fn accumulate_one(&self, ws: &mut Workspace) {
+        let (d, dv) = (self.q.ncols(), self.v.ncols());
+        let (ldq, ldv) = (simd::padded(1), simd::padded(dv));
+        let q = &mut ws.qt[..d];
+        for (dst, &x) in q.iter_mut().zip(self.q.row(0)) {
+            *dst = x;
+        }
+        let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+        ws.acc[..ldv].fill(0.0);
+        let rows = self.r0..self.r0 + 1;
+        for c0 in self.keys.clone().step_by(self.bk) {
+            let c1 = (c0 + self.bk).min(self.keys.end);
+            let cols = c1 - c0;
+            let tile = self.mask.classify(self.g, rows.clone(), c0..c1);
+            if tile == Tile::Empty {
+                continue;
+            }
+            let (k, v) = self.kv_tile(&mut ws.k, &mut ws.v, c0..c1);
+            let row = &mut ws.row[..cols];
+            simd::dot_rows(self.isa, k, &ws.qt[..d], self.scale, row);
+            if !self.mods.is_identity() {
+                self.mods.apply_row(self.r0, c0, row);
+            }
+            if tile == Tile::Partial {
+                self.mask.mask_row(self.g, self.r0, c0, row);
+            }
+            let m_new = m.max(simd::max(self.isa, row));
+            if m_new == f32::NEG_INFINITY {
+                continue; // nothing allowed yet
+            }
+            let rescale = crate::kernels::exp::exp(m - m_new);
+            l = l * rescale + simd::exp_shifted_sum(self.isa, row, m_new);
+            m = m_new;
+            // P V through the tile kernel, the one query in lane 0 of each key's row.
+            for (j, &p) in row.iter().enumerate() {
+                ws.st[j * ldq] = p;
+            }
+            ws.rescale[0] = rescale;
+            let t = simd::Tile {
+                qt: &ws.qt[..d * ldq],
+                k,
+                v,
+                st: &mut ws.st[..cols * ldq],
+                cols,
+                d,
+                ldq,
+                ldv,
+            };
+            simd::accumulate(self.isa, &t, &mut ws.acc[..ldv], 1, &ws.rescale[..1]);
+        }
+        ws.m[0] = m;
+        ws.l[0] = l;
+    }
+
     /// Leaves the running maxima, sums and unnormalized accumulator of the block's rows over
     /// its keys in `ws`.
     fn accumulate(&self, ws: &mut Workspace) {
+        if self.q.nrows() == 1 {
+            return self.accumulate_one(ws);
+        }
         let (rows, d) = self.q.dim();
         let dv = self.v.ncols();
         let (ldq, ldv) = (simd::padded(rows), simd::padded(dv));
@@ -473,33 +572,7 @@ impl<'a> Task<'a> {
             if tile == Tile::Empty {
                 continue;
             }
-            // Contiguous inputs are read in place; others are copied into the workspace.
-            let k_tile = self.k.slice(s![c0..c1, ..]);
-            let k: &[f32] = match k_tile.to_slice() {
-                Some(k) => k,
-                None => {
-                    for (j, krow) in k_tile.outer_iter().enumerate() {
-                        for (dst, &x) in ws.k[j * d..(j + 1) * d].iter_mut().zip(krow.iter()) {
-                            *dst = x;
-                        }
-                    }
-                    &ws.k[..cols * d]
-                }
-            };
-            let v_tile = self.v.slice(s![c0..c1, ..]);
-            let v: &[f32] = match v_tile.to_slice().filter(|_| ldv == dv) {
-                Some(v) => v,
-                None => {
-                    for (j, vrow) in v_tile.outer_iter().enumerate() {
-                        let dst = &mut ws.v[j * ldv..(j + 1) * ldv];
-                        for (d, &x) in dst.iter_mut().zip(vrow.iter()) {
-                            *d = x;
-                        }
-                        dst[dv..].fill(0.0);
-                    }
-                    &ws.v[..cols * ldv]
-                }
-            };
+            let (k, v) = self.kv_tile(&mut ws.k, &mut ws.v, c0..c1);
             let mut t = simd::Tile {
                 qt: &ws.qt[..d * ldq],
                 k,
