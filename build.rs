@@ -22,7 +22,17 @@ fn main() {
         .unwrap_or_default();
     let dirty = !commit.is_empty()
         && Command::new("git")
-            .args(["status", "--porcelain", "--untracked-files=no"])
+            // Committed results and reports are outputs, not code: they do not make a
+            // build dirty.
+            .args([
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+                ":(exclude)reports",
+            ])
             .output()
             .ok()
             .is_some_and(|o| !o.stdout.is_empty());
