@@ -9,8 +9,8 @@
 //! # Safety
 //!
 //! Every function here is `#[target_feature(enable = "avx512f,avx2,fma")]`: callers must
-//! have confirmed the CPU supports these features ([`Isa::Avx512`](super::simd::Isa) is only
-//! produced after `is_x86_feature_detected!`). The loads and stores go through raw pointers;
+//! have confirmed the CPU supports these features (the dispatchers in [`simd`](super::simd)
+//! check `Isa::is_available` first). The loads and stores go through raw pointers;
 //! each public entry point asserts the slice lengths that make every access in bounds, and
 //! each `unsafe` block says which assertion covers it.
 
@@ -25,6 +25,8 @@ const L: usize = 16;
 /// `e^x` on 16 lanes: [`exp`](super::exp::exp)'s argument reduction and degree-7 polynomial,
 /// the same accuracy (a few ulp, pinned by the tests of [`simd`](super::simd)) and the same
 /// edges: results below the normal range (and `-inf`) are zero, inputs above 88.3 clamped.
+/// NaN gives 0 here and about 1.2e-38 in the portable version (neither is meaningful: inputs
+/// are checked finite, and only scores that overflow f32 could produce NaN).
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 fn exp16(x: __m512) -> __m512 {
@@ -116,7 +118,7 @@ pub(super) unsafe fn online_softmax(
     ldq: usize,
     state: &mut OnlineState<'_>,
 ) {
-    assert!(ldq.is_multiple_of(L) && st.len() >= cols * ldq);
+    assert!(ldq.is_multiple_of(L) && super::simd::holds(st.len(), cols, ldq));
     assert!(state.m.len() >= ldq && state.l.len() >= ldq && state.rescale.len() >= ldq);
     let st = st.as_mut_ptr();
     let (m, l, rescale) = (

@@ -1,16 +1,18 @@
 //! Runtime-dispatched SIMD kernels: the flash engine's tile products and the softmax row
 //! operations, compiled once per instruction set and chosen once per process.
 //!
-//! The kernels are plain, safe Rust over fixed-size register blocks (`[[f32; C]; R]`), which
-//! LLVM keeps in vector registers and vectorizes to the width the enclosing function's target
-//! features allow. Each is instantiated three times: inside a
-//! `#[target_feature(enable = "avx512f,avx2,fma")]` function, inside an `avx2,fma` one, and with no
-//! extra features (the portable path, SSE2 on x86_64, NEON on aarch64). [`Isa::detect`] picks
-//! the widest the CPU supports at run time; tests force each path ([`Isa::available`]).
+//! The tile products of the AVX-512 and AVX2 paths are explicit microkernels (`tiles`), as
+//! are AVX-512's exponential, online softmax and elu+1 (`avx512`); the rest, and the portable
+//! path (SSE2 on x86_64, NEON on aarch64), are plain, safe Rust over fixed-size lane blocks
+//! that LLVM vectorizes to the width of the enclosing `#[target_feature]` function.
+//! [`Isa::detect`] picks the widest path the CPU supports at run time; tests force each path
+//! ([`Isa::available`]).
 //!
-//! The only `unsafe` is calling a `#[target_feature]` function, which is sound exactly when
-//! the CPU has the features; [`Isa::detect`] and [`Isa::available`] only return paths whose
-//! features `is_x86_feature_detected!` confirmed.
+//! Soundness: every dispatcher runs a path only after [`Isa::is_available`] confirmed the
+//! CPU's features (a path the CPU lacks falls back to `Portable`; the enum is public, so a
+//! value alone proves nothing), and the explicit kernels assert, with overflow-checked
+//! products, the slice lengths that bound their raw-pointer accesses. `ldq` and `ldv` must
+//! be multiples of [`PAD`] on every path.
 
 use std::sync::OnceLock;
 
@@ -65,10 +67,27 @@ impl Isa {
         v
     }
 
-    /// Whether this CPU can run the path.
+    /// Whether this CPU can run the path (detected once).
     pub fn is_available(self) -> bool {
-        Self::available().contains(&self)
+        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+        AVAILABLE.get_or_init(Self::available).contains(&self)
     }
+
+    /// `self` if this CPU can run it, else [`Isa::Portable`]. Every dispatcher goes through
+    /// this before calling a `#[target_feature]` function.
+    fn checked(self) -> Isa {
+        if self.is_available() {
+            self
+        } else {
+            Isa::Portable
+        }
+    }
+}
+
+/// Whether a slice of `len` elements holds `a * b` of them (false when the product
+/// overflows): the explicit kernels' bounds checks.
+pub(crate) fn holds(len: usize, a: usize, b: usize) -> bool {
+    a.checked_mul(b).is_some_and(|n| len >= n)
 }
 
 /// Lanes that query blocks and value rows are padded to (the widest register block).
@@ -103,12 +122,13 @@ pub struct Tile<'a> {
 
 /// `st = scale * k qt`: the tile's scores.
 pub fn scores(isa: Isa, t: &mut Tile<'_>, scale: f32) {
-    match isa {
+    assert!(t.ldq.is_multiple_of(PAD), "ldq must be a multiple of {PAD}");
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { super::tiles::avx512::scores(t, scale) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { super::tiles::avx2::scores(t, scale) },
         _ => scores_block::<4, 8, HAS_FMA>(t, scale),
     }
@@ -125,12 +145,13 @@ pub fn online_softmax(
     ldq: usize,
     state: &mut OnlineState<'_>,
 ) {
-    match isa {
+    assert!(ldq.is_multiple_of(PAD), "ldq must be a multiple of {PAD}");
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { super::avx512::online_softmax(st, cols, ldq, state) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { softmax_avx2(st, cols, ldq, state) },
         _ => softmax_cols(st, cols, ldq, state),
     }
@@ -152,12 +173,16 @@ pub struct OnlineState<'a> {
 
 /// `acc[i] = acc[i] * rescale[i] + sum_j st[j][i] v[j]` for the first `rows` queries.
 pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale: &[f32]) {
-    match isa {
+    assert!(
+        t.ldq.is_multiple_of(PAD) && t.ldv.is_multiple_of(PAD),
+        "ldq and ldv must be multiples of {PAD}"
+    );
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { super::tiles::avx512::pv(t, acc, rows, rescale) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { super::tiles::avx2::pv(t, acc, rows, rescale) },
         _ => pv_block::<4, 8, HAS_FMA>(t, acc, rows, rescale),
     }
@@ -165,12 +190,12 @@ pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale:
 
 /// Replaces each `x` with `e^(x - shift)` and returns their sum, on the given path.
 pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
-    match isa {
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { super::avx512::exp_shifted_sum(xs, shift) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { exp_sum_avx2(xs, shift) },
         _ => exp::exp_shifted_sum(xs, shift),
     }
@@ -179,13 +204,13 @@ pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
 /// `out[j] = scale * k_j . q` for the rows `k_j` (`q.len()` floats each) of `k`: the scores
 /// of a single query (decoding), vectorized along the head dimension.
 pub fn dot_rows(isa: Isa, k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
-    assert!(!q.is_empty() && k.len() >= out.len() * q.len());
-    match isa {
+    assert!(!q.is_empty() && holds(k.len(), out.len(), q.len()));
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { dot_rows_avx512(k, q, scale, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { dot_rows_avx2(k, q, scale, out) },
         _ => dot_rows_lanes::<HAS_FMA>(k, q, scale, out),
     }
@@ -235,12 +260,12 @@ fn dot_rows_avx2(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
 /// Replaces each `x` with `elu(x) + 1` (`x + 1` for positive `x`, else `e^x`), on the given
 /// path: the feature map of linear attention.
 pub fn elu1(isa: Isa, xs: &mut [f32]) {
-    match isa {
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { super::avx512::elu1(xs) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { elu1_avx2(xs) },
         _ => elu1_slice(xs),
     }
@@ -263,12 +288,12 @@ fn elu1_avx2(xs: &mut [f32]) {
 
 /// The maximum of a slice, on the given path.
 pub fn max(isa: Isa, xs: &[f32]) -> f32 {
-    match isa {
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { max_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { max_avx2(xs) },
         _ => exp::max(xs),
     }
@@ -313,8 +338,8 @@ fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
 #[inline(always)]
 fn scores_block<const R: usize, const C: usize, const F: bool>(t: &mut Tile<'_>, scale: f32) {
     let (cols, d, ldq) = (t.cols, t.d, t.ldq);
-    assert!(ldq % C == 0 && t.qt.len() >= d * ldq && t.k.len() >= cols * d);
-    assert!(t.st.len() >= cols * ldq);
+    assert!(ldq % C == 0 && holds(t.qt.len(), d, ldq) && holds(t.k.len(), cols, d));
+    assert!(holds(t.st.len(), cols, ldq));
     let full = cols - cols % R;
     for j in (0..full).step_by(R) {
         scores_rows::<R, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
@@ -359,6 +384,11 @@ fn scores_rows<const R: usize, const C: usize, const F: bool>(
 
 #[inline(always)]
 fn softmax_cols(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
+    assert!(
+        holds(st.len(), cols, ldq),
+        "{cols} keys of {ldq} in {}",
+        st.len()
+    );
     let OnlineState {
         m,
         l,
@@ -410,8 +440,8 @@ fn pv_block<const R: usize, const C: usize, const F: bool>(
     rescale: &[f32],
 ) {
     let (cols, ldq, ldv) = (t.cols, t.ldq, t.ldv);
-    assert!(ldv % C == 0 && t.v.len() >= cols * ldv && acc.len() >= rows * ldv);
-    assert!(t.st.len() >= cols * ldq && rows <= ldq && rescale.len() >= rows);
+    assert!(ldv % C == 0 && holds(t.v.len(), cols, ldv) && holds(acc.len(), rows, ldv));
+    assert!(holds(t.st.len(), cols, ldq) && rows <= ldq && rescale.len() >= rows);
     let full = rows - rows % R;
     for i in (0..full).step_by(R) {
         pv_rows::<R, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
@@ -465,14 +495,14 @@ fn pv_rows<const R: usize, const C: usize, const F: bool>(
 /// returns the flops performed and a value that depends on them (so the work is not
 /// optimized away). The machine's FMA peak is the rate of this loop.
 pub fn fma_chains(isa: Isa, iters: usize) -> (f64, f32) {
-    match isa {
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => (iters as f64 * 12.0 * 16.0 * 2.0, unsafe {
             fma_avx512(iters)
         }),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => (iters as f64 * 12.0 * 8.0 * 2.0, unsafe { fma_avx2(iters) }),
         _ => (iters as f64 * 12.0 * 4.0 * 2.0, fma_portable(iters)),
     }
@@ -530,12 +560,12 @@ fn fma_portable(iters: usize) -> f32 {
 
 /// The sum of a slice, on the given path (used to measure read bandwidth).
 pub fn sum(isa: Isa, xs: &[f32]) -> f32 {
-    match isa {
+    match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when avx512f, avx2 and fma were detected.
+        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
         Isa::Avx512 => unsafe { sum_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced when `avx2` and `fma` were detected.
+        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
         Isa::Avx2Fma => unsafe { sum_avx2(xs) },
         _ => exp::sum(xs),
     }
@@ -632,6 +662,43 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lengths_whose_products_overflow_are_refused_on_every_path() {
+        // cols * d and cols * ldq wrap to 0 in usize: the kernels must panic, not read or
+        // write past the empty slices.
+        for isa in Isa::available() {
+            let refused = std::panic::catch_unwind(|| {
+                let qt = vec![0.0f32; 16 * 16];
+                let mut st: Vec<f32> = Vec::new();
+                let mut t = Tile {
+                    qt: &qt,
+                    k: &[],
+                    v: &[],
+                    st: &mut st,
+                    cols: 1 << 60,
+                    d: 16,
+                    ldq: 16,
+                    ldv: 16,
+                };
+                scores(isa, &mut t, 1.0);
+            });
+            assert!(refused.is_err(), "{isa}: scores");
+            let refused = std::panic::catch_unwind(|| {
+                let (mut m, mut l, mut r) = (vec![0.0f32; 16], vec![0.0f32; 16], vec![0.0; 16]);
+                let (mut a, mut b) = (vec![0.0f32; 16], vec![0.0f32; 16]);
+                let mut state = OnlineState {
+                    m: &mut m,
+                    l: &mut l,
+                    rescale: &mut r,
+                    shift: &mut a,
+                    sums: &mut b,
+                };
+                online_softmax(isa, &mut [], 1 << 60, 16, &mut state);
+            });
+            assert!(refused.is_err(), "{isa}: online_softmax");
         }
     }
 

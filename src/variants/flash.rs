@@ -153,6 +153,14 @@ impl Attention for Flash {
 
     fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
         let isa = self.isa.unwrap_or_else(Isa::detect);
+        if !isa.is_available() {
+            // Called directly, without `attention::run`'s check of `unsupported`.
+            return Err(crate::error::ErrorKind::Unsupported {
+                variant: self.to_string(),
+                reasons: self.unsupported(&p.shape(), &p.opts()),
+            }
+            .into());
+        }
         tiled_forward(p, &p.mask(None), self.tiling, isa, out);
         Ok(())
     }
