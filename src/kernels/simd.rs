@@ -18,6 +18,23 @@ use std::sync::OnceLock;
 
 use super::exp;
 
+/// Runs the first expression on the AVX-512 path, the second on AVX2+FMA, the third
+/// otherwise, after [`Isa::checked`]: the one place `#[target_feature]` kernels are called.
+macro_rules! dispatch {
+    ($isa:expr, $avx512:expr, $avx2:expr, $portable:expr $(,)?) => {
+        match $isa.checked() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were
+            // detected on this CPU; memory safety is each kernel's own (its asserts).
+            Isa::Avx512 => unsafe { $avx512 },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
+            Isa::Avx2Fma => unsafe { $avx2 },
+            _ => $portable,
+        }
+    };
+}
+
 /// An instruction-set path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -123,15 +140,12 @@ pub struct Tile<'a> {
 /// `st = scale * k qt`: the tile's scores.
 pub fn scores(isa: Isa, t: &mut Tile<'_>, scale: f32) {
     assert!(t.ldq.is_multiple_of(PAD), "ldq must be a multiple of {PAD}");
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::tiles::avx512::scores(t, scale) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { super::tiles::avx2::scores(t, scale) },
-        _ => scores_block::<4, 8, HAS_FMA>(t, scale),
-    }
+    dispatch!(
+        isa,
+        super::tiles::avx512::scores(t, scale),
+        super::tiles::avx2::scores(t, scale),
+        scores_block::<4, 8, HAS_FMA>(t, scale)
+    )
 }
 
 /// The online-softmax update of one tile: with `m` the running maxima and `l` the running
@@ -146,15 +160,12 @@ pub fn online_softmax(
     state: &mut OnlineState<'_>,
 ) {
     assert!(ldq.is_multiple_of(PAD), "ldq must be a multiple of {PAD}");
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::avx512::online_softmax(st, cols, ldq, state) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { softmax_avx2(st, cols, ldq, state) },
-        _ => softmax_cols(st, cols, ldq, state),
-    }
+    dispatch!(
+        isa,
+        super::avx512::online_softmax(st, cols, ldq, state),
+        softmax_avx2(st, cols, ldq, state),
+        softmax_cols(st, cols, ldq, state)
+    )
 }
 
 /// The per-query running state of the online softmax, `ldq` entries each, plus scratch.
@@ -177,43 +188,34 @@ pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale:
         t.ldq.is_multiple_of(PAD) && t.ldv.is_multiple_of(PAD),
         "ldq and ldv must be multiples of {PAD}"
     );
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::tiles::avx512::pv(t, acc, rows, rescale) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { super::tiles::avx2::pv(t, acc, rows, rescale) },
-        _ => pv_block::<4, 8, HAS_FMA>(t, acc, rows, rescale),
-    }
+    dispatch!(
+        isa,
+        super::tiles::avx512::pv(t, acc, rows, rescale),
+        super::tiles::avx2::pv(t, acc, rows, rescale),
+        pv_block::<4, 8, HAS_FMA>(t, acc, rows, rescale)
+    )
 }
 
 /// Replaces each `x` with `e^(x - shift)` and returns their sum, on the given path.
 pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::avx512::exp_shifted_sum(xs, shift) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { exp_sum_avx2(xs, shift) },
-        _ => exp::exp_shifted_sum(xs, shift),
-    }
+    dispatch!(
+        isa,
+        super::avx512::exp_shifted_sum(xs, shift),
+        exp_sum_avx2(xs, shift),
+        exp::exp_shifted_sum(xs, shift)
+    )
 }
 
 /// `out[j] = scale * k_j . q` for the rows `k_j` (`q.len()` floats each) of `k`: the scores
 /// of a single query (decoding), vectorized along the head dimension.
 pub fn dot_rows(isa: Isa, k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
     assert!(!q.is_empty() && holds(k.len(), out.len(), q.len()));
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { dot_rows_avx512(k, q, scale, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { dot_rows_avx2(k, q, scale, out) },
-        _ => dot_rows_lanes::<HAS_FMA>(k, q, scale, out),
-    }
+    dispatch!(
+        isa,
+        dot_rows_avx512(k, q, scale, out),
+        dot_rows_avx2(k, q, scale, out),
+        dot_rows_lanes::<HAS_FMA>(k, q, scale, out)
+    )
 }
 
 #[inline(always)]
@@ -260,15 +262,7 @@ fn dot_rows_avx2(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
 /// Replaces each `x` with `elu(x) + 1` (`x + 1` for positive `x`, else `e^x`), on the given
 /// path: the feature map of linear attention.
 pub fn elu1(isa: Isa, xs: &mut [f32]) {
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { super::avx512::elu1(xs) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { elu1_avx2(xs) },
-        _ => elu1_slice(xs),
-    }
+    dispatch!(isa, super::avx512::elu1(xs), elu1_avx2(xs), elu1_slice(xs))
 }
 
 #[inline(always)]
@@ -288,15 +282,7 @@ fn elu1_avx2(xs: &mut [f32]) {
 
 /// The maximum of a slice, on the given path.
 pub fn max(isa: Isa, xs: &[f32]) -> f32 {
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { max_avx512(xs) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { max_avx2(xs) },
-        _ => exp::max(xs),
-    }
+    dispatch!(isa, max_avx512(xs), max_avx2(xs), exp::max(xs))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -495,17 +481,13 @@ fn pv_rows<const R: usize, const C: usize, const F: bool>(
 /// returns the flops performed and a value that depends on them (so the work is not
 /// optimized away). The machine's FMA peak is the rate of this loop.
 pub fn fma_chains(isa: Isa, iters: usize) -> (f64, f32) {
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => (iters as f64 * 12.0 * 16.0 * 2.0, unsafe {
-            fma_avx512(iters)
-        }),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => (iters as f64 * 12.0 * 8.0 * 2.0, unsafe { fma_avx2(iters) }),
-        _ => (iters as f64 * 12.0 * 4.0 * 2.0, fma_portable(iters)),
-    }
+    let (lanes, v) = dispatch!(
+        isa,
+        (16.0, fma_avx512(iters)),
+        (8.0, fma_avx2(iters)),
+        (4.0, fma_portable(iters))
+    );
+    (iters as f64 * 12.0 * lanes * 2.0, v)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -560,15 +542,7 @@ fn fma_portable(iters: usize) -> f32 {
 
 /// The sum of a slice, on the given path (used to measure read bandwidth).
 pub fn sum(isa: Isa, xs: &[f32]) -> f32 {
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were detected.
-        Isa::Avx512 => unsafe { sum_avx512(xs) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-        Isa::Avx2Fma => unsafe { sum_avx2(xs) },
-        _ => exp::sum(xs),
-    }
+    dispatch!(isa, sum_avx512(xs), sum_avx2(xs), exp::sum(xs))
 }
 
 #[cfg(target_arch = "x86_64")]

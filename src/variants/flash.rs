@@ -455,6 +455,19 @@ impl<'a> Task<'a> {
         }
     }
 
+    /// The task's key tiles `c0..c1` that the mask does not empty for the query rows `rows`,
+    /// with their class.
+    fn tiles(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (usize, usize, Tile)> + '_ {
+        self.keys.clone().step_by(self.bk).filter_map(move |c0| {
+            let c1 = (c0 + self.bk).min(self.keys.end);
+            let tile = self.mask.classify(self.g, rows.clone(), c0..c1);
+            (tile != Tile::Empty).then_some((c0, c1, tile))
+        })
+    }
+
     /// The keys and values `keys` as contiguous slices (`d` and padded `d_v` floats per key):
     /// read in place when the inputs allow, else copied into `kbuf` and `vbuf`.
     fn kv_tile<'b>(
@@ -506,14 +519,8 @@ impl<'a> Task<'a> {
         }
         let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
         ws.acc[..ldv].fill(0.0);
-        let rows = self.r0..self.r0 + 1;
-        for c0 in self.keys.clone().step_by(self.bk) {
-            let c1 = (c0 + self.bk).min(self.keys.end);
+        for (c0, c1, tile) in self.tiles(self.r0..self.r0 + 1) {
             let cols = c1 - c0;
-            let tile = self.mask.classify(self.g, rows.clone(), c0..c1);
-            if tile == Tile::Empty {
-                continue;
-            }
             let (k, v) = self.kv_tile(&mut ws.k, &mut ws.v, c0..c1);
             let row = &mut ws.row[..cols];
             simd::dot_rows(self.isa, k, &ws.qt[..d], self.scale, row);
@@ -573,13 +580,8 @@ impl<'a> Task<'a> {
         ws.l[..ldq].fill(0.0);
         ws.acc[..rows * ldv].fill(0.0);
 
-        for c0 in self.keys.clone().step_by(self.bk) {
-            let c1 = (c0 + self.bk).min(self.keys.end);
+        for (c0, c1, tile) in self.tiles(row_range.clone()) {
             let cols = c1 - c0;
-            let tile = self.mask.classify(self.g, row_range.clone(), c0..c1);
-            if tile == Tile::Empty {
-                continue;
-            }
             let (k, v) = self.kv_tile(&mut ws.k, &mut ws.v, c0..c1);
             let mut t = simd::Tile {
                 qt: &ws.qt[..d * ldq],
