@@ -52,20 +52,14 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         err_dense_cosine: Some(1.0),
         err_own_rel: Some(2e-7),
         err_own_max_abs: Some(1e-6),
-        dropped_mass: None,
         oracle_rows: Some(64),
-        modifiers: String::new(),
-        pct_of_bandwidth: None,
-        d_model: None,
-        layer_ms: None,
-        proj_ms: None,
-        core_ms: None,
         status: status.into(),
         note: if status == "ok" {
             String::new()
         } else {
             format!("{status} on purpose")
         },
+        ..Record::default()
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::machine::Machine;
 
 /// One row of a results CSV.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// The run this row belongs to (also the file name stem).
     pub run_id: String,
@@ -112,6 +112,7 @@ pub struct Record {
 
 impl Record {
     /// A row for `variant` on `shape` with every measurement empty, status `ok` and no note.
+    /// (`Record::default()` is entirely blank: no variant, no shape, empty status.)
     pub fn unmeasured(
         run_id: &str,
         variant: &dyn crate::attention::Attention,
@@ -134,33 +135,8 @@ impl Record {
             causal,
             threads,
             workload,
-            time_median_ms: None,
-            time_min_ms: None,
-            time_max_ms: None,
-            repeats: None,
-            flops: None,
-            gflops: None,
-            gemm_gflops: None,
-            pct_of_gemm: None,
-            pct_of_peak: None,
-            peak_bytes: None,
-            workspace_bytes: None,
-            density: None,
-            err_dense_rel: None,
-            err_dense_max_abs: None,
-            err_dense_cosine: None,
-            err_own_rel: None,
-            err_own_max_abs: None,
-            dropped_mass: None,
-            oracle_rows: None,
-            modifiers: String::new(),
-            pct_of_bandwidth: None,
-            d_model: None,
-            layer_ms: None,
-            proj_ms: None,
-            core_ms: None,
             status: "ok".into(),
-            note: String::new(),
+            ..Self::default()
         }
     }
 }

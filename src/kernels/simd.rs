@@ -561,6 +561,37 @@ fn sum_avx2(xs: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// Owned buffers of an empty online-softmax state for `ldq` queries.
+    struct StateBufs {
+        m: Vec<f32>,
+        l: Vec<f32>,
+        rescale: Vec<f32>,
+        shift: Vec<f32>,
+        sums: Vec<f32>,
+    }
+
+    impl StateBufs {
+        fn new(ldq: usize) -> Self {
+            Self {
+                m: vec![f32::NEG_INFINITY; ldq],
+                l: vec![0.0; ldq],
+                rescale: vec![0.0; ldq],
+                shift: vec![0.0; ldq],
+                sums: vec![0.0; ldq],
+            }
+        }
+
+        fn state(&mut self) -> OnlineState<'_> {
+            OnlineState {
+                m: &mut self.m,
+                l: &mut self.l,
+                rescale: &mut self.rescale,
+                shift: &mut self.shift,
+                sums: &mut self.sums,
+            }
+        }
+    }
+
     #[test]
     fn every_path_matches_a_naive_tile() {
         // Query and value paddings of 16, 32 and 64 select every register block of each
@@ -603,18 +634,9 @@ mod tests {
             }
             let raw = t.st.to_vec();
             // One online-softmax step from an empty state, then the accumulation.
-            let mut m = vec![f32::NEG_INFINITY; ldq];
-            let mut l = vec![0.0f32; ldq];
-            let mut rescale = vec![0.0f32; ldq];
-            let (mut a, mut b) = (vec![0.0f32; ldq], vec![0.0f32; ldq]);
-            let mut state = OnlineState {
-                m: &mut m,
-                l: &mut l,
-                rescale: &mut rescale,
-                shift: &mut a,
-                sums: &mut b,
-            };
-            online_softmax(isa, t.st, cols, ldq, &mut state);
+            let mut bufs = StateBufs::new(ldq);
+            online_softmax(isa, t.st, cols, ldq, &mut bufs.state());
+            let StateBufs { m, l, rescale, .. } = bufs;
             let mut acc = vec![0.0f32; rows * ldv];
             accumulate(isa, &t, &mut acc, rows, &rescale);
             for i in 0..rows {
@@ -661,16 +683,7 @@ mod tests {
             });
             assert!(refused.is_err(), "{isa}: scores");
             let refused = std::panic::catch_unwind(|| {
-                let (mut m, mut l, mut r) = (vec![0.0f32; 16], vec![0.0f32; 16], vec![0.0; 16]);
-                let (mut a, mut b) = (vec![0.0f32; 16], vec![0.0f32; 16]);
-                let mut state = OnlineState {
-                    m: &mut m,
-                    l: &mut l,
-                    rescale: &mut r,
-                    shift: &mut a,
-                    sums: &mut b,
-                };
-                online_softmax(isa, &mut [], 1 << 60, 16, &mut state);
+                online_softmax(isa, &mut [], 1 << 60, 16, &mut StateBufs::new(16).state());
             });
             assert!(refused.is_err(), "{isa}: online_softmax");
         }
@@ -692,18 +705,9 @@ mod tests {
         for isa in Isa::available() {
             let mut st = vec![f32::NEG_INFINITY; cols * ldq];
             st[0] = 1.0; // query 0 sees key 0; the others see nothing
-            let mut m = vec![f32::NEG_INFINITY; ldq];
-            let mut l = vec![0.0f32; ldq];
-            let mut r = vec![0.0f32; ldq];
-            let (mut a, mut b) = (vec![0.0f32; ldq], vec![0.0f32; ldq]);
-            let mut state = OnlineState {
-                m: &mut m,
-                l: &mut l,
-                rescale: &mut r,
-                shift: &mut a,
-                sums: &mut b,
-            };
-            online_softmax(isa, &mut st, cols, ldq, &mut state);
+            let mut bufs = StateBufs::new(ldq);
+            online_softmax(isa, &mut st, cols, ldq, &mut bufs.state());
+            let StateBufs { m, l, .. } = bufs;
             assert_eq!((m[0], l[0]), (1.0, 1.0), "{isa}");
             assert_eq!((m[1], l[1]), (f32::NEG_INFINITY, 0.0), "{isa}");
             assert!(

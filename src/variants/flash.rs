@@ -312,19 +312,22 @@ fn split_kv_forward(
             let ldv = simd::padded(shape.v_dim);
             let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
                 .into_par_iter()
-                .map(|s| {
-                    // Split on tile boundaries so that tiles are the same as unsplit.
-                    let k0 = (s * tiles / splits * tiling.bk).min(shape.n_kv);
-                    let k1 = ((s + 1) * tiles / splits * tiling.bk).min(shape.n_kv);
-                    let task = Task::new(p, mask, (b, h, r0..r0 + rows), k0..k1, tiling.bk, isa);
-                    let mut ws = Workspace::new(t, shape.head_dim, shape.v_dim);
-                    task.accumulate(&mut ws);
-                    (
-                        ws.m[..rows].to_vec(),
-                        ws.l[..rows].to_vec(),
-                        ws.acc[..rows * ldv].to_vec(),
-                    )
-                })
+                .map_init(
+                    || Workspace::new(t, shape.head_dim, shape.v_dim),
+                    |ws, s| {
+                        // Split on tile boundaries so that tiles are the same as unsplit.
+                        let k0 = (s * tiles / splits * tiling.bk).min(shape.n_kv);
+                        let k1 = ((s + 1) * tiles / splits * tiling.bk).min(shape.n_kv);
+                        let task =
+                            Task::new(p, mask, (b, h, r0..r0 + rows), k0..k1, tiling.bk, isa);
+                        task.accumulate(ws);
+                        (
+                            ws.m[..rows].to_vec(),
+                            ws.l[..rows].to_vec(),
+                            ws.acc[..rows * ldv].to_vec(),
+                        )
+                    },
+                )
                 .collect();
             // The merge, in f64: each part is an f32 accumulation over at most SPLIT_KEYS.
             let mut merged = vec![0.0f64; shape.v_dim];
