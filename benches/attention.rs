@@ -48,7 +48,9 @@ fn bench_lengths(c: &mut Criterion) {
                     continue;
                 }
                 group.bench_with_input(BenchmarkId::new(v.to_string(), n), &n, |b, _| {
-                    b.iter(|| v.forward(&p, out.view_mut()).expect("forward"))
+                    b.iter(|| {
+                        attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward")
+                    })
                 });
             }
         }
@@ -75,7 +77,9 @@ fn bench_decode(c: &mut Criterion) {
         group.throughput(Throughput::Elements((batch * heads * n_kv) as u64));
         for v in &variants {
             group.bench_with_input(BenchmarkId::new(v.to_string(), n_kv), &n_kv, |b, _| {
-                b.iter(|| v.forward(&p, out.view_mut()).expect("forward"))
+                b.iter(|| {
+                    attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward")
+                })
             });
         }
     }

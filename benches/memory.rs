@@ -34,8 +34,9 @@ fn main() {
                 if !v.unsupported(&shape, &opts).is_empty() {
                     continue;
                 }
-                v.forward(&p, out.view_mut()).expect("forward");
-                let (r, peak) = measure(|| v.forward(&p, out.view_mut()));
+                attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward");
+                let (r, peak) =
+                    measure(|| attnbench::attention::run(v.as_ref(), &p, out.view_mut()));
                 r.expect("forward");
                 println!(
                     "{:<58} {:>7} {:>6} {:>14} {:>14}",
@@ -43,7 +44,8 @@ fn main() {
                     causal,
                     n,
                     peak.expect("the counting allocator is installed"),
-                    v.cost(&shape, &opts).workspace_bytes
+                    v.cost(&shape, &opts, rayon::current_num_threads())
+                        .workspace_bytes
                 );
             }
         }

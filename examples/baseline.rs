@@ -58,7 +58,9 @@ fn main() -> attnbench::Result<()> {
     let mut medians = Vec::new();
     for spec in &specs {
         let v = reg.build(spec)?;
-        let t = time(&cfg, || v.forward(&p, out.view_mut()))?;
+        let t = time(&cfg, || {
+            attnbench::attention::run(v.as_ref(), &p, out.view_mut())
+        })?;
         medians.push((v.to_string(), t.median.as_secs_f64()));
         println!(
             "{:<24} n={n}: median {:8.2} ms (min {:.2}, max {:.2}, {} runs), {:6.1} GFLOP/s, {:4.0}% of GEMM",
@@ -86,10 +88,10 @@ fn main() -> attnbench::Result<()> {
         let mut out = Array4::<f32>::zeros(shape.out_dims());
         for spec in ["full", "flash"] {
             let v = reg.build(spec)?;
-            v.forward(&p, out.view_mut())?; // warm-up: rayon's pool start-up allocates
-            let (r, peak) = measure(|| v.forward(&p, out.view_mut()));
+            attnbench::attention::run(v.as_ref(), &p, out.view_mut())?; // warm-up: rayon's pool start-up allocates
+            let (r, peak) = measure(|| attnbench::attention::run(v.as_ref(), &p, out.view_mut()));
             r?;
-            let cost = v.cost(&shape, &p.opts());
+            let cost = v.cost(&shape, &p.opts(), rayon::current_num_threads());
             println!(
                 "{:<24} n={n:5}: peak heap {:>12} bytes (analytic workspace {:>12})",
                 v.to_string(),

@@ -22,8 +22,10 @@ use attnbench::harness::timing::TimingConfig;
 use attnbench::registry::{ParamInfo, VariantInfo};
 use attnbench::report::write_report;
 use attnbench::variants::sparse::Sparse;
-use attnbench::{Attention, Cost, Fidelity, Geometry, Options, Pattern, Problem, Registry, Shape};
-use ndarray::{ArrayViewMut4, s};
+use attnbench::{
+    Attention, Call, Cost, Fidelity, Geometry, Options, Out, Pattern, Registry, Shape,
+};
+use ndarray::s;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -57,29 +59,30 @@ impl Attention for TopK {
         }
     }
 
-    fn cost(&self, s: &Shape, _: &Options) -> Cost {
-        let pairs = (s.batch * s.heads * s.n_q * s.n_kv) as f64;
+    fn cost(&self, s: &Shape, _: &Options, _threads: usize) -> Cost {
+        let pairs = (s.batch() * s.heads() * s.n_q() * s.n_kv()) as f64;
         Cost {
-            flops: 2.0 * pairs * s.head_dim as f64,
-            workspace_bytes: (s.n_kv * 8) as u64,
+            flops: 2.0 * pairs * s.head_dim() as f64,
+            workspace_bytes: (s.n_kv() * 8) as u64,
         }
     }
 
-    fn forward(&self, p: &Problem<'_>, mut out: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
+    fn forward(&self, p: &Call<'_>, out: Out<'_>) -> attnbench::Result<()> {
+        let mut out = out.into_view();
         let sh = p.shape();
-        let mut scores: Vec<(f32, usize)> = Vec::with_capacity(sh.n_kv);
-        for b in 0..sh.batch {
-            for h in 0..sh.heads {
+        let mut scores: Vec<(f32, usize)> = Vec::with_capacity(sh.n_kv());
+        for b in 0..sh.batch() {
+            for h in 0..sh.heads() {
                 let kvh = sh.kv_head_of(h);
                 let (k, v) = (
                     p.k().slice_move(s![b, kvh, .., ..]),
                     p.v().slice_move(s![b, kvh, .., ..]),
                 );
-                for i in 0..sh.n_q {
+                for i in 0..sh.n_q() {
                     let q = p.q().slice_move(s![b, h, i, ..]);
                     scores.clear();
-                    scores.extend((0..sh.n_kv).map(|j| (p.scale() * q.dot(&k.row(j)), j)));
-                    let keep = self.k.min(sh.n_kv);
+                    scores.extend((0..sh.n_kv()).map(|j| (p.scale() * q.dot(&k.row(j)), j)));
+                    let keep = self.k.min(sh.n_kv());
                     scores.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
                     let top = &scores[..keep];
                     let m = top.iter().map(|s| s.0).fold(f32::NEG_INFINITY, f32::max);

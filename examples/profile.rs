@@ -37,7 +37,7 @@ fn main() -> attnbench::Result<()> {
     let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), Options::new())?;
     let variant = Registry::builtin().build(&spec)?;
     let mut out = Array4::<f32>::zeros(shape.out_dims());
-    variant.forward(&p, out.view_mut())?;
+    attnbench::attention::run(variant.as_ref(), &p, out.view_mut())?;
     println!(
         "{variant} at n={n}, {heads} heads: output sum {}",
         out.sum()

@@ -47,10 +47,12 @@ fn main() -> attnbench::Result<()> {
         let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
         let mut out = Array4::<f32>::zeros(shape.out_dims());
         for v in &variants {
-            let t = time(&cfg, || v.forward(&p, out.view_mut()))?;
-            let (r, peak) = measure(|| v.forward(&p, out.view_mut()));
+            let t = time(&cfg, || {
+                attnbench::attention::run(v.as_ref(), &p, out.view_mut())
+            })?;
+            let (r, peak) = measure(|| attnbench::attention::run(v.as_ref(), &p, out.view_mut()));
             r?;
-            let cost = v.cost(&shape, &opts);
+            let cost = v.cost(&shape, &opts, rayon::current_num_threads());
             println!(
                 "{:<40} n={n:6}: median {:9.2} ms  peak heap {:>11} B  workspace {:>11} B  {:6.1} GFLOP/s executed",
                 v.to_string(),

@@ -168,7 +168,7 @@ impl<'a> Problem<'a> {
         opts: Options,
     ) -> Result<Self> {
         let shape = Shape::from_views(&q, &k, &v)?;
-        opts.check(shape.head_dim)?;
+        opts.check(shape.head_dim())?;
         check_finite("q", &q)?;
         check_finite("k", &k)?;
         check_finite("v", &v)?;
@@ -186,10 +186,10 @@ impl<'a> Problem<'a> {
     /// no weight, and a query with no remaining key gets a zero row. Needs one length per
     /// batch element, each at most `n_kv`.
     pub fn with_key_lengths(mut self, lengths: &'a [usize]) -> Result<Self> {
-        if lengths.len() != self.shape.batch {
+        if lengths.len() != self.shape.batch() {
             return Err(ErrorKind::ShapeMismatch {
                 what: "key lengths: one per batch element".into(),
-                expected: self.shape.batch,
+                expected: self.shape.batch(),
                 got: lengths.len(),
             }
             .into());
@@ -197,13 +197,13 @@ impl<'a> Problem<'a> {
         if let Some((b, &len)) = lengths
             .iter()
             .enumerate()
-            .find(|(_, l)| **l > self.shape.n_kv)
+            .find(|(_, l)| **l > self.shape.n_kv())
         {
             return Err(ErrorKind::BadOption {
                 option: "key lengths",
                 message: format!(
                     "batch element {b} has length {len}, longer than the {} keys",
-                    self.shape.n_kv
+                    self.shape.n_kv()
                 ),
             }
             .into());
@@ -214,7 +214,7 @@ impl<'a> Problem<'a> {
 
     /// The valid keys of batch element `b`: `n_kv` unless key lengths were given.
     pub fn key_len(&self, b: usize) -> usize {
-        self.key_lengths.map_or(self.shape.n_kv, |l| l[b])
+        self.key_lengths.map_or(self.shape.n_kv(), |l| l[b])
     }
 
     /// The per-batch key lengths, if any.
@@ -254,7 +254,7 @@ impl<'a> Problem<'a> {
 
     /// The score scale in effect.
     pub fn scale(&self) -> f32 {
-        self.opts.scale_for(self.shape.head_dim)
+        self.opts.scale_for(self.shape.head_dim())
     }
 
     /// The mask this call applies for a variant with the given pattern.
@@ -263,12 +263,77 @@ impl<'a> Problem<'a> {
     }
 }
 
+/// One call of one variant that [`run`] has checked, the only value a variant's
+/// [`forward`](Attention::forward) receives.
+///
+/// Only [`run`] and [`weights`] build it, after checking the variant's [`reasons`] for the
+/// problem, so a kernel may rely on: validated shapes and finite inputs ([`Problem::new`]),
+/// every requested [`Feature`] supported, and RoPE already applied to Q and K (its
+/// [`opts`](Problem::opts) then carry `rope: None`). It dereferences to the [`Problem`] it
+/// was made from (with the rotated inputs), and carries the worker thread count in effect.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    problem: Problem<'a>,
+    threads: usize,
+}
+
+impl<'a> Call<'a> {
+    /// The worker threads of the rayon pool the call runs in (at least 1).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl<'a> std::ops::Deref for Call<'a> {
+    type Target = Problem<'a>;
+
+    fn deref(&self) -> &Problem<'a> {
+        &self.problem
+    }
+}
+
+/// An output view whose dimensions were checked against a [`Shape`]: `[batch, heads, n_q,
+/// v_dim]`, any strides.
+#[derive(Debug)]
+pub struct Out<'a> {
+    view: ArrayViewMut4<'a, f32>,
+}
+
+impl<'a> Out<'a> {
+    /// Checks that `view` is `[batch, heads, n_q, v_dim]` of `shape`; an error names the first
+    /// axis that differs.
+    pub fn new(view: ArrayViewMut4<'a, f32>, shape: &Shape) -> Result<Self> {
+        let expected = shape.out_dims();
+        let got = view.shape();
+        for (axis, name) in ["batch", "heads", "n_q", "v_dim"].iter().enumerate() {
+            if got[axis] != expected[axis] {
+                return Err(ErrorKind::ShapeMismatch {
+                    what: format!(
+                        "out axis {axis} ({name}); out must be [batch, heads, n_q, v_dim]"
+                    ),
+                    expected: expected[axis],
+                    got: got[axis],
+                }
+                .into());
+            }
+        }
+        Ok(Self { view })
+    }
+
+    /// The checked view.
+    pub fn into_view(self) -> ArrayViewMut4<'a, f32> {
+        self.view
+    }
+}
+
 /// An attention variant.
 ///
 /// Implementations compute `softmax(scale * Q K^T + mask) V` or an approximation of it for
 /// every (batch, head), with query head `h` reading key/value head `h / (heads / kv_heads)`.
 /// Their `Display` is the canonical spec string, which the [registry](crate::registry) parses
-/// back to an equal variant.
+/// back to an equal variant. A variant is run only through [`run`] (or [`attend`],
+/// [`attend_into`]), which hands [`forward`](Attention::forward) a [`Call`] nothing else can
+/// build.
 pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
     /// The registry name, e.g. `"flash"`.
     fn name(&self) -> &'static str;
@@ -295,23 +360,25 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
         false
     }
 
-    /// The analytic cost of one call.
-    fn cost(&self, shape: &Shape, opts: &Options) -> Cost;
+    /// The analytic cost of one call of `shape` with `opts` on `threads` worker threads.
+    fn cost(&self, shape: &Shape, opts: &Options, threads: usize) -> Cost;
 
     /// The attention weights this variant effectively applies to (batch `b`, query head `h`)
-    /// of `problem`: `[n_q, n_kv]`, rows summing to 1 (or zero), for attention maps.
+    /// of `call`: `[n_q, n_kv]`, rows summing to 1 (or zero), for attention maps. Callers use
+    /// the free function [`weights`].
     ///
     /// The default, `None`, means: the softmax weights under [`pattern`](Attention::pattern)
     /// for an exact variant ([`crate::oracle::weights`]), not available otherwise. Variants
     /// that compute a different kernel (e.g. linear attention) override it.
-    fn weights(&self, _problem: &Problem<'_>, _b: usize, _h: usize) -> Option<Array2<f64>> {
+    fn weights(&self, _call: &Call<'_>, _b: usize, _h: usize) -> Option<Array2<f64>> {
         None
     }
 
-    /// Computes the attention of `problem` into `out` (`[batch, heads, n_q, v_dim]`, any
-    /// strides), overwriting it. The caller has validated `problem`, checked
-    /// [`unsupported`](Attention::unsupported) and the shape of `out`.
-    fn forward(&self, problem: &Problem<'_>, out: ArrayViewMut4<'_, f32>) -> Result<()>;
+    /// Computes the attention of `call` into `out`, overwriting it.
+    ///
+    /// # Shapes
+    /// `out`: `[batch, heads, n_q, v_dim]` of `call.shape()`, checked by [`Out::new`].
+    fn forward(&self, call: &Call<'_>, out: Out<'_>) -> Result<()>;
 }
 
 /// Every reason `variant` cannot run `shape` with `opts` and, when `key_padding`, per-batch key
@@ -367,12 +434,46 @@ pub fn attend_into<D: Dimension>(
 }
 
 /// Checks `variant`'s [`reasons`] and the shape of `out`, applies RoPE to Q and K when the
-/// options ask for it, then runs `forward` on the validated problem.
+/// options ask for it, then runs `forward` on the checked [`Call`]: the one way into a
+/// kernel.
 pub fn run(
     variant: &dyn Attention,
     problem: &Problem<'_>,
     out: ArrayViewMut4<'_, f32>,
 ) -> Result<()> {
+    let out = Out::new(out, &problem.shape())?;
+    with_call(variant, problem, |call| variant.forward(call, out))
+}
+
+/// The attention weights `variant` applies to (batch `b`, query head `h`) of `problem`
+/// (`[n_q, n_kv]`, see [`Attention::weights`]), after the same checks as [`run`]; `None` when
+/// the variant does not expose them. An error if `b` or `h` is out of range.
+pub fn weights(
+    variant: &dyn Attention,
+    problem: &Problem<'_>,
+    b: usize,
+    h: usize,
+) -> Result<Option<Array2<f64>>> {
+    let shape = problem.shape();
+    for (what, i, n) in [("batch", b, shape.batch()), ("head", h, shape.heads())] {
+        if i >= n {
+            return Err(ErrorKind::BadOption {
+                option: "weights",
+                message: format!("{what} {i} is out of range: the problem has {n}"),
+            }
+            .into());
+        }
+    }
+    with_call(variant, problem, |call| Ok(variant.weights(call, b, h)))
+}
+
+/// Checks `variant`'s reasons for `problem`, applies RoPE, and calls `f` with the checked
+/// call.
+fn with_call<T>(
+    variant: &dyn Attention,
+    problem: &Problem<'_>,
+    f: impl FnOnce(&Call<'_>) -> Result<T>,
+) -> Result<T> {
     let reasons = reasons(
         variant,
         &problem.shape(),
@@ -386,20 +487,12 @@ pub fn run(
         }
         .into());
     }
-    let expected = problem.shape().out_dims();
-    let got = out.shape();
-    for (axis, name) in ["batch", "heads", "n_q", "v_dim"].iter().enumerate() {
-        if got[axis] != expected[axis] {
-            return Err(ErrorKind::ShapeMismatch {
-                what: format!("out axis {axis} ({name}); out must be [batch, heads, n_q, v_dim]"),
-                expected: expected[axis],
-                got: got[axis],
-            }
-            .into());
-        }
-    }
+    let threads = rayon::current_num_threads();
     match problem.opts.rope {
-        None => variant.forward(problem, out),
+        None => f(&Call {
+            problem: *problem,
+            threads,
+        }),
         Some(base) => {
             let offset = problem.shape.offset();
             let q = modifier::rope(problem.q, offset, base);
@@ -413,7 +506,10 @@ pub fn run(
                 },
                 ..*problem
             };
-            variant.forward(&rotated, out)
+            f(&Call {
+                problem: rotated,
+                threads,
+            })
         }
     }
 }

@@ -195,22 +195,22 @@ mod tests {
         assert_eq!(cs.len(), 40);
         assert!(
             cs.iter()
-                .any(|c| c.shape.n_q != c.shape.n_kv && c.shape.n_q > 1)
+                .any(|c| c.shape.n_q() != c.shape.n_kv() && c.shape.n_q() > 1)
         );
-        assert!(cs.iter().any(|c| c.shape.n_q > c.shape.n_kv));
-        assert!(cs.iter().any(|c| c.shape.v_dim != c.shape.head_dim));
+        assert!(cs.iter().any(|c| c.shape.n_q() > c.shape.n_kv()));
+        assert!(cs.iter().any(|c| c.shape.v_dim() != c.shape.head_dim()));
         assert!(
             cs.iter()
-                .any(|c| c.shape.kv_heads == 1 && c.shape.heads > 1)
+                .any(|c| c.shape.kv_heads() == 1 && c.shape.heads() > 1)
         );
-        assert!(cs.iter().any(|c| c.shape.batch == 2));
+        assert!(cs.iter().any(|c| c.shape.batch() == 2));
         for d in [1, 16, 64, 128] {
-            assert!(cs.iter().any(|c| c.shape.head_dim == d), "d = {d}");
+            assert!(cs.iter().any(|c| c.shape.head_dim() == d), "d = {d}");
         }
         assert_eq!(cs.iter().filter(|c| c.opts.causal).count(), 20);
         assert!(
             cs.iter()
-                .any(|c| c.opts.alibi && c.shape.n_q != c.shape.n_kv)
+                .any(|c| c.opts.alibi && c.shape.n_q() != c.shape.n_kv())
         );
         assert!(cs.iter().any(|c| c.opts.softcap.is_some()));
         assert!(cs.iter().any(|c| c.opts.rope.is_some()));

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Axis};
 
-use crate::attention::{Attention, Fidelity, Options, Problem};
+use crate::attention::{self, Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::oracle;
 use crate::report::charts::{WeightPanel, save_weight_maps};
@@ -218,7 +218,7 @@ pub fn write_maps(cfg: &MapsConfig) -> Result<MapsOutput> {
             }];
             let mut head_rows = vec![(String::from("full"), full_stats, None)];
             for v in &cfg.variants {
-                let w = v.weights(&problem, b, h).or_else(|| {
+                let w = attention::weights(v.as_ref(), &problem, b, h)?.or_else(|| {
                     (v.fidelity() == Fidelity::Exact)
                         .then(|| oracle::weights(&problem, v.pattern(), b, h))
                 });

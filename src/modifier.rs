@@ -77,7 +77,7 @@ impl ScoreMods {
     pub fn for_head(shape: &Shape, opts: &crate::Options, h: usize) -> Self {
         Self {
             softcap: opts.softcap,
-            alibi_slope: opts.alibi.then(|| alibi_slopes(shape.heads)[h] as f32),
+            alibi_slope: opts.alibi.then(|| alibi_slopes(shape.heads())[h] as f32),
             offset: shape.offset(),
         }
     }

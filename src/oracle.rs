@@ -18,7 +18,7 @@ use crate::pattern::{Geometry, Pattern};
 /// Softmax attention of every query row under `pattern` (dense when `None`) and the problem's
 /// causal flag, key lengths and score modifiers, in `f64`: `[batch, heads, n_q, v_dim]`.
 pub fn oracle(problem: &Problem<'_>, pattern: Option<&dyn Pattern>) -> Array4<f64> {
-    let rows: Vec<usize> = (0..problem.shape().n_q).collect();
+    let rows: Vec<usize> = (0..problem.shape().n_q()).collect();
     oracle_rows(problem, pattern, &rows)
 }
 
@@ -34,12 +34,12 @@ pub fn oracle_rows(
 ) -> Array4<f64> {
     let shape = problem.shape();
     assert!(
-        rows.iter().all(|&r| r < shape.n_q),
+        rows.iter().all(|&r| r < shape.n_q()),
         "oracle rows must be below n_q = {}",
-        shape.n_q
+        shape.n_q()
     );
     let mask = problem.mask(pattern);
-    let mut out = Array4::zeros([shape.batch, shape.heads, rows.len(), shape.v_dim]);
+    let mut out = Array4::zeros([shape.batch(), shape.heads(), rows.len(), shape.v_dim()]);
     for_each_head(out.view_mut(), |b, h, mut head_out| {
         let head = HeadRef::new(problem, b, h);
         let v = problem
@@ -81,7 +81,7 @@ pub fn weights(
     let shape = problem.shape();
     let mask = problem.mask(pattern);
     let head = HeadRef::new(problem, b, h);
-    let mut w = Array2::zeros((shape.n_q, shape.n_kv));
+    let mut w = Array2::zeros((shape.n_q(), shape.n_kv()));
     for (i, mut row) in w.outer_iter_mut().enumerate() {
         let scores = head.scores(i, &mask);
         let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
@@ -159,8 +159,8 @@ pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]
     let dense = problem.mask(None);
     let mut total = 0.0;
     let mut count = 0usize;
-    for b in 0..shape.batch {
-        for h in 0..shape.heads {
+    for b in 0..shape.batch() {
+        for h in 0..shape.heads() {
             let head = HeadRef::new(problem, b, h);
             for &i in rows {
                 let scores = head.scores(i, &dense);

@@ -10,24 +10,26 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// Q is `[batch, heads, n_q, head_dim]`, K is `[batch, kv_heads, n_kv, head_dim]`, V is
 /// `[batch, kv_heads, n_kv, v_dim]` and the output is `[batch, heads, n_q, v_dim]`.
-/// A `Shape` obtained from [`Shape::from_views`] or [`Shape::new`] is valid: every size is at
-/// least 1 and `heads` is a multiple of `kv_heads`. Kernels rely on this.
+/// The fields are private and the only constructors, [`Shape::new`], [`Shape::from_views`]
+/// and [`Shape::self_attention`], validate: every size is at least 1 and `heads` is a
+/// multiple of `kv_heads`. Kernels and [`Attention::cost`](crate::Attention::cost) rely on
+/// this (no division by zero, no empty loop bounds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shape {
     /// Batch size.
-    pub batch: usize,
+    batch: usize,
     /// Query heads.
-    pub heads: usize,
+    heads: usize,
     /// Key/value heads (`heads` for multi-head, 1 for multi-query attention).
-    pub kv_heads: usize,
+    kv_heads: usize,
     /// Query sequence length.
-    pub n_q: usize,
+    n_q: usize,
     /// Key/value sequence length.
-    pub n_kv: usize,
+    n_kv: usize,
     /// Query/key head dimension.
-    pub head_dim: usize,
+    head_dim: usize,
     /// Value head dimension (usually equal to `head_dim`).
-    pub v_dim: usize,
+    v_dim: usize,
 }
 
 impl Shape {
@@ -94,6 +96,41 @@ impl Shape {
         same("seq length n_kv of v (axis 2) vs k", kd.2, vd.2)?;
         same("head_dim of k (axis 3) vs q", qd.3, kd.3)?;
         Self::new(qd.0, qd.1, kd.1, qd.2, kd.2, qd.3, vd.3)
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Query heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Key/value heads (`heads` for multi-head, 1 for multi-query attention).
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+
+    /// Query sequence length.
+    pub fn n_q(&self) -> usize {
+        self.n_q
+    }
+
+    /// Key/value sequence length.
+    pub fn n_kv(&self) -> usize {
+        self.n_kv
+    }
+
+    /// Query/key head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Value head dimension (usually equal to `head_dim`).
+    pub fn v_dim(&self) -> usize {
+        self.v_dim
     }
 
     /// `[batch, heads, n_q, head_dim]`.

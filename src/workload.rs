@@ -207,12 +207,13 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
         let (q, k, v) = (load("q")?, load("k")?, load("v")?);
         let qkv_shape = crate::shape::Shape::from_views(&q.view(), &k.view(), &v.view())
             .map_err(|e| format(&dir.join(format!("{prefix}_*.npy")), e.to_string()))?;
-        if qkv_shape.n_q != qkv_shape.n_kv {
+        if qkv_shape.n_q() != qkv_shape.n_kv() {
             return Err(format(
                 &dir.join(format!("{prefix}_q.npy")),
                 format!(
                     "q has n = {} but k and v have n = {}",
-                    qkv_shape.n_q, qkv_shape.n_kv
+                    qkv_shape.n_q(),
+                    qkv_shape.n_kv()
                 ),
             ));
         }

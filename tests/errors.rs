@@ -1,9 +1,9 @@
 //! Every input error of `attend` is a typed error with a message naming the problem.
 
 use attnbench::{
-    Attention, Cost, ErrorKind, Fidelity, Options, Problem, Registry, Shape, attend, attend_into,
+    Attention, Call, Cost, ErrorKind, Fidelity, Options, Out, Registry, Shape, attend, attend_into,
 };
-use ndarray::{Array, Array4, ArrayViewMut4, IxDyn};
+use ndarray::{Array, Array4, IxDyn};
 
 fn arr(dims: [usize; 4]) -> Array4<f32> {
     Array4::from_elem(dims, 0.5)
@@ -217,18 +217,18 @@ impl Attention for Picky {
     }
     fn unsupported(&self, shape: &Shape, opts: &Options) -> Vec<String> {
         let mut r = Vec::new();
-        if shape.head_dim != 128 {
-            r.push(format!("head_dim must be 128, got {}", shape.head_dim));
+        if shape.head_dim() != 128 {
+            r.push(format!("head_dim must be 128, got {}", shape.head_dim()));
         }
         if opts.causal {
             r.push("causal masking is not supported".into());
         }
         r
     }
-    fn cost(&self, _: &Shape, _: &Options) -> Cost {
+    fn cost(&self, _: &Shape, _: &Options, _threads: usize) -> Cost {
         Cost::default()
     }
-    fn forward(&self, _: &Problem<'_>, _: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
+    fn forward(&self, _: &Call<'_>, _: Out<'_>) -> attnbench::Result<()> {
         unreachable!("never called: every input is unsupported")
     }
 }

@@ -13,23 +13,23 @@ use ndarray::{Array2, Array4, Axis, s};
 /// f64, from features computed once for all rows.
 fn naive(map: &dyn FeatureMap, p: &Problem<'_>) -> Array4<f64> {
     let sh = p.shape();
-    let m = map.dim(sh.head_dim);
+    let m = map.dim(sh.head_dim());
     let mut out = Array4::zeros(sh.out_dims());
-    for b in 0..sh.batch {
-        for h in 0..sh.heads {
+    for b in 0..sh.batch() {
+        for h in 0..sh.heads() {
             let kvh = sh.kv_head_of(h);
-            let mut fq = Array2::zeros((sh.n_q, m));
+            let mut fq = Array2::zeros((sh.n_q(), m));
             map.map_queries(p.q().slice_move(s![b, h, .., ..]), p.scale(), fq.view_mut());
-            let mut fk = Array2::zeros((sh.n_kv, m));
+            let mut fk = Array2::zeros((sh.n_kv(), m));
             map.map_keys(
                 p.k().slice_move(s![b, kvh, .., ..]),
                 p.scale(),
                 fk.view_mut(),
             );
             let v = p.v().slice_move(s![b, kvh, .., ..]);
-            for i in 0..sh.n_q {
+            for i in 0..sh.n_q() {
                 let mut den = 0.0f64;
-                let mut num = vec![0.0f64; sh.v_dim];
+                let mut num = vec![0.0f64; sh.v_dim()];
                 for j in 0..p.key_len(b) {
                     if p.opts().causal && j as isize > i as isize + sh.offset() {
                         continue;
@@ -233,7 +233,7 @@ fn decoding_cost_is_linear_in_the_kv_length() {
     let v = Registry::builtin().build("linear(phi=favor)").unwrap();
     let cost = |n_kv| {
         let s = Shape::new(1, 8, 8, 1, n_kv, 64, 64).unwrap();
-        v.cost(&s, &Options::new().causal(true))
+        v.cost(&s, &Options::new().causal(true), 2)
     };
     let (a, b) = (cost(8192), cost(65536));
     let ratio = b.flops / a.flops;

@@ -28,10 +28,12 @@ fn effective_weights_reproduce_each_variants_output() {
         for v in Registry::builtin().build_list(specs).unwrap() {
             let out = attend(v.as_ref(), qkv.q.view(), qkv.k.view(), qkv.v.view(), &opts).unwrap();
             for (b, h) in [(0, 0), (1, 3)] {
-                let w = v.weights(&p, b, h).unwrap_or_else(|| {
-                    assert_eq!(v.fidelity(), Fidelity::Exact, "{v}");
-                    weights(&p, v.pattern(), b, h)
-                });
+                let w = attnbench::attention::weights(v.as_ref(), &p, b, h)
+                    .unwrap()
+                    .unwrap_or_else(|| {
+                        assert_eq!(v.fidelity(), Fidelity::Exact, "{v}");
+                        weights(&p, v.pattern(), b, h)
+                    });
                 for row in w.outer_iter() {
                     let total = row.sum();
                     assert!((total - 1.0).abs() < 1e-9, "{v}: row sums to {total}");

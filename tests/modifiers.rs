@@ -6,9 +6,10 @@
 use attnbench::modifier::alibi_slopes;
 use attnbench::oracle::oracle;
 use attnbench::{
-    Attention, Cost, ErrorKind, Fidelity, Options, Problem, ROPE_BASE, Registry, Shape, attend,
+    Attention, Call, Cost, ErrorKind, Fidelity, Options, Out, Problem, ROPE_BASE, Registry, Shape,
+    attend,
 };
-use ndarray::{Array4, ArrayViewMut4};
+use ndarray::Array4;
 
 fn exact_variants() -> Vec<Box<dyn Attention>> {
     Registry::builtin()
@@ -179,11 +180,11 @@ impl Attention for Plain {
     fn fidelity(&self) -> Fidelity {
         Fidelity::Exact
     }
-    fn cost(&self, _: &Shape, _: &Options) -> Cost {
+    fn cost(&self, _: &Shape, _: &Options, _threads: usize) -> Cost {
         Cost::default()
     }
-    fn forward(&self, p: &Problem<'_>, mut out: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
-        out.assign(&oracle(p, None).mapv(|x| x as f32));
+    fn forward(&self, p: &Call<'_>, out: Out<'_>) -> attnbench::Result<()> {
+        out.into_view().assign(&oracle(p, None).mapv(|x| x as f32));
         Ok(())
     }
 }

@@ -11,8 +11,7 @@ use attnbench::harness::sweep::{SweepConfig, SweepOutput, run_sweep};
 use attnbench::harness::timing::TimingConfig;
 use attnbench::npy::encode_f32;
 use attnbench::workload::{Workload, load_npy_dir};
-use attnbench::{Attention, Cost, Fidelity, Options, Problem, Registry, Shape};
-use ndarray::ArrayViewMut4;
+use attnbench::{Attention, Call, Cost, Fidelity, Options, Out, Registry, Shape};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -190,11 +189,11 @@ impl Attention for Broken {
     fn fidelity(&self) -> Fidelity {
         Fidelity::Exact
     }
-    fn cost(&self, _: &Shape, _: &Options) -> Cost {
+    fn cost(&self, _: &Shape, _: &Options, _threads: usize) -> Cost {
         Cost::default()
     }
-    fn forward(&self, p: &Problem<'_>, _: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
-        if p.shape().n_q < 100 {
+    fn forward(&self, p: &Call<'_>, _: Out<'_>) -> attnbench::Result<()> {
+        if p.shape().n_q() < 100 {
             panic!("deliberate panic");
         }
         Err(attnbench::Error::bad_spec("broken", "deliberate failure"))
@@ -218,10 +217,10 @@ impl Attention for BadCost {
     fn fidelity(&self) -> Fidelity {
         Fidelity::Approximate
     }
-    fn cost(&self, _: &Shape, _: &Options) -> Cost {
+    fn cost(&self, _: &Shape, _: &Options, _threads: usize) -> Cost {
         panic!("no cost model")
     }
-    fn forward(&self, _: &Problem<'_>, _: ArrayViewMut4<'_, f32>) -> attnbench::Result<()> {
+    fn forward(&self, _: &Call<'_>, _: Out<'_>) -> attnbench::Result<()> {
         Ok(())
     }
 }

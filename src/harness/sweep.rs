@@ -222,7 +222,7 @@ pub fn run_sweep(
             let io = input_bytes(cfg, npy.as_ref(), n);
             if io > cfg.max_memory {
                 for v in variants {
-                    let r = too_big(&run_id, cfg, v.as_ref(), n, io);
+                    let r = too_big(&run_id, cfg, v.as_ref(), n, io)?;
                     writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
                     writer.flush().map_err(|e| io_error(&csv_path, e))?;
                     progress(Event::Done(&r));
@@ -236,9 +236,9 @@ pub fn run_sweep(
                 None => inputs(cfg, npy.as_ref(), n),
             };
             let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), cfg.opts)?;
-            let gemm_rate = measure_gemm(n, problem.shape().head_dim);
+            let gemm_rate = measure_gemm(n, problem.shape().head_dim());
             meta.gemm_gflops.push((n, gemm_rate));
-            let n_q = problem.shape().n_q;
+            let n_q = problem.shape().n_q();
             let rows = if n_q <= cfg.dense_oracle_max {
                 (0..n_q).collect()
             } else {
@@ -458,17 +458,22 @@ fn modifiers(opts: &Options) -> String {
 }
 
 /// A `skipped` row for a length whose inputs alone exceed the memory budget.
-fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: u64) -> Record {
-    // Not validated: this shape is only described, never run.
-    let shape = Shape {
-        batch: cfg.batch,
-        heads: cfg.heads,
-        kv_heads: cfg.kv_heads,
-        n_q: cfg.n_q.unwrap_or(n),
-        n_kv: n,
-        head_dim: cfg.head_dim,
-        v_dim: cfg.head_dim,
-    };
+fn too_big(
+    run_id: &str,
+    cfg: &SweepConfig,
+    v: &dyn Attention,
+    n: usize,
+    bytes: u64,
+) -> Result<Record> {
+    let shape = Shape::new(
+        cfg.batch,
+        cfg.heads,
+        cfg.kv_heads,
+        cfg.n_q.unwrap_or(n),
+        n,
+        cfg.head_dim,
+        cfg.head_dim,
+    )?;
     let mut r = Record::unmeasured(
         run_id,
         v,
@@ -485,7 +490,7 @@ fn too_big(run_id: &str, cfg: &SweepConfig, v: &dyn Attention, n: usize, bytes: 
         bytes >> 20,
         cfg.max_memory >> 20
     );
-    r
+    Ok(r)
 }
 
 /// Everything one (variant, length) cell is measured against.
@@ -526,7 +531,7 @@ impl Cell<'_> {
         let g = shape.geometry();
         let density = mask.density(g);
         r.density = Some(density);
-        let cost = v.cost(&shape, &p.opts());
+        let cost = v.cost(&shape, &p.opts(), self.cfg.threads);
         r.workspace_bytes = Some(cost.workspace_bytes);
 
         let skip = |mut r: Record, note: String| {
@@ -538,7 +543,7 @@ impl Cell<'_> {
         if !reasons.is_empty() {
             return skip(r, reasons.join("; "));
         }
-        let n_now = p.shape().n_q;
+        let n_now = p.shape().n_q();
         if let Some((n, secs)) = last.filter(|&(n, s)| s > self.cfg.max_seconds && n < n_now) {
             return skip(
                 r,
@@ -603,8 +608,8 @@ impl Cell<'_> {
         r.time_max_ms = Some(t.max.as_secs_f64() * 1e3);
         r.repeats = Some(t.repeats);
         let flops = if v.fidelity() == Fidelity::Exact {
-            let per_pair = 2.0 * (shape.head_dim + shape.v_dim) as f64;
-            per_pair * (shape.n_q * shape.n_kv * shape.batch * shape.heads) as f64 * density
+            let per_pair = 2.0 * (shape.head_dim() + shape.v_dim()) as f64;
+            per_pair * (shape.n_q() * shape.n_kv() * shape.batch() * shape.heads()) as f64 * density
         } else {
             cost.flops
         };
@@ -615,8 +620,10 @@ impl Cell<'_> {
         if self.cfg.n_q.is_some() {
             // Decoding is bound by reading K and V: the keys the mask allows, or all of them
             // for variants that read every key.
-            let kv = (shape.batch * shape.kv_heads * shape.n_kv * (shape.head_dim + shape.v_dim))
-                as f64
+            let kv = (shape.batch()
+                * shape.kv_heads()
+                * shape.n_kv()
+                * (shape.head_dim() + shape.v_dim())) as f64
                 * 4.0;
             let read = if v.fidelity() == Fidelity::Exact {
                 kv * density
@@ -660,7 +667,7 @@ impl Cell<'_> {
         }
         if let Some(pat) = v.pattern() {
             let rows: Vec<usize> = if self.rows.len() > 64 {
-                sample_rows(shape.n_q, 64, self.cfg.seed)
+                sample_rows(shape.n_q(), 64, self.cfg.seed)
             } else {
                 self.rows.to_vec()
             };

@@ -22,7 +22,7 @@ use std::fmt;
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
 
-use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
+use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::kernels::gemm::gemm_flops;
 use crate::kernels::simd::{self, Isa};
@@ -150,28 +150,20 @@ impl Attention for Flash {
         true
     }
 
-    fn cost(&self, shape: &Shape, opts: &Options) -> Cost {
-        tiled_cost(shape, &Mask::new(None, opts.causal), self.tiling)
+    fn cost(&self, shape: &Shape, opts: &Options, threads: usize) -> Cost {
+        tiled_cost(shape, &Mask::new(None, opts.causal), self.tiling, threads)
     }
 
-    fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
+    fn forward(&self, p: &Call<'_>, out: Out<'_>) -> Result<()> {
         let isa = self.isa.unwrap_or_else(Isa::detect);
-        if !isa.is_available() {
-            // Called directly, without `attention::run`'s check of `unsupported`.
-            return Err(crate::error::ErrorKind::Unsupported {
-                variant: self.to_string(),
-                reasons: self.unsupported(&p.shape(), &p.opts()),
-            }
-            .into());
-        }
-        tiled_forward(p, &p.mask(None), self.tiling, isa, out);
+        tiled_forward(p, &p.mask(None), self.tiling, isa, out.into_view());
         Ok(())
     }
 }
 
 /// The analytic cost of [`tiled_forward`] under `mask`: the flops of every non-empty tile and
 /// the workspace of the busy workers.
-pub fn tiled_cost(shape: &Shape, mask: &dyn Pattern, tiling: Tiling) -> Cost {
+pub fn tiled_cost(shape: &Shape, mask: &dyn Pattern, tiling: Tiling, threads: usize) -> Cost {
     let g = shape.geometry();
     let mut pairs = 0usize;
     let mut blocks = 0usize;
@@ -185,17 +177,17 @@ pub fn tiled_cost(shape: &Shape, mask: &dyn Pattern, tiling: Tiling) -> Cost {
             }
         }
     }
-    let heads = (shape.batch * shape.heads) as f64;
-    let flops = heads * (gemm_flops(pairs, shape.head_dim, 1) + gemm_flops(pairs, shape.v_dim, 1));
-    let threads = rayon::current_num_threads();
-    let tasks = shape.batch * shape.heads * blocks;
+    let heads = (shape.batch() * shape.heads()) as f64;
+    let flops =
+        heads * (gemm_flops(pairs, shape.head_dim(), 1) + gemm_flops(pairs, shape.v_dim(), 1));
+    let tasks = shape.batch() * shape.heads() * blocks;
     let busy = tasks.min(threads) as u64;
     let splits = kv_splits(shape, tiling, threads);
     // Split keys: each block in flight also keeps every range's maxima, sums and
     // accumulator, and an f64 row for the merge.
     let parts = if splits > 1 {
-        let rows = tiling.bq.min(shape.n_q);
-        busy * (splits * rows * (simd::padded(shape.v_dim) + 2) * 4 + shape.v_dim * 8) as u64
+        let rows = tiling.bq.min(shape.n_q());
+        busy * (splits * rows * (simd::padded(shape.v_dim()) + 2) * 4 + shape.v_dim() * 8) as u64
     } else {
         0
     };
@@ -209,12 +201,12 @@ pub fn tiled_cost(shape: &Shape, mask: &dyn Pattern, tiling: Tiling) -> Cost {
 /// One worker's scratch ([`Workspace`]).
 fn worker_bytes(t: Tiling, s: &Shape) -> u64 {
     let t = Tiling {
-        bq: t.bq.min(s.n_q),
-        bk: t.bk.min(s.n_kv),
+        bq: t.bq.min(s.n_q()),
+        bk: t.bk.min(s.n_kv()),
     };
-    let (ldq, ldv) = (simd::padded(t.bq), simd::padded(s.v_dim));
-    let floats = s.head_dim * ldq
-        + t.bk * s.head_dim
+    let (ldq, ldv) = (simd::padded(t.bq), simd::padded(s.v_dim()));
+    let floats = s.head_dim() * ldq
+        + t.bk * s.head_dim()
         + t.bk * ldv
         + t.bk * ldq
         + t.bq * ldv
@@ -232,29 +224,29 @@ pub const SPLIT_KEYS: usize = 16384;
 /// busy when there are fewer query blocks than threads (decoding, b = h = 1), and ranges of
 /// at most [`SPLIT_KEYS`] keys; always whole tiles, so at most one range per tile.
 fn kv_splits(shape: &Shape, tiling: Tiling, threads: usize) -> usize {
-    let tasks = shape.batch * shape.heads * shape.n_q.div_ceil(tiling.bq);
+    let tasks = shape.batch() * shape.heads() * shape.n_q().div_ceil(tiling.bq);
     let for_threads = if tasks < threads {
         (2 * threads).div_ceil(tasks)
     } else {
         1
     };
-    let for_accuracy = shape.n_kv.div_ceil(SPLIT_KEYS);
+    let for_accuracy = shape.n_kv().div_ceil(SPLIT_KEYS);
     for_threads
         .max(for_accuracy)
-        .min(shape.n_kv.div_ceil(tiling.bk))
+        .min(shape.n_kv().div_ceil(tiling.bk))
 }
 
 /// Runs exact softmax attention restricted to `mask` on the tiled engine, writing every row
 /// of `out` (`[batch, heads, n_q, v_dim]`).
 pub fn tiled_forward(
-    p: &Problem<'_>,
+    p: &Call<'_>,
     mask: &dyn Pattern,
     tiling: Tiling,
     isa: Isa,
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
     let shape = p.shape();
-    let splits = kv_splits(&shape, tiling, rayon::current_num_threads());
+    let splits = kv_splits(&shape, tiling, p.threads());
     if splits > 1 {
         split_kv_forward(p, mask, tiling, isa, splits, out);
         return;
@@ -265,10 +257,10 @@ pub fn tiled_forward(
         || {
             // Never larger than the problem: a huge block size costs no memory at small n.
             let t = Tiling {
-                bq: tiling.bq.min(shape.n_q),
-                bk: tiling.bk.min(shape.n_kv),
+                bq: tiling.bq.min(shape.n_q()),
+                bk: tiling.bk.min(shape.n_kv()),
             };
-            Workspace::new(t, shape.head_dim, shape.v_dim)
+            Workspace::new(t, shape.head_dim(), shape.v_dim())
         },
         |ws, b, h, r0, block_out| {
             let rows = block_out.nrows();
@@ -276,7 +268,7 @@ pub fn tiled_forward(
                 p,
                 mask,
                 (b, h, r0..r0 + rows),
-                0..shape.n_kv,
+                0..shape.n_kv(),
                 tiling.bk,
                 isa,
             );
@@ -289,7 +281,7 @@ pub fn tiled_forward(
 /// parallel; the partial maxima, sums and accumulators are merged exactly:
 /// `m = max m_s`, `l = sum l_s e^(m_s - m)`, `acc = sum acc_s e^(m_s - m)`.
 fn split_kv_forward(
-    p: &Problem<'_>,
+    p: &Call<'_>,
     mask: &dyn Pattern,
     tiling: Tiling,
     isa: Isa,
@@ -298,10 +290,10 @@ fn split_kv_forward(
 ) {
     use rayon::prelude::*;
     let shape = p.shape();
-    let tiles = shape.n_kv.div_ceil(tiling.bk);
+    let tiles = shape.n_kv().div_ceil(tiling.bk);
     let t = Tiling {
-        bq: tiling.bq.min(shape.n_q),
-        bk: tiling.bk.min(shape.n_kv),
+        bq: tiling.bq.min(shape.n_q()),
+        bk: tiling.bk.min(shape.n_kv()),
     };
     for_each_row_block(
         out,
@@ -309,15 +301,15 @@ fn split_kv_forward(
         || (),
         |_, b, h, r0, mut block_out| {
             let rows = block_out.nrows();
-            let ldv = simd::padded(shape.v_dim);
+            let ldv = simd::padded(shape.v_dim());
             let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
                 .into_par_iter()
                 .map_init(
-                    || Workspace::new(t, shape.head_dim, shape.v_dim),
+                    || Workspace::new(t, shape.head_dim(), shape.v_dim()),
                     |ws, s| {
                         // Split on tile boundaries so that tiles are the same as unsplit.
-                        let k0 = (s * tiles / splits * tiling.bk).min(shape.n_kv);
-                        let k1 = ((s + 1) * tiles / splits * tiling.bk).min(shape.n_kv);
+                        let k0 = (s * tiles / splits * tiling.bk).min(shape.n_kv());
+                        let k1 = ((s + 1) * tiles / splits * tiling.bk).min(shape.n_kv());
                         let task =
                             Task::new(p, mask, (b, h, r0..r0 + rows), k0..k1, tiling.bk, isa);
                         task.accumulate(ws);
@@ -330,7 +322,7 @@ fn split_kv_forward(
                 )
                 .collect();
             // The merge, in f64: each part is an f32 accumulation over at most SPLIT_KEYS.
-            let mut merged = vec![0.0f64; shape.v_dim];
+            let mut merged = vec![0.0f64; shape.v_dim()];
             for (i, mut o) in block_out.outer_iter_mut().enumerate() {
                 let m = parts
                     .iter()
@@ -416,7 +408,7 @@ struct Task<'a> {
 impl<'a> Task<'a> {
     /// The query rows `rows` of (batch `b`, head `h`) against the keys `keys`.
     fn new<'p: 'a>(
-        p: &Problem<'p>,
+        p: &Call<'p>,
         mask: &'a dyn Pattern,
         (b, h, rows): (usize, usize, std::ops::Range<usize>),
         keys: std::ops::Range<usize>,

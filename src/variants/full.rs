@@ -12,7 +12,7 @@ use std::fmt;
 
 use ndarray::{ArrayViewMut2, Axis};
 
-use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
+use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
 use crate::kernels::simd::{self, Isa};
@@ -59,37 +59,35 @@ impl Attention for Full {
         true
     }
 
-    fn cost(&self, s: &Shape, _opts: &Options) -> Cost {
+    fn cost(&self, s: &Shape, _opts: &Options, threads: usize) -> Cost {
         // Causal masking does not save work here: every score is computed.
-        let per_head = gemm_flops(s.n_q, s.head_dim, s.n_kv) + gemm_flops(s.n_q, s.n_kv, s.v_dim);
-        let pairs = s.batch * s.heads;
-        let busy = pairs.min(rayon::current_num_threads()) as u64;
+        let per_head =
+            gemm_flops(s.n_q(), s.head_dim(), s.n_kv()) + gemm_flops(s.n_q(), s.n_kv(), s.v_dim());
+        let pairs = s.batch() * s.heads();
+        let busy = pairs.min(threads) as u64;
         Cost {
             flops: per_head * pairs as f64,
             workspace_bytes: busy
-                * ((s.n_q * s.n_kv + s.n_q) as u64 * 4
-                    + packing_bytes(s.n_q, s.head_dim, s.n_kv)
-                        .max(packing_bytes(s.n_q, s.n_kv, s.v_dim))),
+                * ((s.n_q() * s.n_kv() + s.n_q()) as u64 * 4
+                    + packing_bytes(s.n_q(), s.head_dim(), s.n_kv()).max(packing_bytes(
+                        s.n_q(),
+                        s.n_kv(),
+                        s.v_dim(),
+                    ))),
         }
     }
 
-    fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
+    fn forward(&self, p: &Call<'_>, out: Out<'_>) -> Result<()> {
         // One score matrix per thread, reused across its heads: a fresh one per head would
         // pay the page faults of n_q * n_kv floats every time.
-        for_each_head_with(out, Vec::new, |scores, b, h, head_out| {
+        for_each_head_with(out.into_view(), Vec::new, |scores, b, h, head_out| {
             head_forward(p, b, h, scores, head_out)
         });
         Ok(())
     }
 }
 
-fn head_forward(
-    p: &Problem<'_>,
-    b: usize,
-    h: usize,
-    buf: &mut Vec<f32>,
-    mut out: ArrayViewMut2<f32>,
-) {
+fn head_forward(p: &Call<'_>, b: usize, h: usize, buf: &mut Vec<f32>, mut out: ArrayViewMut2<f32>) {
     let shape = p.shape();
     let kvh = shape.kv_head_of(h);
     let q = p
@@ -106,28 +104,28 @@ fn head_forward(
         .index_axis_move(Axis(0), kvh);
     let g = shape.geometry();
 
-    let len = shape.n_q * shape.n_kv;
+    let len = shape.n_q() * shape.n_kv();
     if buf.len() < len {
         // Zeroed allocations of this size come from fresh pages: no memset is paid.
         *buf = vec![0.0; len];
     }
-    let mut scores = ArrayViewMut2::from_shape((shape.n_q, shape.n_kv), &mut buf[..len])
+    let mut scores = ArrayViewMut2::from_shape((shape.n_q(), shape.n_kv()), &mut buf[..len])
         .expect("the buffer holds n_q x n_kv floats");
     gemm(p.scale(), &q, &k.t(), 0.0, &mut scores);
 
-    let mut inv_sum = vec![0.0f32; shape.n_q];
+    let mut inv_sum = vec![0.0f32; shape.n_q()];
     let isa = Isa::detect();
     let mods = p.score_mods(h);
     let key_len = p.key_len(b);
     let rows = scores
         .as_slice_mut()
         .expect("a standard-layout view")
-        .chunks_exact_mut(shape.n_kv);
+        .chunks_exact_mut(shape.n_kv());
     for (i, (row, inv)) in rows.zip(&mut inv_sum).enumerate() {
         let allowed = if p.opts().causal {
             Causal.keys_in_row(g, i)
         } else {
-            shape.n_kv
+            shape.n_kv()
         };
         let (seen, masked) = row.split_at_mut(allowed.min(key_len));
         masked.fill(0.0);

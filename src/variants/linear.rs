@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
-use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
+use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::feature::{Elu1, Favor, FeatureMap, KernelKind, Relu};
 use crate::kernels::exp;
@@ -193,32 +193,33 @@ impl Attention for Linear {
         feature == Feature::KeyPadding
     }
 
-    fn cost(&self, s: &Shape, opts: &Options) -> Cost {
-        let m = self.map.dim(s.head_dim);
+    fn cost(&self, s: &Shape, opts: &Options, threads: usize) -> Cost {
+        let m = self.map.dim(s.head_dim());
         let c = if opts.causal {
             self.chunk
         } else {
             self.chunk.max(BIDIRECTIONAL_BLOCK)
         };
-        let rows = (s.n_q + s.n_kv) as f64;
+        let rows = (s.n_q() + s.n_kv()) as f64;
         let features = match self.phi {
-            Phi::Favor { .. } => gemm_flops(1, s.head_dim, m) * rows,
+            Phi::Favor { .. } => gemm_flops(1, s.head_dim(), m) * rows,
             _ => rows * m as f64,
         };
-        let state = gemm_flops(s.n_kv, m, s.v_dim) + (s.n_kv * m) as f64;
-        let read = gemm_flops(s.n_q, m, s.v_dim) + gemm_flops(s.n_q, m, 1);
+        let state = gemm_flops(s.n_kv(), m, s.v_dim()) + (s.n_kv() * m) as f64;
+        let read = gemm_flops(s.n_q(), m, s.v_dim()) + gemm_flops(s.n_q(), m, 1);
         let intra = if opts.causal {
-            gemm_flops(s.n_q, m, c.min(s.n_kv)) + gemm_flops(s.n_q, c.min(s.n_kv), s.v_dim)
+            gemm_flops(s.n_q(), m, c.min(s.n_kv()))
+                + gemm_flops(s.n_q(), c.min(s.n_kv()), s.v_dim())
         } else {
             0.0
         };
-        let heads = (s.batch * s.heads) as f64;
-        let busy = (s.batch * s.heads).min(rayon::current_num_threads()) as u64;
-        let cc = c.min(s.n_q.max(s.n_kv));
-        let floats = 2 * cc * m + m * s.v_dim + m + cc * cc + 2 * cc;
-        let packing = packing_bytes(cc, m, s.v_dim).max(packing_bytes(m, cc, s.v_dim));
+        let heads = (s.batch() * s.heads()) as f64;
+        let busy = (s.batch() * s.heads()).min(threads) as u64;
+        let cc = c.min(s.n_q().max(s.n_kv()));
+        let floats = 2 * cc * m + m * s.v_dim() + m + cc * cc + 2 * cc;
+        let packing = packing_bytes(cc, m, s.v_dim()).max(packing_bytes(m, cc, s.v_dim()));
         let directions = match self.phi {
-            Phi::Favor { .. } => (m * s.head_dim * 4) as u64,
+            Phi::Favor { .. } => (m * s.head_dim() * 4) as u64,
             _ => 0,
         };
         Cost {
@@ -229,14 +230,14 @@ impl Attention for Linear {
 
     /// `phi(q_i) . phi(k_j)` normalized per row, over the valid (and, when causal, visible)
     /// keys, in `f64` from the `f32` features.
-    fn weights(&self, p: &Problem<'_>, b: usize, h: usize) -> Option<Array2<f64>> {
+    fn weights(&self, p: &Call<'_>, b: usize, h: usize) -> Option<Array2<f64>> {
         let shape = p.shape();
-        let m = self.map.dim(shape.head_dim);
+        let m = self.map.dim(shape.head_dim());
         let kvh = shape.kv_head_of(h);
-        let mut fq = Array2::zeros((shape.n_q, m));
+        let mut fq = Array2::zeros((shape.n_q(), m));
         self.map
             .map_queries(p.q().slice_move(s![b, h, .., ..]), p.scale(), fq.view_mut());
-        let mut fk = Array2::zeros((shape.n_kv, m));
+        let mut fk = Array2::zeros((shape.n_kv(), m));
         // One call for all keys: its common factor e^c cancels in the normalization.
         self.map.map_keys(
             p.k().slice_move(s![b, kvh, .., ..]),
@@ -261,9 +262,9 @@ impl Attention for Linear {
         Some(w)
     }
 
-    fn forward(&self, p: &Problem<'_>, out: ndarray::ArrayViewMut4<'_, f32>) -> Result<()> {
+    fn forward(&self, p: &Call<'_>, out: Out<'_>) -> Result<()> {
         let shape = p.shape();
-        for_each_head(out, |b, h, head_out| {
+        for_each_head(out.into_view(), |b, h, head_out| {
             let kvh = shape.kv_head_of(h);
             let mut head = Head {
                 q: p.q().slice_move(s![b, h, .., ..]),
@@ -272,7 +273,7 @@ impl Attention for Linear {
                 valid: p.key_len(b),
                 map: self.map.as_ref(),
                 scale: p.scale(),
-                state: State::new(self.map.dim(shape.head_dim), shape.v_dim),
+                state: State::new(self.map.dim(shape.head_dim()), shape.v_dim()),
                 chunk: self.chunk,
             };
             if p.opts().causal {

@@ -7,10 +7,8 @@
 
 use std::fmt;
 
-use ndarray::ArrayViewMut4;
-
 use super::flash::{Tiling, tiled_cost, tiled_forward};
-use crate::attention::{Attention, Cost, Fidelity, Options, Problem};
+use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::kernels::simd::Isa;
 use crate::pattern::{BigBird, Dilated, Fixed, Local, Longformer, Mask, Pattern, Strided, Window};
@@ -80,21 +78,22 @@ impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
         true
     }
 
-    fn cost(&self, shape: &Shape, opts: &Options) -> Cost {
+    fn cost(&self, shape: &Shape, opts: &Options, threads: usize) -> Cost {
         tiled_cost(
             shape,
             &Mask::new(Some(&self.pattern), opts.causal),
             self.tiling,
+            threads,
         )
     }
 
-    fn forward(&self, p: &Problem<'_>, out: ArrayViewMut4<'_, f32>) -> Result<()> {
+    fn forward(&self, p: &Call<'_>, out: Out<'_>) -> Result<()> {
         tiled_forward(
             p,
             &p.mask(Some(&self.pattern)),
             self.tiling,
             Isa::detect(),
-            out,
+            out.into_view(),
         );
         Ok(())
     }
