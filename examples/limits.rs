@@ -8,16 +8,16 @@
 //! If the 512-bit rate equals the 256-bit rate, the core executes 512-bit FMAs at half width
 //! (two 256-bit halves), and its peak is what the 256-bit path already reaches.
 
-use attnbench::kernels::simd::{Isa, fma_chains};
+use attnbench::kernels::dispatch::{Isa, Path, fma_chains};
 
 fn main() {
     let iters = 20_000_000;
     println!("12 independent FMA chains, {iters} rounds, one thread; best of 5");
-    for isa in [Isa::Avx512, Isa::Avx2Fma, Isa::Portable] {
-        if !isa.is_available() {
-            println!("{isa:>10}: not available");
+    for path in Path::ALL {
+        let Some(isa) = Isa::new(path) else {
+            println!("{path:>10}: not available");
             continue;
-        }
+        };
         fma_chains(isa, iters / 10);
         let best = (0..5)
             .map(|_| {

@@ -19,9 +19,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::kernels::dispatch::{self, Isa};
 use crate::kernels::exp;
 use crate::kernels::gemm::gemm;
-use crate::kernels::simd::{self, Isa};
 
 /// What kernel a feature map computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ fn elementwise(x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>, f: impl Fn(f32) 
 fn elu1_map(x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
     out.assign(&x);
     match out.as_slice_mut() {
-        Some(xs) => simd::elu1(Isa::detect(), xs),
+        Some(xs) => dispatch::elu1(Isa::detect(), xs),
         None => out.map_inplace(|x| *x = if *x > 0.0 { *x + 1.0 } else { exp::exp(*x) }),
     }
 }

@@ -58,6 +58,7 @@
 
 pub mod attention;
 pub mod check;
+pub mod engine;
 pub mod error;
 pub mod feature;
 pub mod harness;

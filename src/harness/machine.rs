@@ -101,13 +101,13 @@ pub struct Limits {
 
 /// Measures [`Limits`] on the current rayon pool (about a second; up to two on a busy host).
 pub fn measure_limits() -> Limits {
-    use crate::kernels::simd::{self, Isa};
+    use crate::kernels::dispatch::{self, Isa};
     use rayon::prelude::*;
     let isa = Isa::detect();
     let threads = rayon::current_num_threads();
     let rate = |iters: usize| {
         let t = std::time::Instant::now();
-        let (flops, v) = simd::fma_chains(isa, iters);
+        let (flops, v) = dispatch::fma_chains(isa, iters);
         std::hint::black_box(v);
         flops / t.elapsed().as_secs_f64() / 1e9
     };
@@ -119,7 +119,7 @@ pub fn measure_limits() -> Limits {
             .map(|_| {
                 let t = std::time::Instant::now();
                 let flops: f64 = rayon::broadcast(|_| {
-                    let (f, v) = simd::fma_chains(isa, iters);
+                    let (f, v) = dispatch::fma_chains(isa, iters);
                     std::hint::black_box(v);
                     f
                 })
@@ -145,7 +145,7 @@ pub fn measure_limits() -> Limits {
     let mut rates: Vec<f64> = (0..8)
         .map(|_| {
             let t = std::time::Instant::now();
-            let s: f32 = buf.par_chunks(chunk).map(|c| simd::sum(isa, c)).sum();
+            let s: f32 = buf.par_chunks(chunk).map(|c| dispatch::sum(isa, c)).sum();
             std::hint::black_box(s);
             (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
         })

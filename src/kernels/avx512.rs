@@ -9,21 +9,21 @@
 //! # Safety
 //!
 //! Every function here is `#[target_feature(enable = "avx512f,avx2,fma")]`: callers must
-//! have confirmed the CPU supports these features (the dispatchers in [`simd`](super::simd)
-//! check `Isa::is_available` first). The loads and stores go through raw pointers;
+//! have confirmed the CPU supports these features (the dispatchers in [`dispatch`](super::dispatch)
+//! hold an `Isa` token, which only detection makes). The loads and stores go through raw pointers;
 //! each public entry point asserts the slice lengths that make every access in bounds, and
 //! each `unsafe` block says which assertion covers it.
 
 use std::arch::x86_64::*;
 
 use super::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E};
-use super::simd::OnlineState;
+use super::tile::{OnlineState, holds};
 
 /// f32 lanes in a zmm register.
 const L: usize = 16;
 
 /// `e^x` on 16 lanes: [`exp`](super::exp::exp)'s argument reduction and degree-7 polynomial,
-/// the same accuracy (a few ulp, pinned by the tests of [`simd`](super::simd)) and the same
+/// the same accuracy (a few ulp, pinned by the tests of [`dispatch`](super::dispatch)) and the same
 /// edges: results below the normal range (and `-inf`) are zero, inputs above 88.3 clamped.
 /// NaN gives 0 here and about 1.2e-38 in the portable version (neither is meaningful: inputs
 /// are checked finite, and only scores that overflow f32 could produce NaN).
@@ -103,7 +103,7 @@ pub(super) unsafe fn elu1(xs: &mut [f32]) {
     }
 }
 
-/// The online-softmax step of [`simd::online_softmax`](super::simd::online_softmax), one
+/// The online-softmax step of [`dispatch::online_softmax`](super::dispatch::online_softmax), one
 /// vector of 16 queries at a time: its new maxima over the tile's keys, then the
 /// exponentials and their sum in one pass (the sum stays in a register). Uses neither
 /// `state.shift` nor `state.sums`.
@@ -118,7 +118,7 @@ pub(super) unsafe fn online_softmax(
     ldq: usize,
     state: &mut OnlineState<'_>,
 ) {
-    assert!(ldq.is_multiple_of(L) && super::simd::holds(st.len(), cols, ldq));
+    assert!(ldq.is_multiple_of(L) && holds(st.len(), cols, ldq));
     assert!(state.m.len() >= ldq && state.l.len() >= ldq && state.rescale.len() >= ldq);
     let st = st.as_mut_ptr();
     let (m, l, rescale) = (

@@ -1,16 +1,25 @@
-//! Small numeric kernels shared by the variants.
+//! Numeric kernels shared by the variants and the engine.
 //!
+//! Imports point down this list; none points up:
+//! - [`tile`]: the leaf: the key-major tile layout ([`Tile`](tile::Tile)), the online-softmax
+//!   state and the bounds helper of the explicit kernels.
+//! - [`isa`]: SIMD paths by name ([`Path`](isa::Path)) and the [`Isa`](isa::Isa) token that
+//!   only run-time detection makes.
 //! - [`exp`]: a branch-free `f32` exponential that the compiler vectorizes, and the row
 //!   operations of a numerically stable softmax built on it.
+//! - `portable`, `tiles` (explicit AVX-512 and AVX2 tile products, one macro) and `avx512`
+//!   (the AVX-512 exponential, online softmax and elu+1): one file per path, each importing
+//!   only [`tile`] and [`exp`].
+//! - [`dispatch`]: the one module that calls them, per [`Isa`](isa::Isa) token.
 //! - [`gemm`]: the single-precision matrix product (the `gemm` crate, on ndarray views).
-//! - `tiles`: explicit AVX-512 and AVX2 microkernels for the flash engine's tile products;
-//!   `avx512`: the AVX-512 exponential, online softmax and feature map.
-//! - [`simd`]: runtime-dispatched tile products and softmax rows (AVX-512, AVX2+FMA, portable).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod dispatch;
 pub mod exp;
 pub mod gemm;
-pub mod simd;
+pub mod isa;
+mod portable;
+pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod tiles;

@@ -1,7 +1,7 @@
 //! Explicit x86 microkernels for the flash engine's two tile products, generated for
 //! AVX-512 and for AVX2+FMA by one macro.
 //!
-//! LLVM's autovectorized kernels in [`simd`](super::simd) keep a block of 4 accumulators in
+//! LLVM's autovectorized kernels in [`portable`](super::portable) keep a block of 4 accumulators in
 //! registers but spill larger ones, and spend several instructions on indexing per FMA
 //! (callgrind on the AVX2 path: 4.4 instructions per FMA in the score product). These hold
 //! `R x V` accumulator vectors (up to 16 of AVX-512's 32 registers, 12 of AVX2's 16), loading `V`
@@ -11,8 +11,8 @@
 //! # Safety
 //!
 //! Every function is `#[target_feature]` with its module's features: callers must have
-//! confirmed the CPU supports them (the dispatchers in [`simd`](super::simd) do, through
-//! `Isa::is_available`). The loads and stores go through raw pointers; each public entry
+//! confirmed the CPU supports them (the dispatchers in [`dispatch`](super::dispatch) do: they
+//! hold an `Isa` token, which only detection makes). The loads and stores go through raw pointers; each public entry
 //! point asserts, with overflow-checked products, the slice lengths that make every access
 //! in bounds, and each `unsafe` block says which assertion covers it. The register block
 //! chosen (4, 2 or 1 vectors per row) divides `ldq` or `ldv` by its branch condition.
@@ -33,7 +33,7 @@ macro_rules! tile_products {
     ) => {
         use std::arch::x86_64::*;
 
-        use crate::kernels::simd::{Tile, holds};
+        use crate::kernels::tile::{Tile, holds};
 
         /// f32 lanes in a register.
         const L: usize = $lanes;

@@ -2,7 +2,7 @@
 //!
 //! A [`Pattern`] answers [`allows`](Pattern::allows) for one pair and classifies a whole tile of
 //! pairs as [`Tile::Empty`], [`Tile::Full`] or [`Tile::Partial`]. The tiled engine
-//! ([`crate::variants::flash`]) uses the classification to skip empty tiles and to run full
+//! ([`crate::engine`]) uses the classification to skip empty tiles and to run full
 //! tiles without per-element masking, so a pattern's cost follows its number of allowed pairs.
 //!
 //! # Alignment
@@ -97,23 +97,6 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         }
     }
 
-    /// Masks a tile stored key-major, as the tiled engine keeps it: `st[j * ld + (i -
-    /// rows.start)]` is the score of query `i` and key `c0 + j`, for `cols` keys. Returns
-    /// `false`, leaving `st` untouched, when the pattern has no fast key-major form; the engine
-    /// then masks query by query with [`mask_row`](Pattern::mask_row). The causal mask
-    /// overrides it: each key masks a prefix of the block's queries.
-    fn mask_key_major(
-        &self,
-        _g: Geometry,
-        _rows: Range<usize>,
-        _c0: usize,
-        _cols: usize,
-        _st: &mut [f32],
-        _ld: usize,
-    ) -> bool {
-        false
-    }
-
     /// Reasons this pattern is not meaningful for geometry `g` (e.g. more global tokens than
     /// keys); empty when it is.
     fn unsupported(&self, _g: Geometry) -> Vec<String> {
@@ -205,25 +188,6 @@ impl Pattern for Causal {
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (g.pos(i) + 1).clamp(0, g.n_kv as isize) as usize
-    }
-
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) -> bool {
-        // Query i sees key k iff k <= pos(i), and pos grows by one per query: key k hides
-        // the block's first k - pos(rows.start) queries.
-        let first = g.pos(rows.start);
-        for (j, key_row) in st.chunks_mut(ld).take(cols).enumerate() {
-            let hidden = ((c0 + j) as isize - first).clamp(0, rows.len() as isize) as usize;
-            key_row[..hidden].fill(f32::NEG_INFINITY);
-        }
-        true
     }
 
     fn density(&self, g: Geometry) -> f64 {
@@ -323,77 +287,79 @@ forward_pattern!(&P, Box<P>);
 /// The mask a call actually applies: a variant's pattern (dense when it has none),
 /// intersected with [`Causal`] when the call is causal.
 #[derive(Debug, Clone, Copy)]
-pub struct Mask<'a> {
-    pattern: Option<&'a dyn Pattern>,
-    causal: bool,
+pub enum Mask<'a> {
+    /// Every pair.
+    Dense,
+    /// [`Causal`] alone.
+    Causal,
+    /// A variant's pattern, bidirectional.
+    Pattern(&'a dyn Pattern),
+    /// A variant's pattern intersected with [`Causal`].
+    CausalPattern(&'a dyn Pattern),
 }
 
 impl<'a> Mask<'a> {
     /// The effective mask of `pattern` (dense when `None`) under the causal flag.
     pub fn new(pattern: Option<&'a dyn Pattern>, causal: bool) -> Self {
-        Self { pattern, causal }
-    }
-
-    /// Whether the mask allows every pair (dense, not causal).
-    pub fn is_dense(&self) -> bool {
-        self.pattern.is_none() && !self.causal
+        match (pattern, causal) {
+            (None, false) => Mask::Dense,
+            (None, true) => Mask::Causal,
+            (Some(p), false) => Mask::Pattern(p),
+            (Some(p), true) => Mask::CausalPattern(p),
+        }
     }
 }
 
 impl Pattern for Mask<'_> {
     fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
-        (!self.causal || Causal.allows(g, i, j)) && self.pattern.is_none_or(|p| p.allows(g, i, j))
+        match *self {
+            Mask::Dense => true,
+            Mask::Causal => Causal.allows(g, i, j),
+            Mask::Pattern(p) => p.allows(g, i, j),
+            Mask::CausalPattern(p) => Intersection(Causal, p).allows(g, i, j),
+        }
     }
 
     fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
-        match (self.pattern, self.causal) {
-            (None, false) => Tile::Full,
-            (None, true) => Causal.classify(g, rows, cols),
-            (Some(p), false) => p.classify(g, rows, cols),
-            (Some(p), true) => Intersection(Causal, p).classify(g, rows, cols),
+        match *self {
+            Mask::Dense => Tile::Full,
+            Mask::Causal => Causal.classify(g, rows, cols),
+            Mask::Pattern(p) => p.classify(g, rows, cols),
+            Mask::CausalPattern(p) => Intersection(Causal, p).classify(g, rows, cols),
         }
-    }
-
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) -> bool {
-        self.causal && self.pattern.is_none() && Causal.mask_key_major(g, rows, c0, cols, st, ld)
     }
 
     fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
-        if self.causal {
-            Causal.mask_row(g, i, c0, row);
-        }
-        if let Some(p) = self.pattern {
-            p.mask_row(g, i, c0, row);
+        match *self {
+            Mask::Dense => {}
+            Mask::Causal => Causal.mask_row(g, i, c0, row),
+            Mask::Pattern(p) => p.mask_row(g, i, c0, row),
+            Mask::CausalPattern(p) => Intersection(Causal, p).mask_row(g, i, c0, row),
         }
     }
 
     fn unsupported(&self, g: Geometry) -> Vec<String> {
-        self.pattern.map(|p| p.unsupported(g)).unwrap_or_default()
+        match *self {
+            Mask::Dense | Mask::Causal => Vec::new(),
+            Mask::Pattern(p) | Mask::CausalPattern(p) => p.unsupported(g),
+        }
     }
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
-        match (self.pattern, self.causal) {
-            (None, false) => g.n_kv,
-            (None, true) => Causal.keys_in_row(g, i),
-            (Some(p), false) => p.keys_in_row(g, i),
-            (Some(p), true) => Intersection(Causal, p).keys_in_row(g, i),
+        match *self {
+            Mask::Dense => g.n_kv,
+            Mask::Causal => Causal.keys_in_row(g, i),
+            Mask::Pattern(p) => p.keys_in_row(g, i),
+            Mask::CausalPattern(p) => Intersection(Causal, p).keys_in_row(g, i),
         }
     }
 
     fn density(&self, g: Geometry) -> f64 {
-        match (self.pattern, self.causal) {
-            (None, false) => 1.0,
-            (None, true) => Causal.density(g),
-            (Some(p), false) => p.density(g),
-            (Some(p), true) => Intersection(Causal, p).density(g),
+        match *self {
+            Mask::Dense => 1.0,
+            Mask::Causal => Causal.density(g),
+            Mask::Pattern(p) => p.density(g),
+            Mask::CausalPattern(p) => Intersection(Causal, p).density(g),
         }
     }
 }
@@ -532,7 +498,7 @@ mod tests {
                 (0..8).filter(|&j| m.allows(g, i, j)).count()
             );
         }
-        assert!(Mask::new(None, false).is_dense());
-        assert!(!Mask::new(None, true).is_dense());
+        assert!(matches!(Mask::new(None, false), Mask::Dense));
+        assert!(matches!(Mask::new(None, true), Mask::Causal));
     }
 }

@@ -14,8 +14,8 @@ use ndarray::{ArrayViewMut2, Axis};
 
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
+use crate::kernels::dispatch::{self, Isa};
 use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
-use crate::kernels::simd::{self, Isa};
 use crate::modifier::Feature;
 use crate::parallel::for_each_head_with;
 use crate::pattern::{Causal, Pattern};
@@ -135,8 +135,8 @@ fn head_forward(p: &Call<'_>, b: usize, h: usize, buf: &mut Vec<f32>, mut out: A
         if !mods.is_identity() {
             mods.apply_row(i, 0, seen);
         }
-        let m = simd::max(isa, seen);
-        *inv = 1.0 / simd::exp_shifted_sum(isa, seen, m);
+        let m = dispatch::max(isa, seen);
+        *inv = 1.0 / dispatch::exp_shifted_sum(isa, seen, m);
     }
 
     gemm(1.0, &scores.view(), &v, 0.0, &mut out);

@@ -7,10 +7,10 @@
 
 use std::fmt;
 
-use super::flash::{Tiling, tiled_cost, tiled_forward};
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
+use crate::engine::{Tiling, tiled_cost, tiled_forward};
 use crate::error::Result;
-use crate::kernels::simd::Isa;
+use crate::kernels::isa::Isa;
 use crate::pattern::{BigBird, Dilated, Fixed, Local, Longformer, Mask, Pattern, Strided, Window};
 use crate::registry::{ParamInfo, VariantInfo};
 use crate::shape::Shape;
@@ -81,7 +81,7 @@ impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
     fn cost(&self, shape: &Shape, opts: &Options, threads: usize) -> Cost {
         tiled_cost(
             shape,
-            &Mask::new(Some(&self.pattern), opts.causal),
+            Mask::new(Some(&self.pattern), opts.causal),
             self.tiling,
             threads,
         )
@@ -90,7 +90,7 @@ impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
     fn forward(&self, p: &Call<'_>, out: Out<'_>) -> Result<()> {
         tiled_forward(
             p,
-            &p.mask(Some(&self.pattern)),
+            p.mask(Some(&self.pattern)),
             self.tiling,
             Isa::detect(),
             out.into_view(),

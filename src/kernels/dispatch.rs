@@ -1,140 +1,40 @@
-//! Runtime-dispatched SIMD kernels: the flash engine's tile products and the softmax row
-//! operations, compiled once per instruction set and chosen once per process.
+//! The one dispatch module: every runtime-dispatched kernel of the tiled engine, `full` and
+//! the feature maps, each taking an [`Isa`] token and running that path's version.
 //!
 //! The tile products of the AVX-512 and AVX2 paths are explicit microkernels (`tiles`), as
-//! are AVX-512's exponential, online softmax and elu+1 (`avx512`); the rest, and the portable
-//! path (SSE2 on x86_64, NEON on aarch64), are plain, safe Rust over fixed-size lane blocks
-//! that LLVM vectorizes to the width of the enclosing `#[target_feature]` function.
-//! [`Isa::detect`] picks the widest path the CPU supports at run time; tests force each path
-//! ([`Isa::available`]).
+//! are AVX-512's exponential, online softmax and elu+1 (`avx512`); the rest run the
+//! [`portable`](super::portable) kernels, which LLVM vectorizes to the width of the
+//! `#[target_feature]` wrapper they are called from here.
 //!
-//! Soundness: every dispatcher runs a path only after [`Isa::is_available`] confirmed the
-//! CPU's features (a path the CPU lacks falls back to `Portable`; the enum is public, so a
-//! value alone proves nothing), and the explicit kernels assert, with overflow-checked
-//! products, the slice lengths that bound their raw-pointer accesses. `ldq` and `ldv` must
-//! be multiples of [`PAD`] on every path.
-
-use std::sync::OnceLock;
+//! Soundness: an [`Isa`] exists only for a path whose features were detected on this CPU
+//! ([`super::isa`]), so matching on it is the whole check, and the explicit kernels assert,
+//! with overflow-checked products, the slice lengths that bound their raw-pointer accesses.
+//! `ldq` and `ldv` must be multiples of [`PAD`] on every path.
 
 use super::exp;
+pub use super::isa::{Isa, Path};
+use super::portable::{
+    HAS_FMA, dot_rows_lanes, elu1_slice, fma_portable, pv_block, scores_block, softmax_cols,
+};
+use super::tile::holds;
+pub use super::tile::{OnlineState, PAD, Tile, padded};
 
 /// Runs the first expression on the AVX-512 path, the second on AVX2+FMA, the third
-/// otherwise, after [`Isa::checked`]: the one place `#[target_feature]` kernels are called.
+/// otherwise: the one place `#[target_feature]` kernels are called.
 macro_rules! dispatch {
     ($isa:expr, $avx512:expr, $avx2:expr, $portable:expr $(,)?) => {
-        match $isa.checked() {
+        match Isa::path($isa) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `checked` returned `Avx512` only after avx512f, avx2 and fma were
-            // detected on this CPU; memory safety is each kernel's own (its asserts).
-            Isa::Avx512 => unsafe { $avx512 },
+            // SAFETY: an `Isa` for `Avx512` exists only after avx512f, avx2 and fma were
+            // detected on this CPU (`isa.rs`); memory safety is each kernel's own (its
+            // asserts).
+            Path::Avx512 => unsafe { $avx512 },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `checked` returned `Avx2Fma` only after avx2 and fma were detected.
-            Isa::Avx2Fma => unsafe { $avx2 },
+            // SAFETY: an `Isa` for `Avx2Fma` exists only after avx2 and fma were detected.
+            Path::Avx2Fma => unsafe { $avx2 },
             _ => $portable,
         }
     };
-}
-
-/// An instruction-set path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// AVX-512F with AVX2 and FMA (16 lanes of f32, 32 registers).
-    Avx512,
-    /// AVX2 with FMA (8 lanes, 16 registers).
-    Avx2Fma,
-    /// No extra target features: SSE2 on x86_64, NEON on aarch64, scalar elsewhere.
-    Portable,
-}
-
-impl std::fmt::Display for Isa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Isa::Avx512 => "avx512f",
-            Isa::Avx2Fma => "avx2+fma",
-            Isa::Portable => "portable",
-        })
-    }
-}
-
-impl Isa {
-    /// The widest path this CPU supports, detected once.
-    pub fn detect() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| Self::available()[0])
-    }
-
-    /// Every path this CPU supports, widest first (always ending with `Portable`).
-    pub fn available() -> Vec<Isa> {
-        let mut v = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Isa::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Isa::Avx2Fma);
-            }
-        }
-        v.push(Isa::Portable);
-        v
-    }
-
-    /// Whether this CPU can run the path (detected once).
-    pub fn is_available(self) -> bool {
-        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
-        AVAILABLE.get_or_init(Self::available).contains(&self)
-    }
-
-    /// `self` if this CPU can run it, else [`Isa::Portable`]. Every dispatcher goes through
-    /// this before calling a `#[target_feature]` function.
-    fn checked(self) -> Isa {
-        if self.is_available() {
-            self
-        } else {
-            Isa::Portable
-        }
-    }
-}
-
-/// Whether a slice of `len` elements holds `a * b` of them (false when the product
-/// overflows): the explicit kernels' bounds checks.
-pub(crate) fn holds(len: usize, a: usize, b: usize) -> bool {
-    a.checked_mul(b).is_some_and(|n| len >= n)
-}
-
-/// Lanes that query blocks and value rows are padded to (the widest register block).
-pub const PAD: usize = 16;
-
-/// Rounds `n` up to a multiple of [`PAD`].
-pub fn padded(n: usize) -> usize {
-    n.next_multiple_of(PAD)
-}
-
-/// One tile of the flash engine in transposed layout: scores are stored key-major,
-/// `st[j][i]` for key `j` and query `i`, so that every per-query softmax quantity (maximum,
-/// sum, rescaling) is a vector over queries.
-pub struct Tile<'a> {
-    /// Queries transposed: `d x ldq` (`qt[p][i]`), zeros beyond the block's rows.
-    pub qt: &'a [f32],
-    /// Keys: `cols x d`, row-major.
-    pub k: &'a [f32],
-    /// Values: `cols x ldv`, row-major, zeros beyond `d_v`.
-    pub v: &'a [f32],
-    /// Scores / probabilities: `cols x ldq`.
-    pub st: &'a mut [f32],
-    /// Keys in the tile.
-    pub cols: usize,
-    /// Head dimension.
-    pub d: usize,
-    /// Padded query count (row stride of `qt` and `st`).
-    pub ldq: usize,
-    /// Padded value dimension (row stride of `v` and `acc`).
-    pub ldv: usize,
 }
 
 /// `st = scale * k qt`: the tile's scores.
@@ -166,20 +66,6 @@ pub fn online_softmax(
         softmax_avx2(st, cols, ldq, state),
         softmax_cols(st, cols, ldq, state)
     )
-}
-
-/// The per-query running state of the online softmax, `ldq` entries each, plus scratch.
-pub struct OnlineState<'a> {
-    /// Running maxima (`-inf` before any allowed key).
-    pub m: &'a mut [f32],
-    /// Running sums.
-    pub l: &'a mut [f32],
-    /// Written by each step: `e^(m_old - m_new)`, by which the accumulator must be scaled.
-    pub rescale: &'a mut [f32],
-    /// Scratch.
-    pub shift: &'a mut [f32],
-    /// Scratch.
-    pub sums: &'a mut [f32],
 }
 
 /// `acc[i] = acc[i] * rescale[i] + sum_j st[j][i] v[j]` for the first `rows` queries.
@@ -218,35 +104,6 @@ pub fn dot_rows(isa: Isa, k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
     )
 }
 
-#[inline(always)]
-fn dot_rows_lanes<const F: bool>(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
-    const W: usize = 16;
-    for (row, o) in k.chunks_exact(q.len()).zip(out) {
-        let mut acc = [0.0f32; W];
-        let (mut kc, mut qc) = (row.chunks_exact(W), q.chunks_exact(W));
-        for (a, b) in (&mut kc).zip(&mut qc) {
-            for l in 0..W {
-                acc[l] = madd::<F>(a[l], b[l], acc[l]);
-            }
-        }
-        // A pairwise tree, which vectorizes (a sequential sum would be one long chain).
-        let mut w = W / 2;
-        while w > 0 {
-            for l in 0..w {
-                acc[l] += acc[l + w];
-            }
-            w /= 2;
-        }
-        let tail: f32 = kc
-            .remainder()
-            .iter()
-            .zip(qc.remainder())
-            .map(|(a, b)| a * b)
-            .sum();
-        *o = (acc[0] + tail) * scale;
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn dot_rows_avx512(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
@@ -263,15 +120,6 @@ fn dot_rows_avx2(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
 /// path: the feature map of linear attention.
 pub fn elu1(isa: Isa, xs: &mut [f32]) {
     dispatch!(isa, super::avx512::elu1(xs), elu1_avx2(xs), elu1_slice(xs))
-}
-
-#[inline(always)]
-fn elu1_slice(xs: &mut [f32]) {
-    for x in xs {
-        // Both sides are computed and one selected, so the loop vectorizes.
-        let e = exp::exp(*x);
-        *x = if *x > 0.0 { *x + 1.0 } else { e };
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -307,174 +155,6 @@ fn max_avx512(xs: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 fn max_avx2(xs: &[f32]) -> f32 {
     exp::max(xs)
-}
-
-/// Whether the portable path may fuse multiply-adds: NEON always has FMA; baseline x86_64
-/// (SSE2) does not, and there `f32::mul_add` would be a libm call.
-const HAS_FMA: bool = cfg!(target_arch = "aarch64");
-
-/// `a * b + c`, fused when `F` (the path has FMA), else separate (a libm `fmaf` call would
-/// be far slower than the two operations).
-#[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if F { a.mul_add(b, c) } else { a * b + c }
-}
-
-/// `st = scale * k qt`, in blocks of `R` keys times `C` queries held in registers.
-#[inline(always)]
-fn scores_block<const R: usize, const C: usize, const F: bool>(t: &mut Tile<'_>, scale: f32) {
-    let (cols, d, ldq) = (t.cols, t.d, t.ldq);
-    assert!(ldq % C == 0 && holds(t.qt.len(), d, ldq) && holds(t.k.len(), cols, d));
-    assert!(holds(t.st.len(), cols, ldq));
-    let full = cols - cols % R;
-    for j in (0..full).step_by(R) {
-        scores_rows::<R, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
-    }
-    for j in full..cols {
-        scores_rows::<1, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
-    }
-}
-
-#[inline(always)]
-fn scores_rows<const R: usize, const C: usize, const F: bool>(
-    qt: &[f32],
-    k: &[f32],
-    st: &mut [f32],
-    j: usize,
-    d: usize,
-    ldq: usize,
-    scale: f32,
-) {
-    let k = &k[j * d..(j + R) * d];
-    for i0 in (0..ldq).step_by(C) {
-        let mut acc = [[0.0f32; C]; R];
-        for p in 0..d {
-            let qv: &[f32; C] = qt[p * ldq + i0..p * ldq + i0 + C]
-                .try_into()
-                .expect("C queries");
-            for r in 0..R {
-                let kv = k[r * d + p];
-                for l in 0..C {
-                    acc[r][l] = madd::<F>(kv, qv[l], acc[r][l]);
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            let out = &mut st[(j + r) * ldq + i0..(j + r) * ldq + i0 + C];
-            for l in 0..C {
-                out[l] = a[l] * scale;
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn softmax_cols(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
-    assert!(
-        holds(st.len(), cols, ldq),
-        "{cols} keys of {ldq} in {}",
-        st.len()
-    );
-    let OnlineState {
-        m,
-        l,
-        rescale,
-        shift,
-        sums,
-    } = state;
-    let (m, l, rescale) = (&mut m[..ldq], &mut l[..ldq], &mut rescale[..ldq]);
-    let (shift, sums) = (&mut shift[..ldq], &mut sums[..ldq]);
-    // New maxima: an elementwise maximum over the key rows.
-    shift.copy_from_slice(m);
-    for row in st[..cols * ldq].chunks_exact(ldq) {
-        for (a, &x) in shift.iter_mut().zip(row) {
-            *a = if x > *a { x } else { *a };
-        }
-    }
-    for i in 0..ldq {
-        let new = shift[i];
-        // A query with no allowed key yet keeps m = -inf, shift 0 (so -inf scores give 0)
-        // and rescale 1 (its accumulator is zero anyway).
-        rescale[i] = if new == f32::NEG_INFINITY {
-            1.0
-        } else {
-            exp::exp(m[i] - new)
-        };
-        m[i] = new;
-        if new == f32::NEG_INFINITY {
-            shift[i] = 0.0;
-        }
-    }
-    sums.fill(0.0);
-    for row in st[..cols * ldq].chunks_exact_mut(ldq) {
-        for ((x, &sh), s) in row.iter_mut().zip(shift.iter()).zip(sums.iter_mut()) {
-            *x = exp::exp(*x - sh);
-            *s += *x;
-        }
-    }
-    for i in 0..ldq {
-        l[i] = l[i] * rescale[i] + sums[i];
-    }
-}
-
-/// `acc = acc * rescale + st^T v`, in blocks of `R` queries times `C` value columns.
-#[inline(always)]
-fn pv_block<const R: usize, const C: usize, const F: bool>(
-    t: &Tile<'_>,
-    acc: &mut [f32],
-    rows: usize,
-    rescale: &[f32],
-) {
-    let (cols, ldq, ldv) = (t.cols, t.ldq, t.ldv);
-    assert!(ldv % C == 0 && holds(t.v.len(), cols, ldv) && holds(acc.len(), rows, ldv));
-    assert!(holds(t.st.len(), cols, ldq) && rows <= ldq && rescale.len() >= rows);
-    let full = rows - rows % R;
-    for i in (0..full).step_by(R) {
-        pv_rows::<R, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
-    }
-    for i in full..rows {
-        pv_rows::<1, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pv_rows<const R: usize, const C: usize, const F: bool>(
-    st: &[f32],
-    v: &[f32],
-    acc: &mut [f32],
-    i: usize,
-    cols: usize,
-    ldq: usize,
-    ldv: usize,
-    rescale: &[f32],
-) {
-    for c0 in (0..ldv).step_by(C) {
-        let mut o = [[0.0f32; C]; R];
-        for (r, or) in o.iter_mut().enumerate() {
-            let f = rescale[i + r];
-            for (x, &a) in or
-                .iter_mut()
-                .zip(&acc[(i + r) * ldv + c0..(i + r) * ldv + c0 + C])
-            {
-                *x = a * f;
-            }
-        }
-        for j in 0..cols {
-            let vv: &[f32; C] = v[j * ldv + c0..j * ldv + c0 + C]
-                .try_into()
-                .expect("C values");
-            let p = &st[j * ldq + i..j * ldq + i + R];
-            for r in 0..R {
-                for l in 0..C {
-                    o[r][l] = madd::<F>(p[r], vv[l], o[r][l]);
-                }
-            }
-        }
-        for (r, or) in o.iter().enumerate() {
-            acc[(i + r) * ldv + c0..(i + r) * ldv + c0 + C].copy_from_slice(or);
-        }
-    }
 }
 
 /// Runs `iters` rounds of 12 independent FMA chains at the path's full vector width and
@@ -525,19 +205,6 @@ fn fma_avx2(iters: usize) -> f32 {
         total += lanes.iter().sum::<f32>();
     }
     total
-}
-
-fn fma_portable(iters: usize) -> f32 {
-    let mut acc = [[1.0f32; 4]; 12];
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            for x in a.iter_mut() {
-                *x = *x * 0.999_999 + 1e-7;
-            }
-        }
-        std::hint::black_box(&mut acc);
-    }
-    acc.iter().flatten().sum()
 }
 
 /// The sum of a slice, on the given path (used to measure read bandwidth).
@@ -611,7 +278,7 @@ mod tests {
         let v: Vec<f32> = (0..cols * ldv)
             .map(|i| if i % ldv < dv { f(i + 5) } else { 0.0 })
             .collect();
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             let mut st = vec![f32::NAN; cols * ldq];
             let mut t = Tile {
                 qt: &qt,
@@ -665,7 +332,7 @@ mod tests {
     fn lengths_whose_products_overflow_are_refused_on_every_path() {
         // cols * d and cols * ldq wrap to 0 in usize: the kernels must panic, not read or
         // write past the empty slices.
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             let refused = std::panic::catch_unwind(|| {
                 let qt = vec![0.0f32; 16 * 16];
                 let mut st: Vec<f32> = Vec::new();
@@ -691,7 +358,7 @@ mod tests {
 
     #[test]
     fn fma_chains_and_sums_compute() {
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             let (flops, v) = fma_chains(isa, 1000);
             assert!(flops > 0.0 && v.is_finite() && v > 0.0, "{isa}");
             let xs: Vec<f32> = (0..1000).map(|i| i as f32).collect();
@@ -702,7 +369,7 @@ mod tests {
     #[test]
     fn masked_queries_stay_empty() {
         let (cols, ldq) = (3, PAD);
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             let mut st = vec![f32::NEG_INFINITY; cols * ldq];
             st[0] = 1.0; // query 0 sees key 0; the others see nothing
             let mut bufs = StateBufs::new(ldq);
@@ -723,7 +390,7 @@ mod tests {
         for d in [1, 7, 16, 33, 64, 128] {
             let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
             let k: Vec<f32> = (0..9 * d).map(|i| (i as f32 * 0.11).cos()).collect();
-            for isa in Isa::available() {
+            for &isa in Isa::available() {
                 let mut out = vec![f32::NAN; 9];
                 dot_rows(isa, &k, &q, 0.5, &mut out);
                 for (j, &got) in out.iter().enumerate() {
@@ -747,7 +414,7 @@ mod tests {
             .map(|i| -95.0 + 140.0 * i as f32 / 20_001.0)
             .chain([0.0, -0.0, 1e-30, -1e-30, f32::NEG_INFINITY])
             .collect();
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             let mut got = xs.clone();
             elu1(isa, &mut got);
             for (&x, &y) in xs.iter().zip(&got) {
@@ -767,7 +434,7 @@ mod tests {
 
     #[test]
     fn exp_is_accurate_on_every_path() {
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             // The whole range whose results are normal floats: -87.33 to 88.3.
             let (lo, hi, steps) = (-87.33f32, 88.3f32, 400_000);
             let mut xs: Vec<f32> = (0..=steps)

@@ -1,0 +1,175 @@
+//! The tiled engine: exact softmax attention restricted to any [`Mask`], on which `flash`
+//! and every pattern variant run.
+//!
+//! The query rows of each (batch, head) are cut into blocks of `bq`; each block is one task,
+//! and tasks run in parallel. A task walks the keys in tiles of `bk` and, per tile:
+//!
+//! 1. asks the mask to [classify](Pattern::classify) the `bq x bk` tile: empty tiles are
+//!    skipped, full tiles run unmasked, partial tiles set disallowed scores to `-inf`;
+//! 2. computes the tile's scores `S = scale * Q_blk K_tile^T` (SIMD microkernel), then
+//!    applies soft-capping and ALiBi when the options ask for them;
+//! 3. updates each row's running maximum `m` and running sum `l` (online softmax): with
+//!    `m' = max(m, max S_row)`, the accumulator row and `l` are rescaled by `e^(m - m')`, and
+//!    `P = e^(S - m')` is added to `l`;
+//! 4. accumulates `acc += P V_tile` (SIMD microkernel).
+//!
+//! Keys past a batch element's key length (key padding) are never visited. The output row is
+//! `acc / l` (zero when the row had no allowed key). The n x n matrix is never formed: a
+//! task's workspace is `(bq * bk + bq * d_v + 2 * bq)` floats whatever `n`. This is the
+//! algorithm of FlashAttention (Dao et al. 2022), run on the CPU.
+//!
+//! - this file: [`Tiling`], [`tiled_cost`], [`tiled_forward`] and how keys are split;
+//! - `task`: one query block (its [`Workspace`](task::Workspace) and tile loop), the
+//!   single-query (decoding) path, and the engine's key-major causal mask;
+//! - `split`: key ranges processed in parallel and merged exactly in `f64`.
+
+mod split;
+mod task;
+
+use crate::attention::{Call, Cost};
+use crate::kernels::dispatch::{self, Isa};
+use crate::kernels::gemm::gemm_flops;
+use crate::parallel::for_each_row_block;
+use crate::pattern::{Mask, Pattern, Tile};
+use crate::shape::Shape;
+
+use split::split_kv_forward;
+use task::{Task, Workspace};
+
+/// Query and key block sizes of the tiled engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    /// Query rows per block (and per parallel task). At least 1.
+    pub bq: usize,
+    /// Keys per tile. At least 1.
+    pub bk: usize,
+}
+
+impl Default for Tiling {
+    /// `bq = 64, bk = 128`. Chosen by measurement and cache sizes: on a Zen 5 core (32 KiB
+    /// L1d, 1 MiB L2), one thread at n = 4096, every `bq` in 32..256 and `bk` in 32..256 ran
+    /// within 5% of the best at d = 32, 64 and 128 (`cargo run --release --example baseline
+    /// -- tiling`, or `attnbench sweep --threads 1` over `flash(bq=..,bk=..)` specs). `bq = 64`
+    /// fills the AVX-512 kernel's 4 x 4 register block (64 queries); its 128 x 64 score tile
+    /// (32 KiB) is L1-sized, and the K and V tiles (32 KiB each at d = 64) stay in L2.
+    fn default() -> Self {
+        Self { bq: 64, bk: 128 }
+    }
+}
+
+/// The analytic cost of [`tiled_forward`] under `mask`: the flops of every non-empty tile and
+/// the workspace of the busy workers.
+pub fn tiled_cost(shape: &Shape, mask: Mask<'_>, tiling: Tiling, threads: usize) -> Cost {
+    let g = shape.geometry();
+    let mut pairs = 0usize;
+    let mut blocks = 0usize;
+    for r0 in (0..g.n_q).step_by(tiling.bq) {
+        let rows = r0..(r0 + tiling.bq).min(g.n_q);
+        blocks += 1;
+        for c0 in (0..g.n_kv).step_by(tiling.bk) {
+            let cols = c0..(c0 + tiling.bk).min(g.n_kv);
+            if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
+                pairs += rows.len() * cols.len();
+            }
+        }
+    }
+    let heads = (shape.batch() * shape.heads()) as f64;
+    let flops =
+        heads * (gemm_flops(pairs, shape.head_dim(), 1) + gemm_flops(pairs, shape.v_dim(), 1));
+    let tasks = shape.batch() * shape.heads() * blocks;
+    let busy = tasks.min(threads) as u64;
+    let splits = kv_splits(shape, tiling, threads);
+    // Split keys: each block in flight also keeps every range's maxima, sums and
+    // accumulator, and an f64 row for the merge.
+    let parts = if splits > 1 {
+        let rows = tiling.bq.min(shape.n_q());
+        busy * (splits * rows * (dispatch::padded(shape.v_dim()) + 2) * 4 + shape.v_dim() * 8)
+            as u64
+    } else {
+        0
+    };
+    Cost {
+        flops,
+        workspace_bytes: busy.min(tasks as u64 * splits as u64) * worker_bytes(tiling, shape)
+            + parts,
+    }
+}
+
+/// One worker's scratch ([`Workspace`]).
+fn worker_bytes(t: Tiling, s: &Shape) -> u64 {
+    let t = Tiling {
+        bq: t.bq.min(s.n_q()),
+        bk: t.bk.min(s.n_kv()),
+    };
+    let (ldq, ldv) = (dispatch::padded(t.bq), dispatch::padded(s.v_dim()));
+    let floats = s.head_dim() * ldq
+        + t.bk * s.head_dim()
+        + t.bk * ldv
+        + t.bk * ldq
+        + t.bq * ldv
+        + 5 * ldq
+        + t.bk;
+    floats as u64 * 4
+}
+
+/// Keys a task accumulates in `f32` at most before its partial result is merged (in `f64`)
+/// with the others'. Over 262144 keys of near-uniform attention a single `f32` accumulation
+/// reached a relative error of 8.6e-6, close to the 1e-5 an exact variant is held to.
+pub const SPLIT_KEYS: usize = 16384;
+
+/// Into how many key ranges each query block's keys are cut: enough for every thread to be
+/// busy when there are fewer query blocks than threads (decoding, b = h = 1), and ranges of
+/// at most [`SPLIT_KEYS`] keys; always whole tiles, so at most one range per tile.
+fn kv_splits(shape: &Shape, tiling: Tiling, threads: usize) -> usize {
+    let tasks = shape.batch() * shape.heads() * shape.n_q().div_ceil(tiling.bq);
+    let for_threads = if tasks < threads {
+        (2 * threads).div_ceil(tasks)
+    } else {
+        1
+    };
+    let for_accuracy = shape.n_kv().div_ceil(SPLIT_KEYS);
+    for_threads
+        .max(for_accuracy)
+        .min(shape.n_kv().div_ceil(tiling.bk))
+}
+
+/// Runs exact softmax attention restricted to `mask` on the tiled engine, writing every row
+/// of `out` (`[batch, heads, n_q, v_dim]`).
+pub fn tiled_forward(
+    p: &Call<'_>,
+    mask: Mask<'_>,
+    tiling: Tiling,
+    isa: Isa,
+    out: ndarray::ArrayViewMut4<'_, f32>,
+) {
+    let shape = p.shape();
+    let splits = kv_splits(&shape, tiling, p.threads());
+    if splits > 1 {
+        split_kv_forward(p, mask, tiling, isa, splits, out);
+        return;
+    }
+    for_each_row_block(
+        out,
+        tiling.bq,
+        || {
+            // Never larger than the problem: a huge block size costs no memory at small n.
+            let t = Tiling {
+                bq: tiling.bq.min(shape.n_q()),
+                bk: tiling.bk.min(shape.n_kv()),
+            };
+            Workspace::new(t, shape.head_dim(), shape.v_dim())
+        },
+        |ws, b, h, r0, block_out| {
+            let rows = block_out.nrows();
+            let task = Task::new(
+                p,
+                mask,
+                (b, h, r0..r0 + rows),
+                0..shape.n_kv(),
+                tiling.bk,
+                isa,
+            );
+            task.run(ws, block_out);
+        },
+    );
+}

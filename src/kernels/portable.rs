@@ -1,0 +1,231 @@
+//! The portable kernels: plain, safe Rust over fixed-size lane blocks, which LLVM
+//! vectorizes to the width of the enclosing function (SSE2 on baseline x86_64, NEON on
+//! aarch64; AVX2 or AVX-512 when [`dispatch`](super::dispatch) calls them from a
+//! `#[target_feature]` wrapper).
+
+use super::exp;
+use super::tile::{OnlineState, Tile, holds};
+
+/// Whether the portable path may fuse multiply-adds: NEON always has FMA; baseline x86_64
+/// (SSE2) does not, and there `f32::mul_add` would be a libm call.
+pub(super) const HAS_FMA: bool = cfg!(target_arch = "aarch64");
+
+/// `a * b + c`, fused when `F` (the path has FMA), else separate (a libm `fmaf` call would
+/// be far slower than the two operations).
+#[inline(always)]
+pub(super) fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `st = scale * k qt`, in blocks of `R` keys times `C` queries held in registers.
+#[inline(always)]
+pub(super) fn scores_block<const R: usize, const C: usize, const F: bool>(
+    t: &mut Tile<'_>,
+    scale: f32,
+) {
+    let (cols, d, ldq) = (t.cols, t.d, t.ldq);
+    assert!(ldq % C == 0 && holds(t.qt.len(), d, ldq) && holds(t.k.len(), cols, d));
+    assert!(holds(t.st.len(), cols, ldq));
+    let full = cols - cols % R;
+    for j in (0..full).step_by(R) {
+        scores_rows::<R, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
+    }
+    for j in full..cols {
+        scores_rows::<1, C, F>(t.qt, t.k, t.st, j, d, ldq, scale);
+    }
+}
+
+#[inline(always)]
+pub(super) fn scores_rows<const R: usize, const C: usize, const F: bool>(
+    qt: &[f32],
+    k: &[f32],
+    st: &mut [f32],
+    j: usize,
+    d: usize,
+    ldq: usize,
+    scale: f32,
+) {
+    let k = &k[j * d..(j + R) * d];
+    for i0 in (0..ldq).step_by(C) {
+        let mut acc = [[0.0f32; C]; R];
+        for p in 0..d {
+            let qv: &[f32; C] = qt[p * ldq + i0..p * ldq + i0 + C]
+                .try_into()
+                .expect("C queries");
+            for r in 0..R {
+                let kv = k[r * d + p];
+                for l in 0..C {
+                    acc[r][l] = madd::<F>(kv, qv[l], acc[r][l]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let out = &mut st[(j + r) * ldq + i0..(j + r) * ldq + i0 + C];
+            for l in 0..C {
+                out[l] = a[l] * scale;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(super) fn softmax_cols(st: &mut [f32], cols: usize, ldq: usize, state: &mut OnlineState<'_>) {
+    assert!(
+        holds(st.len(), cols, ldq),
+        "{cols} keys of {ldq} in {}",
+        st.len()
+    );
+    let OnlineState {
+        m,
+        l,
+        rescale,
+        shift,
+        sums,
+    } = state;
+    let (m, l, rescale) = (&mut m[..ldq], &mut l[..ldq], &mut rescale[..ldq]);
+    let (shift, sums) = (&mut shift[..ldq], &mut sums[..ldq]);
+    // New maxima: an elementwise maximum over the key rows.
+    shift.copy_from_slice(m);
+    for row in st[..cols * ldq].chunks_exact(ldq) {
+        for (a, &x) in shift.iter_mut().zip(row) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    for i in 0..ldq {
+        let new = shift[i];
+        // A query with no allowed key yet keeps m = -inf, shift 0 (so -inf scores give 0)
+        // and rescale 1 (its accumulator is zero anyway).
+        rescale[i] = if new == f32::NEG_INFINITY {
+            1.0
+        } else {
+            exp::exp(m[i] - new)
+        };
+        m[i] = new;
+        if new == f32::NEG_INFINITY {
+            shift[i] = 0.0;
+        }
+    }
+    sums.fill(0.0);
+    for row in st[..cols * ldq].chunks_exact_mut(ldq) {
+        for ((x, &sh), s) in row.iter_mut().zip(shift.iter()).zip(sums.iter_mut()) {
+            *x = exp::exp(*x - sh);
+            *s += *x;
+        }
+    }
+    for i in 0..ldq {
+        l[i] = l[i] * rescale[i] + sums[i];
+    }
+}
+
+/// `acc = acc * rescale + st^T v`, in blocks of `R` queries times `C` value columns.
+#[inline(always)]
+pub(super) fn pv_block<const R: usize, const C: usize, const F: bool>(
+    t: &Tile<'_>,
+    acc: &mut [f32],
+    rows: usize,
+    rescale: &[f32],
+) {
+    let (cols, ldq, ldv) = (t.cols, t.ldq, t.ldv);
+    assert!(ldv % C == 0 && holds(t.v.len(), cols, ldv) && holds(acc.len(), rows, ldv));
+    assert!(holds(t.st.len(), cols, ldq) && rows <= ldq && rescale.len() >= rows);
+    let full = rows - rows % R;
+    for i in (0..full).step_by(R) {
+        pv_rows::<R, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
+    }
+    for i in full..rows {
+        pv_rows::<1, C, F>(t.st, t.v, acc, i, cols, ldq, ldv, rescale);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn pv_rows<const R: usize, const C: usize, const F: bool>(
+    st: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    i: usize,
+    cols: usize,
+    ldq: usize,
+    ldv: usize,
+    rescale: &[f32],
+) {
+    for c0 in (0..ldv).step_by(C) {
+        let mut o = [[0.0f32; C]; R];
+        for (r, or) in o.iter_mut().enumerate() {
+            let f = rescale[i + r];
+            for (x, &a) in or
+                .iter_mut()
+                .zip(&acc[(i + r) * ldv + c0..(i + r) * ldv + c0 + C])
+            {
+                *x = a * f;
+            }
+        }
+        for j in 0..cols {
+            let vv: &[f32; C] = v[j * ldv + c0..j * ldv + c0 + C]
+                .try_into()
+                .expect("C values");
+            let p = &st[j * ldq + i..j * ldq + i + R];
+            for r in 0..R {
+                for l in 0..C {
+                    o[r][l] = madd::<F>(p[r], vv[l], o[r][l]);
+                }
+            }
+        }
+        for (r, or) in o.iter().enumerate() {
+            acc[(i + r) * ldv + c0..(i + r) * ldv + c0 + C].copy_from_slice(or);
+        }
+    }
+}
+
+#[inline(always)]
+pub(super) fn dot_rows_lanes<const F: bool>(k: &[f32], q: &[f32], scale: f32, out: &mut [f32]) {
+    const W: usize = 16;
+    for (row, o) in k.chunks_exact(q.len()).zip(out) {
+        let mut acc = [0.0f32; W];
+        let (mut kc, mut qc) = (row.chunks_exact(W), q.chunks_exact(W));
+        for (a, b) in (&mut kc).zip(&mut qc) {
+            for l in 0..W {
+                acc[l] = madd::<F>(a[l], b[l], acc[l]);
+            }
+        }
+        // A pairwise tree, which vectorizes (a sequential sum would be one long chain).
+        let mut w = W / 2;
+        while w > 0 {
+            for l in 0..w {
+                acc[l] += acc[l + w];
+            }
+            w /= 2;
+        }
+        let tail: f32 = kc
+            .remainder()
+            .iter()
+            .zip(qc.remainder())
+            .map(|(a, b)| a * b)
+            .sum();
+        *o = (acc[0] + tail) * scale;
+    }
+}
+
+#[inline(always)]
+pub(super) fn elu1_slice(xs: &mut [f32]) {
+    for x in xs {
+        // Both sides are computed and one selected, so the loop vectorizes.
+        let e = exp::exp(*x);
+        *x = if *x > 0.0 { *x + 1.0 } else { e };
+    }
+}
+
+/// The portable FMA-rate loop of [`fma_chains`](super::dispatch::fma_chains): 12 chains of
+/// 4 lanes.
+pub(super) fn fma_portable(iters: usize) -> f32 {
+    let mut acc = [[1.0f32; 4]; 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            for x in a.iter_mut() {
+                *x = *x * 0.999_999 + 1e-7;
+            }
+        }
+        std::hint::black_box(&mut acc);
+    }
+    acc.iter().flatten().sum()
+}
