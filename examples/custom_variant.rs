@@ -1,32 +1,44 @@
-//! Plugging variants in from outside the crate, then checking, sweeping and reporting them.
+//! Plugging variants in from outside the crate and getting the whole `attnbench` command
+//! line for them.
 //!
 //! Two plug-in paths:
 //! 1. a new kernel: `TopK`, which keeps the k largest scores of each row (an approximation of
 //!    softmax attention), implements [`Attention`] itself;
 //! 2. a new sparsity pattern only: `Checker` implements [`Pattern`] (one method), and
-//!    [`Sparse`] runs it exactly on the crate's tiled engine, with no kernel code.
+//!    [`boxed`] runs it exactly on the crate's tiled engine, with no kernel code.
 //!
-//! Both join a [`Registry`] at run time, so spec strings such as `topk(k=8)` work, the
-//! conformance check covers them, and the sweep and report include them.
+//! Each is one `VariantInfo` (where its name and parameters are spelled, once) beside its
+//! type. Both join a [`Registry`] at run time, and [`attnbench::cli::main_from`] runs any
+//! `attnbench` command over that registry: spec strings such as `topk(k=8)` work in `list`,
+//! `check`, `sweep`, `run`, `maps`. A plug-in crate's own binary is then a few lines:
 //!
 //! ```text
-//! cargo run --release --example custom_variant
+//! attnbench::attnbench_main!({
+//!     let mut registry = attnbench::Registry::builtin();
+//!     registry.register(TOPK).expect("a new name");
+//!     registry
+//! });
+//! ```
+//!
+//! ```text
+//! cargo run --release --example custom_variant              # check, sweep and report both
+//! cargo run --release --example custom_variant -- list      # any attnbench command
+//! cargo run --release --example custom_variant -- check --variants 'topk(k=4),checker'
 //! ```
 
+use std::ffi::OsString;
 use std::fmt;
+use std::process::ExitCode;
 
-use attnbench::check::{self, Outcome};
 use attnbench::harness::memory::CountingAlloc;
-use attnbench::harness::sweep::{SweepConfig, run_sweep};
-use attnbench::harness::timing::TimingConfig;
 use attnbench::registry::{ParamInfo, VariantInfo};
-use attnbench::report::write_report;
-use attnbench::variants::sparse::Sparse;
+use attnbench::variants::sparse::boxed;
 use attnbench::{
     Attention, Call, Cost, Fidelity, Geometry, Options, Out, Pattern, Registry, Shape,
 };
 use ndarray::s;
 
+/// Peak heap bytes are measured through this allocator, as in the `attnbench` binary.
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
@@ -36,15 +48,35 @@ struct TopK {
     k: usize,
 }
 
+/// Its registry entry: the name and each parameter are spelled here only.
+const TOPK: VariantInfo = VariantInfo {
+    name: "topk",
+    summary: "softmax over the k largest scores of each row",
+    time: "O(n_q n_kv d)",
+    memory: "O(n_kv)",
+    params: &[ParamInfo {
+        name: "k",
+        default: "32",
+        help: "scores kept per row",
+    }],
+    presets: &["topk(k=8)"],
+    preview: "",
+    build: |p| {
+        Ok(Box::new(TopK {
+            k: p.positive("k")?,
+        }))
+    },
+};
+
 impl fmt::Display for TopK {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "topk(k={})", self.k)
+        TOPK.write_spec(f, &[Some(&self.k)])
     }
 }
 
 impl Attention for TopK {
     fn name(&self) -> &'static str {
-        "topk"
+        TOPK.name
     }
 
     fn fidelity(&self) -> Fidelity {
@@ -111,96 +143,86 @@ impl Pattern for Checker {
     }
 }
 
+const CHECKER: VariantInfo = VariantInfo {
+    name: "checker",
+    summary: "checkerboard of 16 x 16 blocks, on the tiled engine",
+    time: "O(n^2 d / 2)",
+    memory: "O(1) in n",
+    params: &[],
+    presets: &[],
+    preview: "",
+    build: |_| boxed(&CHECKER, Checker),
+};
+
 impl fmt::Display for Checker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("checker")
+        CHECKER.write_spec(f, &[])
     }
 }
 
-fn main() -> attnbench::Result<()> {
+fn main() -> ExitCode {
     let mut registry = Registry::builtin();
-    registry.register(VariantInfo {
-        name: "topk",
-        summary: "softmax over the k largest scores of each row",
-        params: &[ParamInfo {
-            name: "k",
-            default: "32",
-            help: "scores kept per row",
-        }],
-        presets: &[],
-        preview: "",
-        build: |p| {
-            Ok(Box::new(TopK {
-                k: p.positive("k")?,
-            }))
-        },
-    })?;
-    registry.register(VariantInfo {
-        name: "checker",
-        summary: "checkerboard of 16 x 16 blocks, on the tiled engine",
-        params: &[],
-        presets: &[],
-        preview: "",
-        build: |_| Ok(Box::new(Sparse::new("checker", Checker))),
-    })?;
-
-    // Conformance: the exact pattern variant must match the oracle; top-k reports its error.
-    let variants = registry.build_list("checker,topk(k=8)")?;
-    for v in &variants {
-        let mut worst: f64 = 0.0;
-        let mut failures = 0;
-        for case in check::cases() {
-            match check::check(v.as_ref(), &case, 0) {
-                Outcome::Ran { stats, passed } => {
-                    worst = worst.max(stats.rel_frobenius);
-                    failures += usize::from(!passed);
-                }
-                Outcome::Unsupported(_) => {}
-                Outcome::Failed(e) => return Err(attnbench::Error::bad_spec(v.to_string(), e)),
-            }
+    for info in [TOPK, CHECKER] {
+        if let Err(e) = registry.register(info) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
-        println!(
-            "check {v}: {failures} failures, worst relative error {worst:.2e} ({})",
-            v.fidelity()
-        );
-        assert_eq!(failures, 0, "{v} failed its conformance check");
     }
-
-    // A small sweep with the built-in baselines, then a report.
-    let mut variants = registry.build_list("full,flash")?;
-    variants.extend(registry.build_list("checker,topk(k=8)")?);
-    let out_dir = std::env::temp_dir().join("attnbench-custom-variant");
-    let cfg = SweepConfig {
-        lengths: vec![128, 256, 512],
-        heads: 2,
-        kv_heads: 2,
-        head_dim: 32,
-        timing: TimingConfig {
-            warmup: 1,
-            min_repeats: 2,
-            min_time: std::time::Duration::ZERO,
-            max_repeats: 2,
-        },
-        out_dir: out_dir.join("results"),
-        label: "custom".into(),
-        ..SweepConfig::default()
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.len() > 1 {
+        // Any attnbench command, over the registry with both plug-ins.
+        return attnbench::cli::main_from(args, registry);
+    }
+    // The demonstration: conformance (the exact pattern must match the oracle; top-k
+    // reports its error), then a small sweep with the built-in baselines and its report,
+    // all in a temporary directory.
+    let dir = std::env::temp_dir().join(format!("attnbench-custom-variant-{}", std::process::id()));
+    let results = dir.join("results");
+    let cli = |args: &[&str]| {
+        let args = std::iter::once("custom_variant").chain(args.iter().copied());
+        attnbench::cli::main_from(args.map(OsString::from), registry.clone())
     };
-    let sweep = run_sweep(&cfg, &variants, &mut |_| {})?;
-    for r in &sweep.records {
-        println!(
-            "{:<20} n={:<4} {:>8.3} ms  error vs dense {:.2e}  {}",
-            r.variant,
-            r.n_q,
-            r.time_median_ms.unwrap_or(f64::NAN),
-            r.err_dense_rel.unwrap_or(f64::NAN),
-            r.status
-        );
+    let steps: [&[&str]; 2] = [
+        &["check", "--variants", "checker,topk(k=8)"],
+        &[
+            "sweep",
+            "--variants",
+            "full,flash,checker,topk(k=8)",
+            "--lengths",
+            "128,256,512",
+            "--heads",
+            "2",
+            "--head-dim",
+            "32",
+            "--repeats",
+            "2",
+            "--min-time",
+            "0",
+            "--label",
+            "custom",
+            "--out",
+            results.to_str().expect("a UTF-8 temporary directory"),
+        ],
+    ];
+    for step in steps {
+        let code = cli(step);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
     }
-    let report = write_report(
-        std::slice::from_ref(&sweep.csv),
-        Some(&out_dir.join("report")),
-        &registry,
-    )?;
-    println!("report: {}", report.markdown.display());
-    Ok(())
+    let csv = std::fs::read_dir(&results)
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "csv"))
+        })
+        .expect("the sweep wrote a CSV");
+    let report = dir.join("report");
+    cli(&[
+        "report",
+        csv.to_str().expect("UTF-8"),
+        "--out",
+        report.to_str().expect("UTF-8"),
+    ])
 }

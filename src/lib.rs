@@ -37,12 +37,8 @@
 //! ```
 //!
 //! # Variants
-//! | spec | fidelity | what it computes |
-//! |---|---|---|
-//! | `full` | exact | materialized `n_q x n_kv` scores, softmax, `P V` |
-//! | `flash(bq=64,bk=128)` | exact | tiled, online softmax, memory independent of `n` |
-//! | `linear(phi=elu1\|relu\|favor)` | other kernel / approximate | kernelized linear attention, O(n) time and memory |
-//! | `window(w=256)`, `local(block=128)`, `strided(stride=128)`, `fixed(block=128,c=32)`, `longformer(w=256,g=16)`, `bigbird(block=64,w=3,g=2,r=3,seed=0)`, `dilated(w=128,dilation=2)` | exact under their [`pattern`] | the tiled engine on a sparse pattern |
+//! The built-in variants are listed in [`variants::BUILTIN`]; `attnbench list` prints them
+//! with their parameters, and `attnbench list --markdown` the table in README.md.
 //!
 //! # Modules
 //! - [`attention`]: the trait, [`Options`], [`Problem`] (validated input) and [`attend`].
@@ -58,6 +54,7 @@
 
 pub mod attention;
 pub mod check;
+pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod feature;

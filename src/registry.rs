@@ -1,131 +1,17 @@
-//! The registry: spec string -> `Box<dyn Attention>`.
+//! The [`Registry`]: resolves spec strings such as `flash(bq=64,bk=128)` to variants.
 //!
-//! Each variant describes itself once in a [`VariantInfo`] (name, one-line summary, parameters
-//! with defaults, and a constructor); [`Registry::builtin`] lists them explicitly. The CLI, the
-//! conformance tests and the harness all enumerate the registry, so a new variant is one file
-//! plus one line in [`BUILTIN`]. Variants defined outside the crate join a registry at run
-//! time with [`Registry::register`].
+//! The built-in variants are listed once, in [`crate::variants::BUILTIN`], next to their
+//! `mod` lines; each variant's entry ([`VariantInfo`]) lives in its own file. The CLI, the
+//! conformance checks, the sweep, the benches and the tests all enumerate a registry, so a
+//! new variant is one file plus one line. Variants defined outside the crate join a registry
+//! at run time with [`Registry::register`] and get the whole CLI through
+//! [`crate::cli::main`].
 
 use crate::attention::Attention;
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::Spec;
-use crate::variants;
-
-/// One parameter of a variant.
-#[derive(Debug, Clone, Copy)]
-pub struct ParamInfo {
-    /// The key in the spec string.
-    pub name: &'static str,
-    /// The default value, as written in a spec.
-    pub default: &'static str,
-    /// A one-line description.
-    pub help: &'static str,
-}
-
-/// How to build a variant from its parameters.
-pub type BuildFn = fn(&Params<'_>) -> Result<Box<dyn Attention>>;
-
-/// A registered variant: its name, summary, parameters and constructor.
-#[derive(Debug, Clone, Copy)]
-pub struct VariantInfo {
-    /// The registry name (the spec's name part).
-    pub name: &'static str,
-    /// A one-line description for `attnbench list`.
-    pub summary: &'static str,
-    /// The parameters, in canonical order.
-    pub params: &'static [ParamInfo],
-    /// The specs a default sweep or check runs; empty means the name alone (all defaults).
-    /// A variant with a mode parameter lists one spec per mode, e.g. `linear(phi=relu)`.
-    pub presets: &'static [&'static str],
-    /// A spec small enough to picture the pattern at n = 64 in reports (empty: the defaults).
-    pub preview: &'static str,
-    /// The constructor; it reads parameters through [`Params`].
-    pub build: BuildFn,
-}
-
-/// The built-in variants, in the order they are listed and swept.
-pub const BUILTIN: &[VariantInfo] = &[
-    variants::full::INFO,
-    variants::flash::INFO,
-    variants::sparse::WINDOW,
-    variants::sparse::LOCAL,
-    variants::sparse::STRIDED,
-    variants::sparse::FIXED,
-    variants::sparse::LONGFORMER,
-    variants::sparse::BIGBIRD,
-    variants::sparse::DILATED,
-    variants::linear::INFO,
-];
-
-/// The parameters of one spec, with the variant's defaults for those not given.
-#[derive(Debug)]
-pub struct Params<'a> {
-    spec: String,
-    info: &'a VariantInfo,
-    given: Vec<(String, String)>,
-}
-
-impl Params<'_> {
-    /// The raw value of `name`: the one given, else its default.
-    ///
-    /// # Panics
-    /// If the variant did not declare `name` in its [`VariantInfo::params`] (a bug in the
-    /// variant, not a user error).
-    pub fn raw(&self, name: &str) -> &str {
-        if let Some((_, v)) = self.given.iter().find(|(k, _)| k == name) {
-            return v;
-        }
-        self.info
-            .params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.default)
-            .unwrap_or_else(|| panic!("{} reads undeclared parameter '{name}'", self.info.name))
-    }
-
-    /// Whether `name` was written in the spec (rather than defaulted).
-    pub fn given(&self, name: &str) -> bool {
-        self.given.iter().any(|(k, _)| k == name)
-    }
-
-    /// Parses the value of `name` with `FromStr`.
-    pub fn parse<T: std::str::FromStr>(&self, name: &str, expected: &str) -> Result<T> {
-        let raw = self.raw(name);
-        raw.parse()
-            .map_err(|_| self.invalid(name, &format!("expected {expected}, got '{raw}'")))
-    }
-
-    /// A non-negative integer, at most 2^40 (larger sizes are not meaningful and would
-    /// overflow position arithmetic).
-    pub fn usize(&self, name: &str) -> Result<usize> {
-        let n: usize = self.parse(name, "a non-negative integer")?;
-        if n > 1 << 40 {
-            return Err(self.invalid(name, &format!("{n} is too large (at most 2^40)")));
-        }
-        Ok(n)
-    }
-
-    /// An integer of at least 1.
-    pub fn positive(&self, name: &str) -> Result<usize> {
-        match self.usize(name)? {
-            0 => Err(self.invalid(name, "must be at least 1, got 0")),
-            n => Ok(n),
-        }
-    }
-
-    /// A `true`/`false` flag.
-    pub fn bool(&self, name: &str) -> Result<bool> {
-        self.parse(name, "true or false")
-    }
-
-    /// An error naming parameter `name` of this spec.
-    pub fn invalid(&self, name: &str, message: &str) -> Error {
-        Error::bad_spec(
-            &self.spec,
-            format!("parameter {name} of {}: {message}", self.info.name),
-        )
-    }
-}
+pub use crate::spec::{BuildFn, ParamInfo, Params, VariantInfo};
+use crate::variants::BUILTIN;
 
 /// A set of variants that specs are resolved against.
 #[derive(Debug, Clone)]
@@ -140,7 +26,7 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// The built-in variants ([`BUILTIN`]).
+    /// The built-in variants ([`BUILTIN`](crate::variants::BUILTIN)).
     pub fn builtin() -> Self {
         Self {
             variants: BUILTIN.to_vec(),
@@ -208,11 +94,7 @@ impl Registry {
                 return Err(Error::bad_spec(spec, message));
             }
         }
-        (info.build)(&Params {
-            spec: spec.trim().to_string(),
-            info,
-            given: parsed.params,
-        })
+        (info.build)(&Params::new(spec.trim().to_string(), info, parsed.params))
     }
 
     /// Builds every variant's presets (its defaults when it lists none): what a default

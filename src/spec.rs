@@ -3,10 +3,17 @@
 //! A [`Spec`] is only syntax; the [registry](crate::registry) checks the name, the keys and
 //! the values. Lists of specs (as on the command line) are split on commas outside
 //! parentheses by [`split_list`].
+//!
+//! This module also holds what a variant declares about itself ([`VariantInfo`],
+//! [`ParamInfo`]) and reads its parameters through ([`Params`]): a leaf that the variants
+//! import and that imports no variant. A variant's canonical spec (its `Display`) is written
+//! by [`VariantInfo::write_spec`] from the declared parameter list, so its name and each
+//! parameter name are spelled once, in its `VariantInfo`.
 
 use std::fmt;
 use std::str::FromStr;
 
+use crate::attention::Attention;
 use crate::error::{Error, Result};
 
 /// A parsed spec string: a name and its `key=value` parameters in the order given.
@@ -16,6 +23,162 @@ pub struct Spec {
     pub name: String,
     /// The parameters, in the order written.
     pub params: Vec<(String, String)>,
+}
+
+/// One parameter of a variant.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamInfo {
+    /// The key in the spec string.
+    pub name: &'static str,
+    /// The default value, as written in a spec.
+    pub default: &'static str,
+    /// A one-line description.
+    pub help: &'static str,
+}
+
+/// How to build a variant from its parameters.
+pub type BuildFn = fn(&Params<'_>) -> Result<Box<dyn Attention>>;
+
+/// A registered variant: its name, summary, parameters and constructor.
+#[derive(Debug, Clone, Copy)]
+pub struct VariantInfo {
+    /// The registry name (the spec's name part).
+    pub name: &'static str,
+    /// A one-line description for `attnbench list`: what it computes.
+    pub summary: &'static str,
+    /// Its time complexity, for the variant table (e.g. `O(n w d)`).
+    pub time: &'static str,
+    /// Its extra memory beyond the inputs and output, for the variant table.
+    pub memory: &'static str,
+    /// The parameters, in canonical order.
+    pub params: &'static [ParamInfo],
+    /// The specs a default sweep or check runs; empty means the name alone (all defaults).
+    /// A variant with a mode parameter lists one spec per mode, e.g. `linear(phi=relu)`.
+    pub presets: &'static [&'static str],
+    /// A spec small enough to picture the pattern at n = 64 in reports (empty: the defaults).
+    pub preview: &'static str,
+    /// The constructor; it reads parameters through [`Params`].
+    pub build: BuildFn,
+}
+
+/// The parameters of one spec, with the variant's defaults for those not given.
+#[derive(Debug)]
+pub struct Params<'a> {
+    spec: String,
+    info: &'a VariantInfo,
+    given: Vec<(String, String)>,
+}
+
+impl<'a> Params<'a> {
+    /// The parameters `given` in `spec` for the variant `info` (the registry checked the keys).
+    pub(crate) fn new(spec: String, info: &'a VariantInfo, given: Vec<(String, String)>) -> Self {
+        Self { spec, info, given }
+    }
+
+    /// The raw value of `name`: the one given, else its default.
+    ///
+    /// # Panics
+    /// If the variant did not declare `name` in its [`VariantInfo::params`] (a bug in the
+    /// variant, not a user error).
+    pub fn raw(&self, name: &str) -> &str {
+        if let Some((_, v)) = self.given.iter().find(|(k, _)| k == name) {
+            return v;
+        }
+        self.info
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.default)
+            .unwrap_or_else(|| panic!("{} reads undeclared parameter '{name}'", self.info.name))
+    }
+
+    /// Whether `name` was written in the spec (rather than defaulted).
+    pub fn given(&self, name: &str) -> bool {
+        self.given.iter().any(|(k, _)| k == name)
+    }
+
+    /// Parses the value of `name` with `FromStr`.
+    pub fn parse<T: std::str::FromStr>(&self, name: &str, expected: &str) -> Result<T> {
+        let raw = self.raw(name);
+        raw.parse()
+            .map_err(|_| self.invalid(name, &format!("expected {expected}, got '{raw}'")))
+    }
+
+    /// A non-negative integer, at most 2^40 (larger sizes are not meaningful and would
+    /// overflow position arithmetic).
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        let n: usize = self.parse(name, "a non-negative integer")?;
+        if n > 1 << 40 {
+            return Err(self.invalid(name, &format!("{n} is too large (at most 2^40)")));
+        }
+        Ok(n)
+    }
+
+    /// An integer of at least 1.
+    pub fn positive(&self, name: &str) -> Result<usize> {
+        match self.usize(name)? {
+            0 => Err(self.invalid(name, "must be at least 1, got 0")),
+            n => Ok(n),
+        }
+    }
+
+    /// A `true`/`false` flag.
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        self.parse(name, "true or false")
+    }
+
+    /// An error naming parameter `name` of this spec.
+    pub fn invalid(&self, name: &str, message: &str) -> Error {
+        Error::bad_spec(
+            &self.spec,
+            format!("parameter {name} of {}: {message}", self.info.name),
+        )
+    }
+}
+
+impl VariantInfo {
+    /// Writes the canonical spec of a variant of this kind: the name, then `key=value` for
+    /// each parameter whose value is `Some`, in the order of [`params`](VariantInfo::params)
+    /// (`values[i]` is the value of `params[i]`; `None` leaves a parameter out, e.g. one
+    /// that does not apply or an `auto` default). The bare name when no value is given.
+    ///
+    /// # Panics
+    /// If `values` does not have one entry per parameter (a bug in the variant; the
+    /// registry's round-trip tests build every preset and catch it).
+    pub fn write_spec(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        values: &[Option<&dyn fmt::Display>],
+    ) -> fmt::Result {
+        assert_eq!(
+            values.len(),
+            self.params.len(),
+            "{}: one value per declared parameter",
+            self.name
+        );
+        f.write_str(self.name)?;
+        let mut sep = "(";
+        for (p, v) in self.params.iter().zip(values) {
+            if let Some(v) = v {
+                write!(f, "{sep}{}={v}", p.name)?;
+                sep = ",";
+            }
+        }
+        if sep == "," {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+
+    /// The specs a default sweep or check runs: [`presets`](VariantInfo::presets), or the
+    /// bare name when there are none.
+    pub fn default_specs(&self) -> Vec<&'static str> {
+        if self.presets.is_empty() {
+            vec![self.name]
+        } else {
+            self.presets.to_vec()
+        }
+    }
 }
 
 impl FromStr for Spec {

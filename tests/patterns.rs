@@ -1,13 +1,19 @@
 //! Sparse patterns: hand-written masks, tile classification and row masking against
-//! brute force, key counts, user patterns with empty rows, and parameter errors.
+//! brute force for every pattern variant in the registry (with random parameters), key
+//! counts, user patterns with empty rows, and parameter errors.
 
 use attnbench::oracle::{compare, oracle};
-use attnbench::pattern::{
-    BigBird, Causal, Dilated, Fixed, Global, Intersection, Local, Longformer, Mask, Strided, Window,
-};
+use attnbench::pattern::{Causal, Global, Intersection, Local, Mask, Window};
+use attnbench::variants::bigbird::BigBird;
+use attnbench::variants::dilated::Dilated;
+use attnbench::variants::fixed::Fixed;
+use attnbench::variants::longformer::Longformer;
 use attnbench::variants::sparse::Sparse;
+use attnbench::variants::strided::Strided;
 use attnbench::workload::gaussian;
-use attnbench::{ErrorKind, Geometry, Options, Pattern, Problem, Registry, Shape, Tile, attend};
+use attnbench::{
+    Attention, ErrorKind, Geometry, Options, Pattern, Problem, Registry, Shape, Tile, attend,
+};
 use ndarray::Axis;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -190,41 +196,42 @@ fn bigbird_random_blocks_are_seeded() {
     }
 }
 
-/// Every built-in pattern with random parameters small enough to make tiles interesting.
-fn random_pattern(rng: &mut StdRng) -> Box<dyn Pattern> {
-    match rng.random_range(0..7) {
-        0 => Box::new(Window {
-            w: rng.random_range(0..12),
-        }),
-        1 => Box::new(Local {
-            block: rng.random_range(1..12),
-        }),
-        2 => Box::new(Strided {
-            stride: rng.random_range(1..9),
-        }),
-        3 => {
-            let block = rng.random_range(1..10);
-            Box::new(Fixed {
-                block,
-                c: rng.random_range(0..=block),
+/// The registered variants that have a pattern.
+fn pattern_variants(reg: &Registry) -> Vec<&'static str> {
+    reg.iter()
+        .filter(|info| {
+            let v = reg.build(info.name).expect("registered defaults build");
+            v.pattern().is_some()
+        })
+        .map(|info| info.name)
+        .collect()
+}
+
+/// A registered pattern variant `name` with random parameters small enough to make tiles
+/// interesting: integers in 0..12, flags at random; specs the variant refuses (e.g. `c >
+/// block`) are drawn again.
+fn random_variant(reg: &Registry, name: &str, rng: &mut StdRng) -> Box<dyn Attention> {
+    let info = reg.info(name).expect("registered");
+    for _ in 0..1000 {
+        let params: Vec<String> = info
+            .params
+            .iter()
+            .map(|p| {
+                let value = if p.default.parse::<u64>().is_ok() {
+                    rng.random_range(0..12u32).to_string()
+                } else if p.default.parse::<bool>().is_ok() {
+                    rng.random_bool(0.5).to_string()
+                } else {
+                    p.default.to_string()
+                };
+                format!("{}={value}", p.name)
             })
+            .collect();
+        if let Ok(v) = reg.build(&format!("{name}({})", params.join(","))) {
+            return v;
         }
-        4 => Box::new(Longformer {
-            w: rng.random_range(0..8),
-            g: rng.random_range(0..5),
-        }),
-        5 => Box::new(BigBird {
-            block: rng.random_range(1..6),
-            w: rng.random_range(1..4),
-            g: rng.random_range(0..3),
-            r: rng.random_range(0..3),
-            seed: rng.random_range(0..100),
-        }),
-        _ => Box::new(Dilated {
-            w: rng.random_range(0..6),
-            dilation: rng.random_range(1..5),
-        }),
     }
+    panic!("{name} refused 1000 random specs");
 }
 
 fn brute(
@@ -251,20 +258,24 @@ fn brute(
 
 #[test]
 fn classification_row_masks_and_counts_match_brute_force() {
+    let reg = Registry::builtin();
+    let names = pattern_variants(&reg);
+    assert!(names.len() >= 7, "pattern variants: {names:?}");
     let mut rng = StdRng::seed_from_u64(2024);
     let mut conservative = 0usize;
     let mut tiles = 0usize;
-    for _ in 0..400 {
-        let pattern = random_pattern(&mut rng);
+    for round in 0..60 * names.len() {
+        let variant = random_variant(&reg, names[round % names.len()], &mut rng);
+        let pattern = variant.pattern().expect("a pattern variant");
         let g = Geometry::new(rng.random_range(1..48), rng.random_range(1..48));
         let causal_flag = rng.random_bool(0.5);
-        let mask = Mask::new(Some(pattern.as_ref()), causal_flag);
+        let mask = Mask::new(Some(pattern), causal_flag);
         let (bq, bk) = (rng.random_range(1..10), rng.random_range(1..10));
         for r0 in (0..g.n_q).step_by(bq) {
             for c0 in (0..g.n_kv).step_by(bk) {
                 let rows = r0..(r0 + bq).min(g.n_q);
                 let cols = c0..(c0 + bk).min(g.n_kv);
-                for p in [pattern.as_ref(), &mask as &dyn Pattern] {
+                for p in [pattern, &mask as &dyn Pattern] {
                     let want = brute(p, g, rows.clone(), cols.clone());
                     let got = p.classify(g, rows.clone(), cols.clone());
                     tiles += 1;

@@ -94,12 +94,7 @@ impl Default for SweepConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             workload: Workload::Gaussian { scale: 1.0 },
             seed: 0,
-            timing: TimingConfig {
-                warmup: 1,
-                min_repeats: 3,
-                min_time: Duration::from_millis(300),
-                max_repeats: 100_000,
-            },
+            timing: TimingConfig::default(),
             max_memory: super::machine::total_memory().map_or(8 << 30, |m| m / 2),
             max_seconds: 30.0,
             dense_oracle_max: 1024,
@@ -107,6 +102,22 @@ impl Default for SweepConfig {
             out_dir: PathBuf::from("results"),
             label: "sweep".into(),
             command_line: std::env::args().collect(),
+        }
+    }
+}
+
+impl SweepConfig {
+    /// A smoke run: [`SweepConfig::default`] at n = 256, 512, 1024 with one timed call per
+    /// cell (`attnbench run --quick`).
+    pub fn quick() -> Self {
+        Self {
+            lengths: vec![256, 512, 1024],
+            timing: TimingConfig {
+                min_repeats: 1,
+                min_time: Duration::ZERO,
+                ..TimingConfig::default()
+            },
+            ..Self::default()
         }
     }
 }

@@ -17,9 +17,9 @@
 use std::fmt;
 use std::ops::Range;
 
-mod sparse;
+pub mod blocks;
 
-pub use sparse::{BigBird, Dilated, Fixed, Global, Local, Longformer, Strided, Window};
+pub use blocks::{Global, Local, Stripes, Window};
 
 /// The sequence lengths a pattern is evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,7 +116,7 @@ pub trait Pattern: fmt::Debug + Send + Sync {
 }
 
 /// Sets `row[j - c0]` to `-inf` for every `j` outside `lo..=hi`.
-pub(crate) fn fill_outside(row: &mut [f32], c0: usize, lo: isize, hi: isize) {
+pub fn fill_outside(row: &mut [f32], c0: usize, lo: isize, hi: isize) {
     let len = row.len() as isize;
     let c0 = c0 as isize;
     let start = lo.saturating_sub(c0).clamp(0, len) as usize;

@@ -10,7 +10,7 @@ use crate::error::{ErrorKind, Result};
 use crate::kernels::isa::{Isa, Path};
 use crate::modifier::Feature;
 use crate::pattern::Mask;
-use crate::registry::{ParamInfo, Params, VariantInfo};
+use crate::spec::{ParamInfo, Params, VariantInfo};
 use crate::shape::Shape;
 
 /// Exact dense attention on the tiled engine. See the [module docs](self).
@@ -26,6 +26,8 @@ pub struct Flash {
 pub const INFO: VariantInfo = VariantInfo {
     name: "flash",
     summary: "tiled with online softmax (FlashAttention); O(n) memory, skips masked tiles",
+    time: "O(n_q n_kv d), causal skips masked tiles",
+    memory: "O((bq + bk) d + bq bk) per thread, independent of n",
     params: &[
         ParamInfo {
             name: "bq",
@@ -69,17 +71,21 @@ fn build(p: &Params) -> Result<Box<dyn Attention>> {
 
 impl fmt::Display for Flash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "flash(bq={},bk={}", self.tiling.bq, self.tiling.bk)?;
-        if let Some(isa) = self.isa {
-            write!(f, ",isa={}", isa.spec_name())?;
-        }
-        f.write_str(")")
+        let isa = self.isa.map(Path::spec_name);
+        INFO.write_spec(
+            f,
+            &[
+                Some(&self.tiling.bq),
+                Some(&self.tiling.bk),
+                isa.as_ref().map(|s| s as &dyn fmt::Display),
+            ],
+        )
     }
 }
 
 impl Attention for Flash {
     fn name(&self) -> &'static str {
-        "flash"
+        INFO.name
     }
 
     fn fidelity(&self) -> Fidelity {

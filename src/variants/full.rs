@@ -19,7 +19,7 @@ use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
 use crate::modifier::Feature;
 use crate::parallel::for_each_head_with;
 use crate::pattern::{Causal, Pattern};
-use crate::registry::{Params, VariantInfo};
+use crate::spec::{Params, VariantInfo};
 use crate::shape::Shape;
 
 /// Dense attention through a materialized score matrix. See the [module docs](self).
@@ -30,6 +30,8 @@ pub struct Full;
 pub const INFO: VariantInfo = VariantInfo {
     name: "full",
     summary: "materializes the n_q x n_kv scores (two sgemm + softmax); O(n^2) memory",
+    time: "O(n_q n_kv d)",
+    memory: "O(n_q n_kv) per busy thread: the score matrix",
     params: &[],
     presets: &[],
     preview: "",
@@ -42,13 +44,13 @@ fn build(_: &Params) -> Result<Box<dyn Attention>> {
 
 impl fmt::Display for Full {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("full")
+        INFO.write_spec(f, &[])
     }
 }
 
 impl Attention for Full {
     fn name(&self) -> &'static str {
-        "full"
+        INFO.name
     }
 
     fn fidelity(&self) -> Fidelity {

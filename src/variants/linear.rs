@@ -28,7 +28,7 @@ use crate::kernels::exp;
 use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
 use crate::modifier::Feature;
 use crate::parallel::for_each_head;
-use crate::registry::{ParamInfo, Params, VariantInfo};
+use crate::spec::{ParamInfo, Params, VariantInfo};
 use crate::shape::Shape;
 
 /// The feature map of a [`Linear`] variant, as named in its spec.
@@ -86,6 +86,8 @@ impl Linear {
 pub const INFO: VariantInfo = VariantInfo {
     name: "linear",
     summary: "kernelized linear attention phi(Q)(phi(K)^T V); causal by chunked prefix sums",
+    time: "O(n m d), m = d (elu1, relu) or the feature count (favor)",
+    memory: "O(chunk m + m d)",
     params: &[
         ParamInfo {
             name: "phi",
@@ -150,25 +152,26 @@ fn build(p: &Params) -> Result<Box<dyn Attention>> {
 
 impl fmt::Display for Linear {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.phi {
-            Phi::Elu1 => write!(f, "linear(phi=elu1,chunk={})", self.chunk),
-            Phi::Relu => write!(f, "linear(phi=relu,chunk={})", self.chunk),
+        let (phi, favor) = match &self.phi {
+            Phi::Elu1 => ("elu1", None),
+            Phi::Relu => ("relu", None),
             Phi::Favor {
                 m,
                 seed,
                 orthogonal,
-            } => write!(
-                f,
-                "linear(phi=favor,m={m},seed={seed},orthogonal={orthogonal},chunk={})",
-                self.chunk
-            ),
-        }
+            } => ("favor", Some((m, seed, orthogonal))),
+        };
+        // m, seed and orthogonal apply to phi=favor only.
+        let m = favor.map(|(m, _, _)| m as &dyn fmt::Display);
+        let seed = favor.map(|(_, s, _)| s as &dyn fmt::Display);
+        let orthogonal = favor.map(|(_, _, o)| o as &dyn fmt::Display);
+        INFO.write_spec(f, &[Some(&phi), m, seed, orthogonal, Some(&self.chunk)])
     }
 }
 
 impl Attention for Linear {
     fn name(&self) -> &'static str {
-        "linear"
+        INFO.name
     }
 
     fn fidelity(&self) -> Fidelity {

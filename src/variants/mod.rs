@@ -1,17 +1,29 @@
-//! The built-in attention variants, one file each.
+//! The built-in attention variants, one file each, and [`BUILTIN`], their list.
 //!
-//! | variant | file | fidelity | memory |
-//! |---|---|---|---|
-//! | `full` | [`full`] | exact | O(n^2): the score matrix |
-//! | `flash(bq,bk)` | [`flash`] | exact | O(1) in n per worker |
-//! | `window`, `local`, `strided`, `fixed`, `longformer`, `bigbird`, `dilated` | [`sparse`] | exact under their pattern | O(1) in n per worker |
+//! Each file holds the variant's type, its [`VariantInfo`] (`INFO`: name, summary,
+//! parameters, presets, constructor) and its `Display`, which writes the canonical spec from
+//! that parameter list. Adding a variant is one new file and one name in the `builtin!` line
+//! below; the CLI, `attnbench check`, the sweep, the benches, the conformance and pattern
+//! tests and the variant table of the README (`attnbench list --markdown`) all enumerate the
+//! registry. `attnbench list` prints every variant with its parameters.
 //!
-//! | `linear(phi=elu1\|relu\|favor)` | [`linear`] | other kernel (elu1, relu) or approximate (favor) | O(chunk m + m d) |
-//!
-//! [`flash`] also holds the tiled engine ([`flash::tiled_forward`]) on which every
-//! pattern-restricted exact variant runs.
+//! [`sparse`] is not a variant: it turns any [`Pattern`](crate::Pattern) into one on the
+//! [tiled engine](crate::engine).
 
-pub mod flash;
-pub mod full;
-pub mod linear;
+use crate::spec::VariantInfo;
+
 pub mod sparse;
+
+/// Declares each built-in variant's module and lists its `INFO` in [`BUILTIN`], in order.
+macro_rules! builtin {
+    ($($variant:ident),* $(,)?) => {
+        $(pub mod $variant;)*
+
+        /// The built-in variants, in the order they are listed and swept.
+        pub const BUILTIN: &[VariantInfo] = &[$($variant::INFO),*];
+    };
+}
+
+builtin![
+    full, flash, window, local, strided, fixed, longformer, bigbird, dilated, linear
+];

@@ -1,0 +1,260 @@
+//! The clap definitions of every subcommand, their value parsers, and the sweep flags
+//! overlaid on the library's defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::attention::Options;
+use crate::harness::sweep::SweepConfig;
+use crate::workload::Workload;
+
+/// Reference CPU benchmark suite for efficient attention.
+#[derive(Debug, Parser)]
+#[command(name = "attnbench", version, about)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// List every registered variant with its parameters and defaults.
+    List {
+        /// Print the markdown table of variants (as in README.md).
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Check variants against the f64 oracle on a fixed set of small cases.
+    Check {
+        /// Comma-separated variant specs, e.g. `full,flash(bq=32,bk=64)`.
+        /// Default: every registered variant with default parameters.
+        #[arg(long, value_name = "SPEC,...")]
+        variants: Option<String>,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Measure time, peak memory and error of variants across sequence lengths; write
+    /// results/<UTC time>-<label>.csv and .json.
+    Sweep(Box<SweepArgs>),
+    /// Turn results CSVs into charts (SVG and PNG) and a markdown report.
+    Report {
+        /// Results CSV files (several are combined into one report).
+        #[arg(required = true, value_name = "RESULTS.csv")]
+        csv: Vec<PathBuf>,
+        /// Output directory; default: reports/<run id of the first file>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sweep, then report: the main job. Takes every `sweep` flag.
+    Run(Box<SweepArgs>),
+    /// Draw each head's attention weights under full attention and under each variant, with
+    /// per-head entropy, local and first-token mass; write PNGs, maps.csv and maps.md.
+    Maps(MapsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct MapsArgs {
+    /// Inputs: `npy:DIR` (real activations, e.g. npy:tests/data/qkv) or `gaussian`.
+    #[arg(long, default_value = "npy:tests/data/qkv", value_parser = parse_workload)]
+    pub(super) workload: Workload,
+    /// Comma-separated variant specs drawn next to full attention.
+    #[arg(
+        long,
+        value_name = "SPEC,...",
+        default_value = "window(w=32),linear(phi=elu1)"
+    )]
+    pub(super) variants: String,
+    /// Heads to draw, e.g. `0,1,2`; default: all.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(super) heads: Option<Vec<usize>>,
+    /// Sequence length (a prefix); default: the workload's length, up to 512.
+    #[arg(long)]
+    pub(super) n: Option<usize>,
+    /// Causal masking.
+    #[arg(long)]
+    pub(super) causal: bool,
+    /// Log colour scale (four decades), which shows the tails of the weights.
+    #[arg(long)]
+    pub(super) log: bool,
+    /// Output directory; default: reports/maps-<UTC time>.
+    #[arg(long)]
+    pub(super) out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct SweepArgs {
+    /// Comma-separated variant specs, e.g. `full,flash,window(w=128)`.
+    /// Default: every registered variant's presets.
+    #[arg(long, value_name = "SPEC,...")]
+    pub(super) variants: Option<String>,
+    /// Sequence lengths: a list `256,512,1000` or a doubling range `256..8192` (A, 2A, 4A, ...
+    /// up to B).
+    /// Default: 256..8192 (256..1024 with --quick).
+    #[arg(long, value_name = "LIST|A..B", value_parser = parse_lengths)]
+    pub(super) lengths: Option<Lengths>,
+    /// Batch size (Gaussian workload). Default: 1.
+    #[arg(long)]
+    pub(super) batch: Option<usize>,
+    /// Query heads (Gaussian workload). Default: 8.
+    #[arg(long)]
+    pub(super) heads: Option<usize>,
+    /// Key/value heads (Gaussian workload); default: --heads.
+    #[arg(long)]
+    pub(super) kv_heads: Option<usize>,
+    /// Head dimension (Gaussian workload). Default: 64.
+    #[arg(long)]
+    pub(super) head_dim: Option<usize>,
+    /// Causal masking (bottom-right aligned).
+    #[arg(long)]
+    pub(super) causal: bool,
+    /// ALiBi position biases (per-head slopes 2^(-8k/h)).
+    #[arg(long)]
+    pub(super) alibi: bool,
+    /// tanh soft-capping of the scores at +-C, e.g. 30.
+    #[arg(long, value_name = "C")]
+    pub(super) softcap: Option<f32>,
+    /// Rotary position embedding of Q and K (base 10000 unless given).
+    #[arg(long, value_name = "BASE", num_args = 0..=1, default_missing_value = "10000")]
+    pub(super) rope: Option<f32>,
+    /// Decoding: this many queries (the last positions) against each length of keys; rows
+    /// then report their fraction of the measured read bandwidth.
+    #[arg(long, value_name = "N")]
+    pub(super) n_q: Option<usize>,
+    /// Measure the whole multi-head layer (projections + core) around each variant, with
+    /// Gaussian X of width --d-model.
+    #[arg(long)]
+    pub(super) layer: bool,
+    /// The layer's model width (with --layer); head_dim becomes d_model / heads.
+    #[arg(long, value_name = "N", default_value_t = 512, requires = "layer")]
+    pub(super) d_model: usize,
+    /// Worker threads; default: all cores.
+    #[arg(long)]
+    pub(super) threads: Option<usize>,
+    /// Inputs: `gaussian`, `gaussian(scale=2)` or `npy:DIR` (real activations, e.g.
+    /// npy:tests/data/qkv; shape taken from the files).
+    #[arg(long, default_value = "gaussian", value_parser = parse_workload)]
+    pub(super) workload: Workload,
+    /// Seed of the inputs and of the oracle's row sample.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    /// Minimum timed calls per cell (default 3; 1 with --quick).
+    #[arg(long)]
+    pub(super) repeats: Option<usize>,
+    /// Minimum total timed seconds per cell (default 0.3; 0 with --quick).
+    #[arg(long, value_name = "SECONDS")]
+    pub(super) min_time: Option<f64>,
+    /// Skip cells whose analytic memory exceeds this many bytes (suffixes K, M, G);
+    /// default: half the machine's RAM.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(super) max_memory: Option<u64>,
+    /// Skip a variant's longer lengths once one call took longer than this. Default: 30.
+    #[arg(long, value_name = "SECONDS")]
+    pub(super) max_seconds: Option<f64>,
+    /// Directory for the CSV and JSON. Default: results.
+    #[arg(long)]
+    pub(super) out: Option<PathBuf>,
+    /// Label appended to the run id. Default: sweep.
+    #[arg(long)]
+    pub(super) label: Option<String>,
+    /// Few lengths and repeats, for a smoke run (under 30 s).
+    #[arg(long)]
+    pub(super) quick: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Lengths(Vec<usize>);
+
+fn parse_lengths(text: &str) -> Result<Lengths, String> {
+    if let Some((a, b)) = text.split_once("..") {
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{s}' is not a length"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a == 0 || a > b {
+            return Err(format!("range {a}..{b} must have 1 <= start <= end"));
+        }
+        let mut v = Vec::new();
+        let mut n = Some(a);
+        while let Some(x) = n.filter(|&x| x <= b) {
+            v.push(x);
+            n = x.checked_mul(2);
+        }
+        return Ok(Lengths(v));
+    }
+    let v = text
+        .split(',')
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(0) => Err("lengths must be at least 1".to_string()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("'{s}' is not a length")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Lengths(v))
+}
+
+fn parse_workload(text: &str) -> Result<Workload, String> {
+    text.parse().map_err(|e: crate::Error| e.to_string())
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{text}' is not a byte count (e.g. 2000000, 512M, 4G)"))
+}
+
+/// The sweep configuration of `args`: every flag given overlaid on
+/// [`SweepConfig::quick`] (with `--quick`) or [`SweepConfig::default`].
+pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
+    let base = if args.quick {
+        SweepConfig::quick()
+    } else {
+        SweepConfig::default()
+    };
+    let mut timing = base.timing;
+    if let Some(r) = args.repeats {
+        timing.min_repeats = r;
+    }
+    if let Some(t) = args.min_time {
+        timing.min_time = Duration::from_secs_f64(t.max(0.0));
+    }
+    let mut opts = Options::new().causal(args.causal).alibi(args.alibi);
+    opts.softcap = args.softcap;
+    opts.rope = args.rope;
+    SweepConfig {
+        lengths: args
+            .lengths
+            .as_ref()
+            .map_or(base.lengths.clone(), |l| l.0.clone()),
+        batch: args.batch.unwrap_or(base.batch),
+        heads: args.heads.unwrap_or(base.heads),
+        kv_heads: args.kv_heads.or(args.heads).unwrap_or(base.kv_heads),
+        head_dim: args.head_dim.unwrap_or(base.head_dim),
+        opts,
+        n_q: args.n_q,
+        layer: args.layer.then_some(args.d_model),
+        threads: args.threads.unwrap_or(base.threads),
+        workload: args.workload.clone(),
+        seed: args.seed,
+        timing,
+        max_memory: args.max_memory.unwrap_or(base.max_memory),
+        max_seconds: args.max_seconds.unwrap_or(base.max_seconds),
+        out_dir: args.out.clone().unwrap_or(base.out_dir.clone()),
+        label: args.label.clone().unwrap_or(base.label.clone()),
+        ..base
+    }
+}

@@ -1,0 +1,212 @@
+//! One function per subcommand. Each returns the process exit code, or an I/O error of
+//! writing to the terminal; run errors are printed and give exit code 2.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::args::{MapsArgs, SweepArgs, sweep_config};
+use super::progress::{print_summary, run_with_progress};
+use crate::attention::{Attention, Fidelity};
+use crate::check::{self, Outcome};
+use crate::registry::Registry;
+
+pub(super) fn check(
+    registry: &Registry,
+    variants: Option<&str>,
+    seed: u64,
+) -> io::Result<ExitCode> {
+    let variants: Vec<Box<dyn Attention>> = match variants {
+        Some(list) => match registry.build_list(list) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => registry.defaults(),
+    };
+    let cases = check::cases();
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{:<22} {:<34} {:>11} {:>11} {:>9}  result",
+        "variant", "case", "max abs", "rel frob", "cosine"
+    )?;
+    let mut failures = 0;
+    let mut total = 0;
+    for variant in &variants {
+        for case in &cases {
+            let outcome = check::check(variant.as_ref(), case, seed);
+            total += 1;
+            failures += usize::from(outcome.is_failure());
+            let name = format!("{} ({})", case.name, case.shape);
+            match outcome {
+                Outcome::Ran { stats, passed } => writeln!(
+                    out,
+                    "{:<22} {:<34} {:>11.3e} {:>11.3e} {:>9.6}  {}",
+                    variant.to_string(),
+                    case.name,
+                    stats.max_abs,
+                    stats.rel_frobenius,
+                    stats.mean_cosine,
+                    match (variant.fidelity(), passed) {
+                        (Fidelity::Exact, true) => "pass".to_string(),
+                        (Fidelity::Exact, false) => "FAIL".to_string(),
+                        (f, true) => format!("reported ({f}: error vs dense attention)"),
+                        (f, false) => format!("FAIL ({f}: non-finite output)"),
+                    }
+                )?,
+                Outcome::Unsupported(reasons) => writeln!(
+                    out,
+                    "{:<22} {:<34} {:>11} {:>11} {:>9}  skipped: {}",
+                    variant.to_string(),
+                    name,
+                    "-",
+                    "-",
+                    "-",
+                    reasons.join("; ")
+                )?,
+                Outcome::Failed(e) => writeln!(
+                    out,
+                    "{:<22} {:<34} {:>11} {:>11} {:>9}  FAIL: {e}",
+                    variant.to_string(),
+                    name,
+                    "-",
+                    "-",
+                    "-"
+                )?,
+            }
+        }
+    }
+    writeln!(
+        out,
+        "\n{} of {total} checks passed (exact variants: relative Frobenius error <= {:e} against the f64 oracle under their own pattern; approximate and other-kernel variants: finite output, error reported)",
+        total - failures,
+        check::EXACT_TOLERANCE
+    )?;
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn build_variants(
+    registry: &Registry,
+    list: Option<&str>,
+) -> Result<Vec<Box<dyn Attention>>, String> {
+    match list {
+        Some(list) => registry.build_list(list).map_err(|e| e.to_string()),
+        None => Ok(registry.defaults()),
+    }
+}
+
+pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> {
+    let variants = match registry.build_list(&args.variants) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let out_dir = args.out.unwrap_or_else(|| {
+        let stamp = crate::harness::sweep::utc_stamp(std::time::SystemTime::now());
+        PathBuf::from("reports").join(format!("maps-{stamp}"))
+    });
+    let cfg = crate::maps::MapsConfig {
+        workload: args.workload,
+        variants,
+        heads: args.heads,
+        n: args.n,
+        causal: args.causal,
+        log: args.log,
+        out_dir,
+        seed: 0,
+    };
+    match crate::maps::write_maps(&cfg) {
+        Ok(out) => {
+            for kind in ["previous-token", "first-token", "local"] {
+                let heads: Vec<String> = out
+                    .rows
+                    .iter()
+                    .filter(|r| r.variant == "full" && r.stats.kind() == kind)
+                    .map(|r| format!("{} h{}", r.sequence, r.head))
+                    .collect();
+                if !heads.is_empty() {
+                    println!("{kind} heads: {}", heads.join(", "));
+                }
+            }
+            println!(
+                "{} images, statistics: {}, summary: {}",
+                out.images.len(),
+                out.csv.display(),
+                out.markdown.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+pub(super) fn report(csvs: &[PathBuf], out: Option<&Path>) -> io::Result<ExitCode> {
+    match crate::report::write_report(csvs, out, &Registry::builtin()) {
+        Ok(report) => {
+            println!("report: {}", report.markdown.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+pub(super) fn sweep(
+    registry: &Registry,
+    args: SweepArgs,
+    then_report: bool,
+) -> io::Result<ExitCode> {
+    let variants = match build_variants(registry, args.variants.as_deref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !args.min_time.is_none_or(|t| t.is_finite() && t >= 0.0) {
+        eprintln!("error: --min-time must be a non-negative number of seconds");
+        return Ok(ExitCode::from(2));
+    }
+    let cfg = sweep_config(&args);
+    match run_with_progress(&cfg, &variants) {
+        Ok(output) => {
+            print_summary(&output)?;
+            let code = if then_report {
+                report(std::slice::from_ref(&output.csv), None)?
+            } else {
+                ExitCode::SUCCESS
+            };
+            // An exact variant off its own definition is a kernel bug: fail loudly.
+            let flagged = output
+                .records
+                .iter()
+                .filter(|r| r.status == "flagged")
+                .count();
+            if flagged > 0 {
+                eprintln!(
+                    "error: {flagged} cell(s) flagged: an exact variant differs from the oracle under its own pattern (see the status column)"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(code)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The `attnbench` command line as a library entry point.
+//!
+//! [`main`] runs the whole CLI (`list`, `check`, `sweep`, `report`, `run`, `maps`) over any
+//! [`Registry`], so a crate that registers its own variants gets every command for them in a
+//! few lines, as `criterion_main!` does for benches:
+//!
+//! ```no_run
+//! let mut registry = attnbench::Registry::builtin();
+//! // registry.register(my_variant::INFO)?;
+//! std::process::exit(match attnbench::cli::main(registry) {
+//!     code if code == std::process::ExitCode::SUCCESS => 0,
+//!     _ => 1,
+//! });
+//! ```
+//!
+//! [`attnbench_main!`](crate::attnbench_main) writes that `main` and also installs the
+//! counting allocator that peak-memory measurement needs (`src/main.rs` is one line of it).
+//!
+//! - `args`: the clap definitions, value parsers and the sweep flags overlaid on
+//!   [`SweepConfig::default`](crate::harness::sweep::SweepConfig::default) or
+//!   [`SweepConfig::quick`](crate::harness::sweep::SweepConfig::quick);
+//! - `commands`: one function per subcommand;
+//! - `progress`: the progress bar and the summary table of a sweep.
+
+mod args;
+mod commands;
+mod progress;
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::registry::Registry;
+use args::{Cli, Command};
+
+/// Runs the CLI on the process's arguments over `registry`. Exit codes: 0 on success, 1 when
+/// a check fails or a sweep flags a cell, 2 on a usage or run error.
+pub fn main(registry: Registry) -> ExitCode {
+    main_from(std::env::args_os(), registry)
+}
+
+/// Like [`main`] with explicit arguments (the first is the program name).
+pub fn main_from<I, T>(args: I, registry: Registry) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::List { markdown } => list(&registry, markdown),
+        Command::Check { variants, seed } => commands::check(&registry, variants.as_deref(), seed),
+        Command::Sweep(args) => commands::sweep(&registry, *args, false),
+        Command::Run(args) => commands::sweep(&registry, *args, true),
+        Command::Report { csv, out } => commands::report(&csv, out.as_deref()),
+        Command::Maps(args) => commands::maps(&registry, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes a binary's `main` that runs [`cli::main`](crate::cli::main) over the registry
+/// expression, and installs [`CountingAlloc`](crate::harness::memory::CountingAlloc) as the
+/// global allocator so that peak heap bytes are measured.
+///
+/// ```ignore
+/// attnbench::attnbench_main!({
+///     let mut registry = attnbench::Registry::builtin();
+///     registry.register(my_variant::INFO).expect("a new name");
+///     registry
+/// });
+/// ```
+#[macro_export]
+macro_rules! attnbench_main {
+    ($registry:expr) => {
+        #[global_allocator]
+        static ALLOC: $crate::harness::memory::CountingAlloc =
+            $crate::harness::memory::CountingAlloc;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::cli::main($registry)
+        }
+    };
+}
+
+/// The markdown table of every variant in `registry`: its default specs, fidelity, what it
+/// computes, time and extra memory (`attnbench list --markdown`; README's table is this
+/// output, which a test checks).
+pub fn variants_markdown(registry: &Registry) -> String {
+    let esc = |s: &str| s.replace('|', "\\|");
+    let mut t = String::from(
+        "| spec | fidelity | what it computes | time | extra memory |\n|---|---|---|---|---|\n",
+    );
+    for info in registry.iter() {
+        let variants: Vec<_> = info
+            .default_specs()
+            .iter()
+            .map(|s| registry.build(s).expect("registered presets build"))
+            .collect();
+        let mut fidelity: Vec<String> = Vec::new();
+        for v in &variants {
+            let f = v.fidelity().to_string();
+            if !fidelity.contains(&f) {
+                fidelity.push(f);
+            }
+        }
+        let specs: Vec<String> = variants.iter().map(|v| format!("`{v}`")).collect();
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            specs.join(", "),
+            fidelity.join(" / "),
+            esc(info.summary),
+            esc(info.time),
+            esc(info.memory)
+        ));
+    }
+    t
+}
+
+fn list(registry: &Registry, markdown: bool) -> io::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    if markdown {
+        out.write_all(variants_markdown(registry).as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (info, variant) in registry.iter().zip(registry.defaults()) {
+        writeln!(
+            out,
+            "{:<12} {:<12} {}",
+            info.name,
+            variant.fidelity(),
+            info.summary
+        )?;
+        writeln!(out, "{:<12} default spec: {variant}", "")?;
+        for p in info.params {
+            writeln!(out, "{:<12}   {}={:<8} {}", "", p.name, p.default, p.help)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

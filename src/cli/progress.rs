@@ -1,0 +1,114 @@
+//! A sweep's progress (a bar on a terminal, one line per cell otherwise) and its summary
+//! table.
+
+use std::io::{self, IsTerminal, Write};
+
+use crate::attention::Attention;
+use crate::harness::record::Record;
+use crate::harness::sweep::{Event, SweepConfig, SweepOutput, run_sweep};
+
+/// Runs a sweep with a progress bar on a terminal, or one line per cell otherwise.
+pub(super) fn run_with_progress(
+    cfg: &SweepConfig,
+    variants: &[Box<dyn Attention>],
+) -> crate::Result<SweepOutput> {
+    let terminal = io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::hidden();
+    let started = std::time::Instant::now();
+    let mut done = 0usize;
+    let mut total = 0usize;
+    let mut progress = |event: Event<'_>| match event {
+        Event::Start { cells } => {
+            total = cells;
+            if terminal {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(cells as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+            }
+        }
+        Event::Cell { variant, n } => {
+            if terminal {
+                bar.set_message(format!("{variant} n={n}"));
+            }
+        }
+        Event::Done(r) => {
+            done += 1;
+            if terminal {
+                bar.inc(1);
+            } else {
+                eprintln!(
+                    "[{done}/{total} {:6.1}s] {} n_kv={}: {}",
+                    started.elapsed().as_secs_f64(),
+                    r.variant,
+                    r.n_kv,
+                    cell_summary(r)
+                );
+            }
+        }
+        Event::Note(text) => bar.suspend(|| eprintln!("{text}")),
+    };
+    let result = run_sweep(cfg, variants, &mut progress);
+    bar.finish_and_clear();
+    result
+}
+
+fn cell_summary(r: &Record) -> String {
+    match r.time_median_ms {
+        Some(ms) if r.status == "ok" => format!("{ms:.2} ms"),
+        Some(ms) => format!("{ms:.2} ms, {}: {}", r.status, r.note),
+        None => format!("{}: {}", r.status, r.note),
+    }
+}
+
+fn fmt_opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or_else(|| "-".to_string(), f)
+}
+
+pub(super) fn print_summary(output: &SweepOutput) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  status",
+        "variant", "n_kv", "median ms", "GFLOP/s", "% gemm", "peak MiB", "err dense", "err own"
+    )?;
+    for r in &output.records {
+        writeln!(
+            out,
+            "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  {}{}",
+            r.variant,
+            r.n_kv,
+            fmt_opt(r.time_median_ms, |x| format!("{x:.2}")),
+            fmt_opt(r.gflops, |x| format!("{x:.1}")),
+            fmt_opt(r.pct_of_gemm, |x| format!("{x:.0}%")),
+            fmt_opt(r.peak_bytes.map(|b| b as f64), |x| format!(
+                "{:.2}",
+                x / 1048576.0
+            )),
+            fmt_opt(r.err_dense_rel, |x| format!("{x:.2e}")),
+            fmt_opt(r.err_own_rel, |x| format!("{x:.1e}")),
+            r.status,
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.note)
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "\n{} cells in {:.1} s on {} threads ({})",
+        output.records.len(),
+        output.meta.duration_s,
+        output.meta.threads,
+        output.meta.workload
+    )?;
+    writeln!(out, "results: {}", output.csv.display())?;
+    writeln!(out, "metadata: {}", output.json.display())?;
+    Ok(())
+}
