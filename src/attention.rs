@@ -10,11 +10,17 @@ use crate::modifier::{self, Feature, ScoreMods};
 use crate::pattern::{Mask, Pattern};
 use crate::shape::Shape;
 
-/// How a variant's output relates to softmax attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a variant's output relates to softmax attention. Serialised (the `fidelity` column of
+/// results) as its `Display`: `exact`, `approximate`, `other-kernel`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Fidelity {
     /// Equal to softmax attention restricted to the variant's [`pattern`](Attention::pattern)
-    /// (dense when it has none), up to float rounding. Checked against the f64 oracle.
+    /// (dense when it has none), up to float rounding. Checked against the f64 oracle. (The
+    /// default, which only fills a blank results record.)
+    #[default]
     Exact,
     /// An approximation of softmax attention (e.g. random features): its deviation from
     /// dense attention is approximation error, which should fall as its budget grows.
@@ -455,13 +461,9 @@ pub fn weights(
     h: usize,
 ) -> Result<Option<Array2<f64>>> {
     let shape = problem.shape();
-    for (what, i, n) in [("batch", b, shape.batch()), ("head", h, shape.heads())] {
-        if i >= n {
-            return Err(ErrorKind::BadOption {
-                option: "weights",
-                message: format!("{what} {i} is out of range: the problem has {n}"),
-            }
-            .into());
+    for (what, index, len) in [("batch", b, shape.batch()), ("head", h, shape.heads())] {
+        if index >= len {
+            return Err(ErrorKind::OutOfRange { what, index, len }.into());
         }
     }
     with_call(variant, problem, |call| Ok(variant.weights(call, b, h)))

@@ -4,11 +4,23 @@
 //! without reading the source.
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 
 /// An error from validating input, parsing a spec or running a variant.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Errors that wrap another (a failed read or write, a CSV or JSON error) keep it as their
+/// [`source`](std::error::Error::source). Two errors are equal when their kinds are.
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
 }
 
 /// What went wrong. New kinds may be added without a breaking change.
@@ -98,6 +110,27 @@ pub enum ErrorKind {
         /// What is wrong, naming the sizes involved.
         message: String,
     },
+    /// A command or function was given nothing to work on.
+    NoInput {
+        /// What was missing, e.g. `"results CSV files to report"`.
+        what: &'static str,
+    },
+    /// An index is outside its axis.
+    OutOfRange {
+        /// What was indexed, e.g. `"batch"`.
+        what: &'static str,
+        /// The index given.
+        index: usize,
+        /// The length of the axis.
+        len: usize,
+    },
+    /// A variant panicked (a bug in the variant; the sweep records it and goes on).
+    Panicked {
+        /// The variant's spec string.
+        variant: String,
+        /// The panic message.
+        message: String,
+    },
     /// A data file is malformed.
     Format {
         /// The file involved.
@@ -110,7 +143,22 @@ pub enum ErrorKind {
 impl Error {
     /// Creates an error of the given kind.
     pub fn new(kind: ErrorKind) -> Self {
-        Self { kind }
+        Self { kind, source: None }
+    }
+
+    /// An [`ErrorKind::Io`] error on `path`, keeping `cause` as the source.
+    pub fn io(
+        path: &Path,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        let cause: Arc<dyn std::error::Error + Send + Sync> = Arc::from(cause.into());
+        Self {
+            kind: ErrorKind::Io {
+                path: path.display().to_string(),
+                message: cause.to_string(),
+            },
+            source: Some(cause),
+        }
     }
 
     /// The kind of this error.
@@ -188,11 +236,25 @@ impl fmt::Display for Error {
             ErrorKind::Io { path, message } => write!(f, "{path}: {message}"),
             ErrorKind::Format { path, message } => write!(f, "{path}: {message}"),
             ErrorKind::Layer { message } => write!(f, "multi-head layer: {message}"),
+            ErrorKind::NoInput { what } => write!(f, "no {what} given"),
+            ErrorKind::OutOfRange { what, index, len } => write!(
+                f,
+                "{what} {index} is out of range: there are {len} (0..{len})"
+            ),
+            ErrorKind::Panicked { variant, message } => {
+                write!(f, "{variant} panicked: {message}")
+            }
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,12 +13,7 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Reads a `float32` array of any rank.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::new(ErrorKind::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_f32(&bytes).map_err(|message| {
         Error::new(ErrorKind::Format {
             path: path.display().to_string(),

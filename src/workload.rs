@@ -139,12 +139,7 @@ impl NpyData {
 /// Loads every `*_q.npy` / `*_k.npy` / `*_v.npy` triple of `dir`.
 pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
     use crate::error::{Error, ErrorKind};
-    let io = |path: &std::path::Path, e: std::io::Error| {
-        Error::new(ErrorKind::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
-    };
+    let io = |path: &std::path::Path, e: std::io::Error| Error::io(path, e);
     let format = |path: &std::path::Path, message: String| {
         Error::new(ErrorKind::Format {
             path: path.display().to_string(),

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use attnbench::maps::{MapsConfig, write_maps};
+use attnbench::harness::maps::{MapsConfig, write_maps};
+use attnbench::maps::HeadKind;
 use attnbench::oracle::weights;
 use attnbench::workload::{Workload, gaussian};
 use attnbench::{Fidelity, Options, Problem, Registry, Shape, attend};
@@ -58,13 +59,14 @@ fn effective_weights_reproduce_each_variants_output() {
 #[test]
 fn maps_of_the_real_activations_show_specialised_heads() {
     let dir = temp_dir("real");
+    let variants = Registry::builtin()
+        .build_list("window(w=32),linear(phi=elu1)")
+        .unwrap();
     let cfg = MapsConfig {
         workload: Workload::Npy {
             dir: PathBuf::from("tests/data/qkv"),
         },
-        variants: Registry::builtin()
-            .build_list("window(w=32),linear(phi=elu1)")
-            .unwrap(),
+        variants: variants.iter().map(|v| v.as_ref()).collect(),
         heads: Some(vec![0, 5, 11]),
         n: None,
         causal: false,
@@ -86,9 +88,9 @@ fn maps_of_the_real_activations_show_specialised_heads() {
     };
     // The expository layer-2 text has a previous-token head (11) and local heads; the
     // narrative layer-5 text's heads are broad.
-    assert_eq!(full("arch_L2", 11).kind(), "previous-token");
-    assert_eq!(full("arch_L2", 0).kind(), "local");
-    assert_eq!(full("story_L5", 5).kind(), "broad");
+    assert_eq!(full("arch_L2", 11).kind(), HeadKind::PreviousToken);
+    assert_eq!(full("arch_L2", 0).kind(), HeadKind::Local);
+    assert_eq!(full("story_L5", 5).kind(), HeadKind::Broad);
     assert!(full("story_L5", 5).entropy > full("arch_L2", 11).entropy + 2.0);
     for r in &out.rows {
         if let Some(tv) = r.tv_vs_full {
@@ -180,12 +182,9 @@ fn reports_of_real_data_runs_show_a_gallery_of_heads() {
     };
     let variants = Registry::builtin().build_list("flash,window(w=8)").unwrap();
     let out = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();
-    let report = attnbench::report::write_report(
-        std::slice::from_ref(&out.csv),
-        Some(&dir.join("report")),
-        &Registry::builtin(),
-    )
-    .unwrap();
+    let report =
+        attnbench::report::write_report(std::slice::from_ref(&out.csv), Some(&dir.join("report")))
+            .unwrap();
     let md = std::fs::read_to_string(report.markdown).unwrap();
     assert!(
         md.contains("## Attention maps of the real activations"),

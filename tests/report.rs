@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use attnbench::Registry;
+use attnbench::harness::artefacts::{pattern_previews, patterns_path, write_json};
+use attnbench::{Fidelity, Registry};
 use attnbench::harness::record::Record;
-use attnbench::report::{CHARTS, write_report};
+use attnbench::report::{FIGURES, write_report};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("attnbench-report-{name}-{}", std::process::id()));
@@ -19,7 +20,7 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         run_id: "fixture".into(),
         variant: variant.into(),
         name: name.into(),
-        fidelity: "exact".into(),
+        fidelity: Fidelity::Exact,
         batch: 1,
         heads: 8,
         kv_heads: 8,
@@ -53,7 +54,7 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         err_own_rel: Some(2e-7),
         err_own_max_abs: Some(1e-6),
         oracle_rows: Some(64),
-        status: status.into(),
+        status: status.parse().unwrap(),
         note: if status == "ok" {
             String::new()
         } else {
@@ -94,8 +95,13 @@ fn a_report_has_every_chart_and_the_fits() {
     let dir = temp_dir("full");
     let csv = dir.join("fixture.csv");
     write_csv(&csv, &power_law_rows());
-    let out = write_report(&[csv], Some(&dir.join("out")), &Registry::builtin()).unwrap();
-    for stem in CHARTS {
+    // The previews a sweep of these variants would have recorded.
+    let swept = Registry::builtin().build_list("full,window(w=256)").unwrap();
+    let previews = pattern_previews(&Registry::builtin(), &swept);
+    assert_eq!(previews.panels.len(), 2, "window, bidirectional and causal");
+    write_json(&patterns_path(&csv), &previews).unwrap();
+    let out = write_report(&[csv], Some(&dir.join("out"))).unwrap();
+    for stem in FIGURES.iter().map(|f| f.stem) {
         for ext in ["svg", "png"] {
             let path = out.dir.join(format!("{stem}.{ext}"));
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -136,7 +142,7 @@ fn degenerate_results_still_report() {
             rec("broken", "broken", 512, None, "error"),
         ],
     );
-    let out = write_report(&[csv], Some(&dir.join("out")), &Registry::builtin()).unwrap();
+    let out = write_report(&[csv], Some(&dir.join("out"))).unwrap();
     let speedup = std::fs::read_to_string(out.dir.join("speedup_vs_full.svg")).unwrap();
     assert!(
         speedup.contains("not enough points"),
@@ -172,7 +178,7 @@ fn runs_combine_into_one_report() {
         }
     }
     write_csv(&b, &other);
-    let out = write_report(&[a, b], Some(&dir.join("out")), &Registry::builtin()).unwrap();
+    let out = write_report(&[a, b], Some(&dir.join("out"))).unwrap();
     let md = std::fs::read_to_string(&out.markdown).unwrap();
     assert!(
         md.contains("`full [fixture]`") && md.contains("`full [other]`"),
@@ -203,18 +209,14 @@ fn malformed_csv_names_the_line() {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[2] = lines[2].replacen(",8,8,", ",eight,8,", 1);
     std::fs::write(&csv, lines.join("\n")).unwrap();
-    let e = write_report(
-        std::slice::from_ref(&csv),
-        Some(&dir.join("out")),
-        &Registry::builtin(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = write_report(std::slice::from_ref(&csv), Some(&dir.join("out")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad.csv") && e.contains("line 3"), "{e}");
     std::fs::write(&csv, "").unwrap();
-    let e = write_report(&[csv], Some(&dir.join("out")), &Registry::builtin()).unwrap_err();
+    let e = write_report(&[csv], Some(&dir.join("out"))).unwrap_err();
     assert!(e.to_string().contains("no result rows"), "{e}");
-    let missing = write_report(&[dir.join("nope.csv")], None, &Registry::builtin()).unwrap_err();
+    let missing = write_report(&[dir.join("nope.csv")], None).unwrap_err();
     assert!(missing.to_string().contains("nope.csv"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use attnbench::harness::memory::CountingAlloc;
-use attnbench::harness::record::{Record, RunMeta};
+use attnbench::harness::record::{Record, RunMeta, Status};
 use attnbench::harness::sweep::{SweepConfig, SweepOutput, run_sweep};
 use attnbench::harness::timing::TimingConfig;
 use attnbench::npy::encode_f32;
@@ -76,12 +76,12 @@ fn writes_the_documented_schema_and_metadata() {
     assert_eq!(rows, out.records);
     assert_eq!(rows.len(), 8);
     for r in &rows {
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status, Status::Ok, "{r:?}");
         assert!(r.time_median_ms.unwrap() > 0.0);
         assert!(r.gflops.unwrap() > 0.0 && r.gemm_gflops.unwrap() > 0.0);
         assert_eq!(r.oracle_rows, Some(r.n_q));
         assert_eq!(r.threads, 2);
-        if r.fidelity == "exact" {
+        if r.fidelity == Fidelity::Exact {
             assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
         } else {
             assert_eq!(r.err_own_rel, None);
@@ -147,7 +147,7 @@ fn guard_rails_record_skipped_cells() {
     assert!(
         out.records
             .iter()
-            .all(|r| r.status == "skipped" && r.note.contains("--max-memory"))
+            .all(|r| r.status == Status::Skipped && r.note.contains("--max-memory"))
     );
 
     let mut cfg = small_config(&dir);
@@ -155,9 +155,9 @@ fn guard_rails_record_skipped_cells() {
     let out = sweep(&cfg, "full,linear(phi=elu1)");
     for r in &out.records {
         if r.n_q == 64 {
-            assert_eq!(r.status, "ok");
+            assert_eq!(r.status, Status::Ok);
         } else {
-            assert_eq!(r.status, "skipped");
+            assert_eq!(r.status, Status::Skipped);
             assert!(r.note.contains("--max-seconds"), "{}", r.note);
         }
     }
@@ -166,9 +166,9 @@ fn guard_rails_record_skipped_cells() {
     let mut cfg = small_config(&dir);
     cfg.lengths = vec![8, 64];
     let out = sweep(&cfg, "longformer(w=4,g=16)");
-    assert_eq!(out.records[0].status, "skipped");
+    assert_eq!(out.records[0].status, Status::Skipped);
     assert!(out.records[0].note.contains("g=16"));
-    assert_eq!(out.records[1].status, "ok");
+    assert_eq!(out.records[1].status, Status::Ok);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -237,13 +237,13 @@ fn a_panic_outside_forward_is_an_error_row_too() {
         out.records
             .iter()
             .filter(|r| r.name == "badcost")
-            .all(|r| r.status == "error" && r.note.contains("no cost model"))
+            .all(|r| r.status == Status::Error && r.note.contains("no cost model"))
     );
     assert!(
         out.records
             .iter()
             .filter(|r| r.name == "flash")
-            .all(|r| r.status == "ok")
+            .all(|r| r.status == Status::Ok)
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -255,8 +255,8 @@ fn inputs_over_the_memory_budget_are_skipped_before_allocation() {
     cfg.lengths = vec![64, 1 << 40];
     cfg.max_memory = 1 << 30;
     let out = sweep(&cfg, "flash");
-    assert_eq!(out.records[0].status, "ok");
-    assert_eq!(out.records[1].status, "skipped");
+    assert_eq!(out.records[0].status, Status::Ok);
+    assert_eq!(out.records[1].status, Status::Skipped);
     assert!(
         out.records[1].note.contains("inputs and output alone"),
         "{}",
@@ -276,7 +276,7 @@ fn failing_variants_become_error_rows_and_the_sweep_goes_on() {
     let out = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();
     let broken: Vec<&Record> = out.records.iter().filter(|r| r.name == "broken").collect();
     assert_eq!(broken.len(), 2);
-    assert!(broken.iter().all(|r| r.status == "error"));
+    assert!(broken.iter().all(|r| r.status == Status::Error));
     assert!(
         broken[0].note.contains("deliberate panic"),
         "{}",
@@ -291,7 +291,7 @@ fn failing_variants_become_error_rows_and_the_sweep_goes_on() {
         out.records
             .iter()
             .filter(|r| r.name == "flash")
-            .all(|r| r.status == "ok")
+            .all(|r| r.status == Status::Ok)
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -325,7 +325,7 @@ fn npy_workloads_load_and_run() {
     assert!(
         out.records
             .iter()
-            .all(|r| r.status == "ok" && r.heads == 3 && r.batch == 2)
+            .all(|r| r.status == Status::Ok && r.heads == 3 && r.batch == 2)
     );
     assert!(out.records[0].workload.starts_with("npy:"));
     cfg.lengths = vec![41];
@@ -444,7 +444,7 @@ fn cli_quick_sweep_end_to_end() {
     assert_eq!(rows.len(), 12);
     assert!(
         rows.iter()
-            .all(|r| r.status == "ok" && r.peak_bytes.is_some())
+            .all(|r| r.status == Status::Ok && r.peak_bytes.is_some())
     );
     // Progress goes to stderr as plain lines when it is not a terminal.
     assert!(stderr.contains("[12/12"), "{stderr}");
@@ -542,22 +542,19 @@ fn layer_sweeps_split_projections_from_the_core() {
     let out = sweep(&cfg, "full,flash,linear");
     assert_eq!(out.records.len(), 6);
     for r in &out.records {
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status, Status::Ok, "{r:?}");
         assert_eq!((r.d_model, r.head_dim, r.kv_heads), (Some(64), 16, 2));
         let (layer, proj, core) = (r.layer_ms.unwrap(), r.proj_ms.unwrap(), r.core_ms.unwrap());
         assert!(proj > 0.0 && core > 0.0, "{r:?}");
         // Medians of parts need not add up, but neither part can exceed the whole by much.
         assert!(proj < 2.0 * layer && core < 2.0 * layer, "{r:?}");
-        if r.fidelity == "exact" {
+        if r.fidelity == Fidelity::Exact {
             assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
         }
     }
-    let report = attnbench::report::write_report(
-        std::slice::from_ref(&out.csv),
-        Some(&dir.join("report")),
-        &Registry::builtin(),
-    )
-    .unwrap();
+    let report =
+        attnbench::report::write_report(std::slice::from_ref(&out.csv), Some(&dir.join("report")))
+            .unwrap();
     let md = std::fs::read_to_string(report.markdown).unwrap();
     assert!(md.contains("## Multi-head layer"), "{md}");
     assert!(md.contains("the core takes longer than the projections from"));
@@ -577,11 +574,11 @@ fn decode_sweeps_report_bandwidth_and_modifiers() {
     for r in &out.records {
         assert_eq!((r.n_q, r.modifiers.as_str()), (1, "alibi"), "{r:?}");
         if r.name == "linear" {
-            assert_eq!(r.status, "skipped");
+            assert_eq!(r.status, Status::Skipped);
             assert!(r.note.contains("alibi"), "{r:?}");
             continue;
         }
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status, Status::Ok, "{r:?}");
         assert!(r.pct_of_bandwidth.unwrap() > 0.0, "{r:?}");
         assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
     }

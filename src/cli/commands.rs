@@ -9,6 +9,8 @@ use super::args::{MapsArgs, SweepArgs, sweep_config};
 use super::progress::{print_summary, run_with_progress};
 use crate::attention::{Attention, Fidelity};
 use crate::check::{self, Outcome};
+use crate::harness::record::Status;
+use crate::maps::HeadKind;
 use crate::registry::Registry;
 
 pub(super) fn check(
@@ -114,9 +116,9 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
         let stamp = crate::harness::sweep::utc_stamp(std::time::SystemTime::now());
         PathBuf::from("reports").join(format!("maps-{stamp}"))
     });
-    let cfg = crate::maps::MapsConfig {
+    let cfg = crate::harness::maps::MapsConfig {
         workload: args.workload,
-        variants,
+        variants: variants.iter().map(|v| v.as_ref()).collect(),
         heads: args.heads,
         n: args.n,
         causal: args.causal,
@@ -124,9 +126,13 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
         out_dir,
         seed: 0,
     };
-    match crate::maps::write_maps(&cfg) {
+    match crate::harness::maps::write_maps(&cfg) {
         Ok(out) => {
-            for kind in ["previous-token", "first-token", "local"] {
+            for kind in [
+                HeadKind::PreviousToken,
+                HeadKind::FirstToken,
+                HeadKind::Local,
+            ] {
                 let heads: Vec<String> = out
                     .rows
                     .iter()
@@ -153,7 +159,7 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
 }
 
 pub(super) fn report(csvs: &[PathBuf], out: Option<&Path>) -> io::Result<ExitCode> {
-    match crate::report::write_report(csvs, out, &Registry::builtin()) {
+    match crate::report::write_report(csvs, out) {
         Ok(report) => {
             println!("report: {}", report.markdown.display());
             Ok(ExitCode::SUCCESS)
@@ -181,7 +187,8 @@ pub(super) fn sweep(
         eprintln!("error: --min-time must be a non-negative number of seconds");
         return Ok(ExitCode::from(2));
     }
-    let cfg = sweep_config(&args);
+    let mut cfg = sweep_config(&args);
+    cfg.previews = crate::harness::artefacts::pattern_previews(registry, &variants);
     match run_with_progress(&cfg, &variants) {
         Ok(output) => {
             print_summary(&output)?;
@@ -194,7 +201,7 @@ pub(super) fn sweep(
             let flagged = output
                 .records
                 .iter()
-                .filter(|r| r.status == "flagged")
+                .filter(|r| r.status == Status::Flagged)
                 .count();
             if flagged > 0 {
                 eprintln!(

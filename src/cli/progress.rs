@@ -4,7 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 
 use crate::attention::Attention;
-use crate::harness::record::Record;
+use crate::harness::record::{Record, Status};
 use crate::harness::sweep::{Event, SweepConfig, SweepOutput, run_sweep};
 
 /// Runs a sweep with a progress bar on a terminal, or one line per cell otherwise.
@@ -60,7 +60,7 @@ pub(super) fn run_with_progress(
 
 fn cell_summary(r: &Record) -> String {
     match r.time_median_ms {
-        Some(ms) if r.status == "ok" => format!("{ms:.2} ms"),
+        Some(ms) if r.status == Status::Ok => format!("{ms:.2} ms"),
         Some(ms) => format!("{ms:.2} ms, {}: {}", r.status, r.note),
         None => format!("{}: {}", r.status, r.note),
     }

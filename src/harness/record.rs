@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::machine::Machine;
+use crate::attention::Fidelity;
 
 /// One row of a results CSV.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,7 +18,7 @@ pub struct Record {
     /// The registry name, e.g. `flash`.
     pub name: String,
     /// `exact`, `approximate` or `other-kernel`.
-    pub fidelity: String,
+    pub fidelity: Fidelity,
     /// Batch size.
     pub batch: usize,
     /// Query heads.
@@ -105,14 +106,14 @@ pub struct Record {
     #[serde(default)]
     pub core_ms: Option<f64>,
     /// `ok`, `flagged` (an exact variant off its own definition), `skipped` or `error`.
-    pub status: String,
+    pub status: Status,
     /// Why a cell was skipped, flagged or failed; empty otherwise.
     pub note: String,
 }
 
 impl Record {
     /// A row for `variant` on `shape` with every measurement empty, status `ok` and no note.
-    /// (`Record::default()` is entirely blank: no variant, no shape, empty status.)
+    /// (`Record::default()` is blank: no variant, no shape, status `ok`.)
     pub fn unmeasured(
         run_id: &str,
         variant: &dyn crate::attention::Attention,
@@ -125,7 +126,7 @@ impl Record {
             run_id: run_id.to_string(),
             variant: variant.to_string(),
             name: variant.name().to_string(),
-            fidelity: variant.fidelity().to_string(),
+            fidelity: variant.fidelity(),
             batch: shape.batch(),
             heads: shape.heads(),
             kv_heads: shape.kv_heads(),
@@ -135,9 +136,55 @@ impl Record {
             causal,
             threads,
             workload,
-            status: "ok".into(),
             ..Self::default()
         }
+    }
+}
+
+/// The outcome of one cell, serialised as the `status` column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Measured; an exact variant matched its own definition.
+    #[default]
+    Ok,
+    /// Measured, but an exact variant is off its own definition by more than
+    /// [`FLAG_TOLERANCE`](super::sweep::FLAG_TOLERANCE): a kernel bug. `sweep` and `run`
+    /// exit with status 1.
+    Flagged,
+    /// Not run (unsupported shape, over the memory or time budget), with the reason.
+    Skipped,
+    /// The variant returned an error or panicked.
+    Error,
+}
+
+impl Status {
+    /// Whether the cell was measured (`ok` or `flagged`).
+    pub fn is_measured(self) -> bool {
+        matches!(self, Status::Ok | Status::Flagged)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Status::Ok => "ok",
+            Status::Flagged => "flagged",
+            Status::Skipped => "skipped",
+            Status::Error => "error",
+        })
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    /// The column's spelling: `ok`, `flagged`, `skipped`, `error`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Status::Ok, Status::Flagged, Status::Skipped, Status::Error]
+            .into_iter()
+            .find(|v| v.to_string() == s)
+            .ok_or_else(|| format!("'{s}' is not a status (ok, flagged, skipped, error)"))
     }
 }
 

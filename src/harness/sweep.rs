@@ -19,9 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ndarray::{Array2, Array3, Array4, Axis};
 
+use super::artefacts::{Previews, patterns_path, write_gallery, write_json as write_artefact};
 use super::machine::Machine;
 use super::memory;
-use super::record::{Record, RunMeta};
+use super::record::{Record, RunMeta, Status};
 use super::timing::{TimingConfig, time};
 use crate::attention::{Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
@@ -78,6 +79,10 @@ pub struct SweepConfig {
     pub label: String,
     /// The command line, for the metadata.
     pub command_line: Vec<String>,
+    /// Pattern previews written beside the results for the report
+    /// ([`artefacts::pattern_previews`](super::artefacts::pattern_previews) of the swept
+    /// variants; the CLI fills it from its registry). Default: none.
+    pub previews: Previews,
 }
 
 impl Default for SweepConfig {
@@ -102,6 +107,7 @@ impl Default for SweepConfig {
             out_dir: PathBuf::from("results"),
             label: "sweep".into(),
             command_line: std::env::args().collect(),
+            previews: Previews::default(),
         }
     }
 }
@@ -157,7 +163,7 @@ pub struct SweepOutput {
 }
 
 /// Runs the sweep and writes `<out_dir>/<run id>.csv` and `.json`, never overwriting an
-/// earlier run.
+/// earlier run, and the report's [artefacts](super::artefacts) beside them.
 pub fn run_sweep(
     cfg: &SweepConfig,
     variants: &[Box<dyn Attention>],
@@ -275,7 +281,7 @@ pub fn run_sweep(
                 let record = catch_unwind(AssertUnwindSafe(|| cell.measure(v.as_ref(), *last)))
                     .unwrap_or_else(|panic| {
                         let mut r = cell.record(v.as_ref());
-                        r.status = "error".into();
+                        r.status = Status::Error;
                         r.note = format!("{spec} panicked: {}", panic_message(&panic));
                         r
                     });
@@ -295,6 +301,14 @@ pub fn run_sweep(
         }
         Ok(())
     })?;
+    // The report's artefacts, outside every timed region.
+    write_artefact(&patterns_path(&csv_path), &cfg.previews)?;
+    if let Some(data) = &npy {
+        progress(Event::Note(
+            "drawing the attention maps of the real activations",
+        ));
+        write_gallery(&csv_path, data, &cfg.workload, variants, cfg.opts.causal)?;
+    }
     meta.duration_s = clock.elapsed().as_secs_f64();
     write_json(&json_path, &meta)?;
     Ok(SweepOutput {
@@ -495,7 +509,7 @@ fn too_big(
     );
     r.modifiers = modifiers(&cfg.opts);
     r.d_model = cfg.layer;
-    r.status = "skipped".into();
+    r.status = Status::Skipped;
     r.note = format!(
         "the inputs and output alone need ~{} MB, over --max-memory {} MB",
         bytes >> 20,
@@ -546,7 +560,7 @@ impl Cell<'_> {
         r.workspace_bytes = Some(cost.workspace_bytes);
 
         let skip = |mut r: Record, note: String| {
-            r.status = "skipped".into();
+            r.status = Status::Skipped;
             r.note = note;
             r
         };
@@ -585,14 +599,14 @@ impl Cell<'_> {
                 crate::attention::run(v, p, out.view_mut())
             })) {
                 Ok(r) => r,
-                Err(panic) => Err(Error::new(ErrorKind::BadOption {
-                    option: "variant",
-                    message: format!("{v} panicked: {}", panic_message(&panic)),
+                Err(panic) => Err(Error::new(ErrorKind::Panicked {
+                    variant: v.to_string(),
+                    message: panic_message(&panic),
                 })),
             }
         };
         let fail = |mut r: Record, e: Error| {
-            r.status = "error".into();
+            r.status = Status::Error;
             r.note = e.to_string();
             r
         };
@@ -669,7 +683,7 @@ impl Cell<'_> {
             r.err_own_rel = Some(own.rel_frobenius);
             r.err_own_max_abs = Some(own.max_abs);
             if own.rel_frobenius.is_nan() || own.rel_frobenius > FLAG_TOLERANCE {
-                r.status = "flagged".into();
+                r.status = Status::Flagged;
                 r.note = format!(
                     "error {:.2e} against its own pattern's oracle exceeds {FLAG_TOLERANCE:e}: a kernel bug",
                     own.rel_frobenius
@@ -826,17 +840,11 @@ fn write_json(path: &Path, meta: &RunMeta) -> Result<()> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
+    Error::io(path, e)
 }
 
 fn csv_error(path: &Path, e: csv::Error) -> Error {
-    Error::new(ErrorKind::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
+    Error::io(path, e)
 }
 
 /// `(year, month, day, hour, minute, second)` in UTC.

@@ -43,12 +43,7 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
             message,
         })
     };
-    let mut reader = csv::Reader::from_path(path).map_err(|e| {
-        Error::new(ErrorKind::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
-    })?;
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;
     let mut rows = Vec::new();
     for row in reader.deserialize::<Record>() {
         let row = row.map_err(|e| {
@@ -94,7 +89,7 @@ pub struct Series {
     /// The registry name.
     pub name: String,
     /// The fidelity column.
-    pub fidelity: String,
+    pub fidelity: crate::attention::Fidelity,
     /// What distinguishes this series' run from others in a combined report (run id, causal
     /// flag, workload); empty for a single run. Comparisons stay within a group.
     pub group: String,
@@ -170,14 +165,14 @@ pub fn series(records: &[Record]) -> Vec<Series> {
                     label,
                     variant: r.variant.clone(),
                     name: r.name.clone(),
-                    fidelity: r.fidelity.clone(),
+                    fidelity: r.fidelity,
                     group,
                     points: Vec::new(),
                 });
                 out.len() - 1
             }
         };
-        let measured = matches!(r.status.as_str(), "ok" | "flagged");
+        let measured = r.status.is_measured();
         if let (true, Some(time_ms)) = (measured, r.time_median_ms) {
             out[idx].points.push(Point {
                 n: r.n_kv,
