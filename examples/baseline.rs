@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use attnbench::harness::machine::measure_gemm;
 use attnbench::harness::memory::{CountingAlloc, measure};
-use attnbench::harness::sweep::measure_gemm;
 use attnbench::harness::timing::{TimingConfig, time};
 use attnbench::workload::gaussian;
 use attnbench::{Options, Problem, Registry, Shape};

@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::attention::{Attention, Options, Problem, run};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::gemm::{gemm, gemm_flops};
+use crate::kernels::gemm::gemm;
 
 fn layer_error(message: String) -> Error {
     Error::new(ErrorKind::Layer { message })
@@ -98,15 +98,6 @@ impl LayerConfig {
     /// The width of the key and value projections, `kv_heads * head_dim`.
     pub fn kv_width(&self) -> usize {
         self.kv_heads * self.head_dim
-    }
-
-    /// The flops of the four projections for `batch` sequences of `n_q` queries and `n_kv`
-    /// memory positions.
-    pub fn projection_flops(&self, batch: usize, n_q: usize, n_kv: usize) -> f64 {
-        let (d, wq, wkv) = (self.d_model, self.q_width(), self.kv_width());
-        gemm_flops(batch * n_q, d, wq)
-            + 2.0 * gemm_flops(batch * n_kv, d, wkv)
-            + gemm_flops(batch * n_q, wq, d)
     }
 }
 

@@ -69,6 +69,7 @@ pub mod parallel;
 pub mod pattern;
 pub mod registry;
 pub mod report;
+pub mod results;
 pub mod shape;
 pub mod spec;
 pub mod variants;

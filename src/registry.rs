@@ -26,7 +26,7 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// The built-in variants ([`BUILTIN`](crate::variants::BUILTIN)).
+    /// The built-in variants ([`crate::variants::BUILTIN`]).
     pub fn builtin() -> Self {
         Self {
             variants: BUILTIN.to_vec(),
@@ -183,6 +183,17 @@ mod tests {
             "{e}"
         );
         let e = err("full(bq=8)");
+        assert!(
+            e.contains("unknown parameter 'bq'") && e.contains("gemm"),
+            "{e}"
+        );
+        let mut reg = Registry::builtin();
+        let mut plain = crate::variants::full::INFO;
+        plain.name = "plain";
+        plain.params = &[];
+        plain.build = |_| Ok(Box::new(crate::variants::full::Full::default()));
+        reg.register(plain).unwrap();
+        let e = reg.build("plain(x=1)").unwrap_err().to_string();
         assert!(e.contains("takes no parameters"), "{e}");
         let e = err("flash(bq=8");
         assert!(e.contains("bad spec"), "{e}");

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use attnbench::Registry;
-use attnbench::harness::artefacts::{maps_dir, pattern_previews, patterns_path};
+use attnbench::harness::artefacts::pattern_previews;
 use attnbench::harness::memory::CountingAlloc;
 use attnbench::harness::sweep::{SweepConfig, run_sweep};
 use attnbench::harness::timing::TimingConfig;
+use attnbench::results::artefacts::{maps_dir, patterns_path};
 use attnbench::workload::Workload;
 
 #[global_allocator]

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use attnbench::harness::artefacts::{pattern_previews, patterns_path, write_json};
-use attnbench::{Fidelity, Registry};
-use attnbench::harness::record::Record;
+use attnbench::harness::artefacts::pattern_previews;
 use attnbench::report::{FIGURES, write_report};
+use attnbench::results::artefacts::{patterns_path, write_json};
+use attnbench::results::record::Record;
+use attnbench::{Fidelity, Registry};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("attnbench-report-{name}-{}", std::process::id()));
@@ -96,7 +97,9 @@ fn a_report_has_every_chart_and_the_fits() {
     let csv = dir.join("fixture.csv");
     write_csv(&csv, &power_law_rows());
     // The previews a sweep of these variants would have recorded.
-    let swept = Registry::builtin().build_list("full,window(w=256)").unwrap();
+    let swept = Registry::builtin()
+        .build_list("full,window(w=256)")
+        .unwrap();
     let previews = pattern_previews(&Registry::builtin(), &swept);
     assert_eq!(previews.panels.len(), 2, "window, bidirectional and causal");
     write_json(&patterns_path(&csv), &previews).unwrap();

@@ -6,10 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use attnbench::harness::memory::CountingAlloc;
-use attnbench::harness::record::{Record, RunMeta, Status};
 use attnbench::harness::sweep::{SweepConfig, SweepOutput, run_sweep};
 use attnbench::harness::timing::TimingConfig;
 use attnbench::npy::encode_f32;
+use attnbench::results::record::{Record, RunMeta, Status};
 use attnbench::workload::{Workload, load_npy_dir};
 use attnbench::{Attention, Call, Cost, Fidelity, Options, Out, Registry, Shape};
 

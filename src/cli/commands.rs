@@ -9,9 +9,9 @@ use super::args::{MapsArgs, SweepArgs, sweep_config};
 use super::progress::{print_summary, run_with_progress};
 use crate::attention::{Attention, Fidelity};
 use crate::check::{self, Outcome};
-use crate::harness::record::Status;
 use crate::maps::HeadKind;
 use crate::registry::Registry;
+use crate::results::record::Status;
 
 pub(super) fn check(
     registry: &Registry,
@@ -113,7 +113,7 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
         }
     };
     let out_dir = args.out.unwrap_or_else(|| {
-        let stamp = crate::harness::sweep::utc_stamp(std::time::SystemTime::now());
+        let stamp = crate::harness::runfiles::utc_stamp(std::time::SystemTime::now());
         PathBuf::from("reports").join(format!("maps-{stamp}"))
     });
     let cfg = crate::harness::maps::MapsConfig {

@@ -4,8 +4,8 @@
 use std::io::{self, IsTerminal, Write};
 
 use crate::attention::Attention;
-use crate::harness::record::{Record, Status};
 use crate::harness::sweep::{Event, SweepConfig, SweepOutput, run_sweep};
+use crate::results::record::{Record, Status};
 
 /// Runs a sweep with a progress bar on a terminal, or one line per cell otherwise.
 pub(super) fn run_with_progress(

@@ -19,7 +19,7 @@
 //! algorithm of FlashAttention (Dao et al. 2022), run on the CPU.
 //!
 //! - this file: [`Tiling`], [`tiled_cost`], [`tiled_forward`] and how keys are split;
-//! - `task`: one query block (its [`Workspace`](task::Workspace) and tile loop), the
+//! - `task`: one query block (its `Workspace` and tile loop), the
 //!   single-query (decoding) path, and the engine's key-major causal mask;
 //! - `split`: key ranges processed in parallel and merged exactly in `f64`.
 

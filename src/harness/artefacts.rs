@@ -1,71 +1,19 @@
-//! The run artefacts a sweep writes beside `<run>.csv` and `<run>.json`: everything a report
-//! needs besides the rows, so that [`write_report`](crate::report::write_report) reads files
-//! only, never builds a variant or reads a workload, and an old run re-plots identically on
-//! any machine.
-//!
-//! - `<run>.patterns.json` ([`Previews`]): what each swept pattern variant attends, drawn at
-//!   n = 64 from its registry preview spec (a small instance of the same pattern).
-//! - `<run>.maps/` (runs on real activations only): `maps.csv`, one PNG per drawn head and
-//!   `gallery.json` ([`Gallery`]): the heads of each kind found and the variants drawn.
+//! Makes the run [artefacts](crate::results::artefacts) of a sweep: the pattern previews of
+//! the swept variants, and the attention-map gallery of a run on real activations.
 
-use std::path::{Path, PathBuf};
-
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use super::maps::{MapsConfig, write_maps};
 use crate::attention::{Attention, Options, Problem};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::maps::{HeadKind, MapStats};
 use crate::oracle;
 use crate::pattern::{Geometry, Mask, Pattern};
 use crate::registry::Registry;
+use crate::results::artefacts::{
+    GALLERY_MAX_N, Gallery, PREVIEW_N, Preview, Previews, maps_dir, write_json,
+};
 use crate::workload::{NpyData, Workload};
-
-/// The length pattern previews are drawn at.
-pub const PREVIEW_N: usize = 64;
-
-/// At most this many positions of a real-activation workload are drawn in the gallery.
-pub const GALLERY_MAX_N: usize = 256;
-
-/// `<run>.patterns.json` beside the results CSV `csv`.
-pub fn patterns_path(csv: &Path) -> PathBuf {
-    csv.with_extension("patterns.json")
-}
-
-/// `<run>.maps/` beside the results CSV `csv`.
-pub fn maps_dir(csv: &Path) -> PathBuf {
-    csv.with_extension("maps")
-}
-
-/// One pattern preview: its title (the preview spec, `causal` appended) and its rows of
-/// allowed (`#`) and masked (`.`) keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Preview {
-    /// The preview spec, with ` causal` for the causal panel.
-    pub title: String,
-    /// One string per query row, one character per key.
-    pub rows: Vec<String>,
-}
-
-impl Preview {
-    /// The allowed pairs as booleans, row by row.
-    pub fn cells(&self) -> Vec<Vec<bool>> {
-        self.rows
-            .iter()
-            .map(|r| r.chars().map(|c| c == '#').collect())
-            .collect()
-    }
-}
-
-/// Every pattern preview of a run (`<run>.patterns.json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Previews {
-    /// The length the previews are drawn at.
-    pub n: usize,
-    /// Bidirectional and causal panels of each swept pattern variant.
-    pub panels: Vec<Preview>,
-}
 
 /// Previews of the pattern variants among `variants`, one per registry name (drawn from its
 /// [`preview`](crate::spec::VariantInfo::preview) spec, a small instance of the pattern that
@@ -114,19 +62,6 @@ pub fn pattern_previews(registry: &Registry, variants: &[Box<dyn Attention>]) ->
         n: PREVIEW_N,
         panels,
     }
-}
-
-/// What a run's attention-map gallery shows (`<run>.maps/gallery.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gallery {
-    /// The workload the maps were drawn from, as in the results.
-    pub workload: String,
-    /// The positions drawn (a prefix).
-    pub n: usize,
-    /// Causal masking.
-    pub causal: bool,
-    /// One (sequence, head) of each kind found, in the order of [`HeadKind::ALL`].
-    pub picked: Vec<(String, usize)>,
 }
 
 /// Draws the gallery of a run on real activations into [`maps_dir`]`(csv)`: every head is
@@ -195,25 +130,4 @@ pub fn write_gallery(
     };
     write_json(&dir.join("gallery.json"), &gallery)?;
     Ok(gallery)
-}
-
-/// Writes `value` as pretty JSON to `path`.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
-    std::fs::write(path, text).map_err(|e| io(path, e))
-}
-
-/// Reads JSON written by [`write_json`]; `None` when the file does not exist.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| io(path, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(path, e)),
-    }
-}
-
-fn io(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::io(path, e)
 }

@@ -92,11 +92,6 @@ pub fn installed() -> bool {
     CALLS.load(Ordering::Relaxed) != before
 }
 
-/// Live heap bytes now, as counted by [`CountingAlloc`] (0 when it is not installed).
-pub fn current_bytes() -> usize {
-    CURRENT.load(Ordering::Relaxed)
-}
-
 /// Runs `f` and returns its result with the peak heap bytes above the starting level while
 /// it ran, or `None` when [`CountingAlloc`] is not installed. Measurements are serialized.
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Option<usize>) {

@@ -1,11 +1,16 @@
-//! Measurement: wall time ([`timing`]), peak heap bytes ([`memory`]), the machine
-//! ([`machine`]), and the sweep that puts them together ([`sweep`]) into the results schema
-//! ([`record`]).
+//! Measurement: wall time ([`timing`]), peak heap bytes ([`memory`]), the machine and its
+//! limits ([`machine`]), and the sweep ([`sweep`]: the loop; `cell`: one measured cell;
+//! `inputs`: a length's inputs) that puts them together into the results schema
+//! ([`record`]) in files that never clobber ([`runfiles`]), with the report's
+//! [`artefacts`] (pattern previews, the attention-map gallery drawn by [`maps`]) beside them.
 
 pub mod artefacts;
+mod cell;
+mod config;
+mod inputs;
 pub mod machine;
 pub mod maps;
 pub mod memory;
-pub mod record;
+pub mod runfiles;
 pub mod sweep;
 pub mod timing;

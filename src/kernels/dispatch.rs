@@ -3,7 +3,7 @@
 //!
 //! The tile products of the AVX-512 and AVX2 paths are explicit microkernels (`tiles`), as
 //! are AVX-512's exponential, online softmax and elu+1 (`avx512`); the rest run the
-//! [`portable`](super::portable) kernels, which LLVM vectorizes to the width of the
+//! `portable` kernels, which LLVM vectorizes to the width of the
 //! `#[target_feature]` wrapper they are called from here.
 //!
 //! Soundness: an [`Isa`] exists only for a path whose features were detected on this CPU

@@ -87,14 +87,6 @@ pub fn sum(xs: &[f32]) -> f32 {
     chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>()
 }
 
-/// Multiplies every element by `factor`.
-#[inline]
-pub fn scale(xs: &mut [f32], factor: f32) {
-    for x in xs {
-        *x *= factor;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::harness::record::{Record, RunMeta};
+use crate::results::record::{Record, RunMeta};
 
 /// Rows read from one or more results CSVs, with any run metadata found beside them.
 #[derive(Debug, Clone)]

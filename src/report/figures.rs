@@ -8,8 +8,8 @@ use plotters::style::RGBColor;
 use super::charts::{Bubble, Chart, Line, Stroke, save, save_heatmaps};
 use super::data::Series;
 use crate::error::Result;
-use crate::harness::artefacts::Previews;
-use crate::harness::record::Record;
+use crate::results::artefacts::Previews;
+use crate::results::record::Record;
 
 /// What the figures are drawn from: the series with their colours, every row, and the
 /// pattern previews of the runs' artefacts.

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::harness::artefacts::{Gallery, Previews, maps_dir, patterns_path, read_json};
 use crate::maps::{LOCAL_BAND, MapRow, maps_table, read_csv};
+use crate::results::artefacts::{Gallery, Previews, maps_dir, patterns_path, read_json};
 
 /// The pattern previews recorded beside `csvs`, each panel once (the first run's drawing
 /// wins).

@@ -7,7 +7,7 @@ use super::data::{self, Results, Series};
 use super::figures::FIGURES;
 use super::fit::{self, Crossover, crossover, upper_half_fit};
 use super::format::{fmt_bytes, fmt_err, fmt_ms, opt};
-use crate::harness::record::{Record, Status};
+use crate::results::record::{Record, Status};
 
 /// Fitted slopes and crossovers of one series.
 struct Scaling {

@@ -15,16 +15,19 @@ use ndarray::{ArrayViewMut2, Axis};
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::kernels::dispatch::{self, Isa};
-use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
+use crate::kernels::gemm::{Backend, gemm_flops, gemm_with, packing_bytes};
 use crate::modifier::Feature;
 use crate::parallel::for_each_head_with;
 use crate::pattern::{Causal, Pattern};
-use crate::spec::{Params, VariantInfo};
+use crate::spec::{ParamInfo, Params, VariantInfo};
 use crate::shape::Shape;
 
 /// Dense attention through a materialized score matrix. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Full;
+pub struct Full {
+    /// The GEMM of its two products.
+    pub gemm: Backend,
+}
 
 /// The registry entry of [`Full`].
 pub const INFO: VariantInfo = VariantInfo {
@@ -32,19 +35,32 @@ pub const INFO: VariantInfo = VariantInfo {
     summary: "materializes the n_q x n_kv scores (two sgemm + softmax); O(n^2) memory",
     time: "O(n_q n_kv d)",
     memory: "O(n_q n_kv) per busy thread: the score matrix",
-    params: &[],
+    params: &[ParamInfo {
+        name: "gemm",
+        default: "gemm",
+        help: "GEMM backend: gemm | matrixmultiply (to compare them)",
+    }],
     presets: &[],
     preview: "",
     build,
 };
 
-fn build(_: &Params) -> Result<Box<dyn Attention>> {
-    Ok(Box::new(Full))
+fn build(p: &Params) -> Result<Box<dyn Attention>> {
+    let raw = p.raw("gemm");
+    let gemm = Backend::from_name(raw).ok_or_else(|| {
+        p.invalid(
+            "gemm",
+            &format!("expected gemm or matrixmultiply, got '{raw}'"),
+        )
+    })?;
+    Ok(Box::new(Full { gemm }))
 }
 
 impl fmt::Display for Full {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        INFO.write_spec(f, &[])
+        // The default backend is left out: `full` is `full(gemm=gemm)`.
+        let backend = (self.gemm != Backend::default()).then(|| self.gemm.name());
+        INFO.write_spec(f, &[backend.as_ref().map(|b| b as &dyn fmt::Display)])
     }
 }
 
@@ -71,7 +87,8 @@ impl Attention for Full {
             flops: per_head * pairs as f64,
             workspace_bytes: busy
                 * ((s.n_q() * s.n_kv() + s.n_q()) as u64 * 4
-                    + packing_bytes(s.n_q(), s.head_dim(), s.n_kv()).max(packing_bytes(
+                    + packing_bytes(self.gemm, s.n_q(), s.head_dim(), s.n_kv()).max(packing_bytes(
+                        self.gemm,
                         s.n_q(),
                         s.n_kv(),
                         s.v_dim(),
@@ -83,13 +100,13 @@ impl Attention for Full {
         // One score matrix per thread, reused across its heads: a fresh one per head would
         // pay the page faults of n_q * n_kv floats every time.
         for_each_head_with(out.into_view(), Vec::new, |scores, b, h, head_out| {
-            head_forward(p, b, h, scores, head_out)
+            head_forward(p, self.gemm, b, h, scores, head_out)
         });
         Ok(())
     }
 }
 
-fn head_forward(p: &Call<'_>, b: usize, h: usize, buf: &mut Vec<f32>, mut out: ArrayViewMut2<f32>) {
+fn head_forward(p: &Call<'_>, backend: Backend, b: usize, h: usize, buf: &mut Vec<f32>, mut out: ArrayViewMut2<f32>) {
     let shape = p.shape();
     let kvh = shape.kv_head_of(h);
     let q = p
@@ -113,7 +130,7 @@ fn head_forward(p: &Call<'_>, b: usize, h: usize, buf: &mut Vec<f32>, mut out: A
     }
     let mut scores = ArrayViewMut2::from_shape((shape.n_q(), shape.n_kv()), &mut buf[..len])
         .expect("the buffer holds n_q x n_kv floats");
-    gemm(p.scale(), &q, &k.t(), 0.0, &mut scores);
+    gemm_with(backend, p.scale(), &q, &k.t(), 0.0, &mut scores);
 
     let mut inv_sum = vec![0.0f32; shape.n_q()];
     let isa = Isa::detect();
@@ -141,7 +158,7 @@ fn head_forward(p: &Call<'_>, b: usize, h: usize, buf: &mut Vec<f32>, mut out: A
         *inv = 1.0 / dispatch::exp_shifted_sum(isa, seen, m);
     }
 
-    gemm(1.0, &scores.view(), &v, 0.0, &mut out);
+    gemm_with(backend, 1.0, &scores.view(), &v, 0.0, &mut out);
     for (mut row, &inv) in out.outer_iter_mut().zip(&inv_sum) {
         row.map_inplace(|x| *x *= inv);
     }

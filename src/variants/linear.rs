@@ -25,7 +25,7 @@ use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::feature::{Elu1, Favor, FeatureMap, KernelKind, Relu};
 use crate::kernels::exp;
-use crate::kernels::gemm::{gemm, gemm_flops, packing_bytes};
+use crate::kernels::gemm::{Backend, gemm, gemm_flops, packing_bytes};
 use crate::modifier::Feature;
 use crate::parallel::for_each_head;
 use crate::spec::{ParamInfo, Params, VariantInfo};
@@ -220,7 +220,8 @@ impl Attention for Linear {
         let busy = (s.batch() * s.heads()).min(threads) as u64;
         let cc = c.min(s.n_q().max(s.n_kv()));
         let floats = 2 * cc * m + m * s.v_dim() + m + cc * cc + 2 * cc;
-        let packing = packing_bytes(cc, m, s.v_dim()).max(packing_bytes(m, cc, s.v_dim()));
+        let packing = packing_bytes(Backend::Gemm, cc, m, s.v_dim())
+            .max(packing_bytes(Backend::Gemm, m, cc, s.v_dim()));
         let directions = match self.phi {
             Phi::Favor { .. } => (m * s.head_dim() * 4) as u64,
             _ => 0,

@@ -1,11 +1,11 @@
-//! The results schema: one CSV row per (variant, length), and the run's JSON metadata.
+//! The results schema: one CSV row per (variant, length) ([`Record`]), and the run's JSON
+//! metadata ([`RunMeta`], with the [`Machine`] and its measured [`Limits`]).
 //!
 //! The columns are stable and documented in README.md ("Results"). Empty cells mean "not
 //! measured" (a skipped or failed cell, or no counting allocator).
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::Machine;
 use crate::attention::Fidelity;
 
 /// One row of a results CSV.
@@ -54,13 +54,13 @@ pub struct Record {
     /// The GEMM rate of attention's two products at this length (`[min(n, 1024), d] x
     /// [d, min(n, 16384)]` and back, see [`measure_gemm`]) measured in the same run, GFLOP/s.
     ///
-    /// [`measure_gemm`]: super::sweep::measure_gemm
+    /// [`measure_gemm`]: crate::harness::machine::measure_gemm
     pub gemm_gflops: Option<f64>,
     /// `100 * gflops / gemm_gflops`.
     pub pct_of_gemm: Option<f64>,
     /// `100 * gflops / ` the run's measured FMA peak on all its threads (see [`Limits`]).
     ///
-    /// [`Limits`]: super::machine::Limits
+    /// [`Limits`]: Limits
     pub pct_of_peak: Option<f64>,
     /// Peak heap bytes above the baseline during one call (counting allocator).
     pub peak_bytes: Option<u64>,
@@ -109,36 +109,6 @@ pub struct Record {
     pub status: Status,
     /// Why a cell was skipped, flagged or failed; empty otherwise.
     pub note: String,
-}
-
-impl Record {
-    /// A row for `variant` on `shape` with every measurement empty, status `ok` and no note.
-    /// (`Record::default()` is blank: no variant, no shape, status `ok`.)
-    pub fn unmeasured(
-        run_id: &str,
-        variant: &dyn crate::attention::Attention,
-        shape: &crate::shape::Shape,
-        causal: bool,
-        threads: usize,
-        workload: String,
-    ) -> Self {
-        Self {
-            run_id: run_id.to_string(),
-            variant: variant.to_string(),
-            name: variant.name().to_string(),
-            fidelity: variant.fidelity(),
-            batch: shape.batch(),
-            heads: shape.heads(),
-            kv_heads: shape.kv_heads(),
-            n_q: shape.n_q(),
-            n_kv: shape.n_kv(),
-            head_dim: shape.head_dim(),
-            causal,
-            threads,
-            workload,
-            ..Self::default()
-        }
-    }
 }
 
 /// The outcome of one cell, serialised as the `status` column.
@@ -214,5 +184,45 @@ pub struct RunMeta {
     /// The GEMM ceiling per length, GFLOP/s.
     pub gemm_gflops: Vec<(usize, f64)>,
     /// The machine's measured FMA peak and read bandwidth.
-    pub limits: Option<super::machine::Limits>,
+    pub limits: Option<Limits>,
+}
+
+/// The machine and build of a run, recorded in its JSON metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// The CPU model name from `/proc/cpuinfo` (or `"unknown"`).
+    pub cpu_model: String,
+    /// Logical CPUs available to this process.
+    pub cores: usize,
+    /// SIMD features detected at run time, e.g. `["avx2", "fma", "avx512f"]`.
+    pub simd: Vec<String>,
+    /// Total RAM in bytes, when known.
+    pub memory_bytes: Option<u64>,
+    /// The operating system and architecture.
+    pub os: String,
+    /// `rustc --version` of the build.
+    pub rustc: String,
+    /// This crate's version.
+    pub crate_version: String,
+    /// The git commit of the build, when it was built from a git checkout.
+    pub git_commit: Option<String>,
+}
+
+/// The machine's own limits, measured in the run: what fraction of the hardware each result
+/// reaches is reported against these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The SIMD path measured (the widest available).
+    pub isa: String,
+    /// FMA throughput of one core at that width, GFLOP/s (12 independent FMA chains).
+    pub fma_gflops_one_core: f64,
+    /// The same on every worker thread at once, GFLOP/s.
+    pub fma_gflops_all_threads: f64,
+    /// Worker threads of the all-threads figure.
+    pub threads: usize,
+    /// Sustained read bandwidth over a 256 MiB buffer (far beyond the last-level cache),
+    /// every worker thread reading its share, GB/s: the median of 7 passes after a warm-up
+    /// one. (On a shared VM single passes ranged from 23 to 42 GB/s; the median is the rate
+    /// a long decode can count on, the maximum a burst.)
+    pub read_gbytes_per_s: f64,
 }

@@ -1,0 +1,97 @@
+//! A sweep's inputs at one length: Q, K and V (seeded Gaussian, or a prefix of the `npy:`
+//! workload), the multi-head layer and its `X` for layer sweeps, and their size.
+
+use ndarray::{Array3, Axis};
+
+use super::config::SweepConfig;
+use crate::error::Result;
+use crate::layer::{LayerConfig, MultiHeadAttention, Weights};
+use crate::shape::Shape;
+use crate::workload::{NpyData, Qkv, Workload, gaussian};
+
+pub(super) fn inputs(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Qkv {
+    let n_q = cfg.n_q.unwrap_or(n);
+    match (npy, &cfg.workload) {
+        (Some(data), _) => {
+            let mut qkv = data.prefix(n);
+            // Decoding queries are the last positions.
+            qkv.q = qkv.q.slice(ndarray::s![.., .., n - n_q.., ..]).to_owned();
+            qkv
+        }
+        (None, Workload::Gaussian { scale }) => {
+            let shape = Shape::new(
+                cfg.batch,
+                cfg.heads,
+                cfg.kv_heads,
+                n_q,
+                n,
+                cfg.head_dim,
+                cfg.head_dim,
+            )
+            .expect("validated in run_sweep");
+            gaussian(&shape, *scale, cfg.seed ^ n as u64)
+        }
+        (None, Workload::Npy { .. }) => unreachable!("run_sweep loads npy workloads first"),
+    }
+}
+
+/// The multi-head layer of a layer sweep at one length, with its inputs.
+pub(super) struct LayerInputs {
+    pub(super) layer: MultiHeadAttention,
+    pub(super) x: Array3<f32>,
+    pub(super) memory: Option<Array3<f32>>,
+}
+
+impl LayerInputs {
+    /// The core's inputs: the projections of `x` (and `memory`).
+    pub(super) fn qkv(&self) -> Result<Qkv> {
+        let (q, k, v) = self
+            .layer
+            .project_qkv(self.x.view(), self.memory.as_ref().map(|m| m.view()))?;
+        Ok(Qkv { q, k, v })
+    }
+}
+
+pub(super) fn layer_inputs(cfg: &SweepConfig, n: usize) -> Result<Option<LayerInputs>> {
+    let Some(d_model) = cfg.layer else {
+        return Ok(None);
+    };
+    let lc = LayerConfig::new(d_model, cfg.heads)?.with_kv_heads(cfg.kv_heads)?;
+    let layer = MultiHeadAttention::new(lc, Weights::xavier(&lc, cfg.seed))?;
+    let scale = match cfg.workload {
+        Workload::Gaussian { scale } => scale,
+        Workload::Npy { .. } => unreachable!("validated: layer sweeps use the Gaussian workload"),
+    };
+    let x = |len: usize, seed: u64| {
+        let shape = Shape::new(cfg.batch, 1, 1, 1, len, d_model, d_model).expect("validated");
+        let g = gaussian(&shape, scale, seed);
+        g.k.index_axis_move(Axis(1), 0)
+    };
+    let seed = cfg.seed ^ n as u64;
+    Ok(Some(match cfg.n_q {
+        None => LayerInputs {
+            layer,
+            x: x(n, seed),
+            memory: None,
+        },
+        Some(n_q) => LayerInputs {
+            layer,
+            x: x(n_q, seed),
+            memory: Some(x(n, seed.wrapping_add(1))),
+        },
+    }))
+}
+
+/// Bytes of Q, K, V and the output at length `n`.
+pub(super) fn input_bytes(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> u64 {
+    let (b, h, h_kv, d) = match npy {
+        Some(data) => {
+            let s = data.qkv.q.shape();
+            (s[0], s[1], data.qkv.k.shape()[1], s[3])
+        }
+        None => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
+    };
+    let n_q = cfg.n_q.unwrap_or(n) as u128;
+    let elems = (b as u128) * (d as u128) * (2 * h as u128 * n_q + 2 * h_kv as u128 * n as u128);
+    u64::try_from(elems * 4).unwrap_or(u64::MAX)
+}
