@@ -64,6 +64,7 @@ pub mod layer;
 pub mod maps;
 pub mod modifier;
 pub mod npy;
+pub mod options;
 pub mod oracle;
 pub mod parallel;
 pub mod pattern;

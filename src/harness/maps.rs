@@ -15,7 +15,7 @@ use crate::attention::{self, Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::maps::{LOCAL_BAND, MapRow, MapStats, maps_table, write_csv};
 use crate::oracle;
-use crate::report::charts::{WeightPanel, save_weight_maps};
+use crate::report::heatmaps::{WeightPanel, save_weight_maps};
 use crate::shape::Shape;
 use crate::workload::{Qkv, Workload, gaussian, load_npy_dir};
 

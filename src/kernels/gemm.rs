@@ -65,6 +65,30 @@ pub fn gemm_with(
     }
 }
 
+/// `(m, k, n)` of the product, `None` when `c` is empty (nothing to do).
+///
+/// # Panics
+///
+/// If the shapes do not agree.
+fn dims(
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    c: &ArrayViewMut2<f32>,
+) -> Option<(usize, usize, usize)> {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    assert!(
+        k == k2 && c.dim() == (m, n),
+        "gemm shapes: [{m}, {k}] x [{k2}, {n}] into {:?}",
+        c.dim()
+    );
+    (m > 0 && n > 0).then_some((m, k, n))
+}
+
+/// The (row, column) strides of a matrix view, in elements.
+fn strides<S: ndarray::RawData<Elem = f32>>(x: &ndarray::ArrayBase<S, ndarray::Ix2>) -> [isize; 2] {
+    [x.strides()[0], x.strides()[1]]
+}
+
 fn matrixmultiply_gemm(
     alpha: f32,
     a: &ArrayView2<f32>,
@@ -72,15 +96,9 @@ fn matrixmultiply_gemm(
     beta: f32,
     c: &mut ArrayViewMut2<f32>,
 ) {
-    let ((m, k), (k2, n)) = (a.dim(), b.dim());
-    assert!(
-        k == k2 && c.dim() == (m, n),
-        "gemm shapes: [{m}, {k}] x [{k2}, {n}] into {:?}",
-        c.dim()
-    );
-    if m == 0 || n == 0 {
+    let Some((m, k, n)) = dims(a, b, c) else {
         return;
-    }
+    };
     if k == 0 {
         // An empty sum: c = beta c, and with beta == 0 the prior contents are ignored.
         if beta == 0.0 {
@@ -90,9 +108,7 @@ fn matrixmultiply_gemm(
         }
         return;
     }
-    let (ars, acs) = (a.strides()[0], a.strides()[1]);
-    let (brs, bcs) = (b.strides()[0], b.strides()[1]);
-    let (crs, ccs) = (c.strides()[0], c.strides()[1]);
+    let ([ars, acs], [brs, bcs], [crs, ccs]) = (strides(a), strides(b), strides(c));
     // SAFETY: as for `gemm` below: each pointer is the first element of a view of the
     // dimensions passed with it, with that view's (row, column) strides, so every element
     // sgemm reads or writes lies inside a view (negative strides included). `c` is borrowed
@@ -132,18 +148,10 @@ pub fn gemm(
     beta: f32,
     c: &mut ArrayViewMut2<f32>,
 ) {
-    let ((m, k), (k2, n)) = (a.dim(), b.dim());
-    assert!(
-        k == k2 && c.dim() == (m, n),
-        "gemm shapes: [{m}, {k}] x [{k2}, {n}] into {:?}",
-        c.dim()
-    );
-    if m == 0 || n == 0 {
+    let Some((m, k, n)) = dims(a, b, c) else {
         return;
-    }
-    let (ars, acs) = (a.strides()[0], a.strides()[1]);
-    let (brs, bcs) = (b.strides()[0], b.strides()[1]);
-    let (crs, ccs) = (c.strides()[0], c.strides()[1]);
+    };
+    let ([ars, acs], [brs, bcs], [crs, ccs]) = (strides(a), strides(b), strides(c));
     // SAFETY: each pointer is the first element of a view of the dimensions passed with it,
     // and each (row, column) stride pair is that view's, so every element gemm reads or
     // writes lies inside a view (ndarray guarantees views are in bounds for their dims and

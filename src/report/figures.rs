@@ -5,8 +5,9 @@ use std::path::Path;
 
 use plotters::style::RGBColor;
 
-use super::charts::{Bubble, Chart, Line, Stroke, save, save_heatmaps};
+use super::charts::{Bubble, Chart, Line, Stroke, save};
 use super::data::Series;
+use super::heatmaps::save_heatmaps;
 use crate::error::Result;
 use crate::results::artefacts::Previews;
 use crate::results::record::Record;

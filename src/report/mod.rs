@@ -19,6 +19,7 @@ mod figures;
 pub mod fit;
 mod format;
 mod gallery;
+pub mod heatmaps;
 mod markdown;
 
 use std::path::{Path, PathBuf};
