@@ -41,14 +41,20 @@
 //! with their parameters, and `attnbench list --markdown` the table in README.md.
 //!
 //! # Modules
-//! - [`attention`]: the trait, [`Options`], [`Problem`] (validated input) and [`attend`].
-//! - [`pattern`]: sparsity patterns and their tile classification.
-//! - [`variants`]: the built-in variants; [`variants::flash`] holds the tiled engine.
+//! ARCHITECTURE.md has the code map and the invariants; in short:
+//! - [`attention`]: the trait, [`Problem`] (validated input), [`Call`] and [`Out`] (what
+//!   [`attention::run`], the one way into a kernel, hands a variant), [`attend`];
+//!   [`options`]: [`Options`].
+//! - [`pattern`]: sparsity patterns and their tile classification; [`engine`]: the tiled
+//!   engine every pattern variant runs on; [`kernels`]: SIMD kernels and GEMM.
+//! - [`variants`]: the built-in variants, one file each; [`spec`] and [`registry`]: spec
+//!   strings such as `flash(bq=64,bk=128)`.
 //! - [`oracle`]: `f64` reference and error metrics; [`check`]: conformance cases.
-//! - [`registry`] and [`spec`]: spec strings such as `flash(bq=64,bk=128)`.
 //! - [`layer`]: the multi-head attention layer around any variant; [`modifier`]: ALiBi,
-//!   soft-capping and RoPE.
-//! - [`kernels`]: exp, softmax rows and GEMM; [`workload`]: input generators.
+//!   soft-capping and RoPE; [`workload`]: input generators.
+//! - [`harness`]: the sweep and its measurements; [`results`]: the files a run leaves;
+//!   [`report`]: charts and `report.md` from those files; [`cli`]: the command line over
+//!   any registry.
 
 #![warn(missing_docs)]
 

@@ -82,7 +82,7 @@ impl Options {
             .unwrap_or_else(|| (1.0 / (head_dim as f64).sqrt()) as f32)
     }
 
-    /// Checks the options for a head dimension of `head_dim` (as [`Problem::new`] does).
+    /// Checks the options for a head dimension of `head_dim` (as [`Problem::new`](crate::Problem::new) does).
     pub fn check(&self, head_dim: usize) -> Result<()> {
         let bad = |option, message| Err(ErrorKind::BadOption { option, message }.into());
         match (self.scale, self.softcap, self.rope) {

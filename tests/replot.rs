@@ -1,6 +1,7 @@
 //! A report is a function of the run's files: the same run, copied to a directory with no
 //! `tests/data` (where its `npy:` workload cannot be read) and reported there by the binary,
-//! gives the same `report.md` and the same figures as reported where it was made.
+//! gives the same `report.md` and the same figures as reported where it was made; and every
+//! committed run that carries its artefacts re-plots to its committed report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -121,4 +122,32 @@ fn a_run_re_plots_identically_without_its_workload() {
     assert!(a.contains_key(Path::new("maps/maps.csv")));
     std::fs::remove_dir_all(&here).unwrap();
     std::fs::remove_dir_all(&there).unwrap();
+}
+
+#[test]
+fn committed_runs_re_plot_to_their_committed_reports() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("reports").unwrap() {
+        let report = entry.unwrap().path();
+        let stem = report.file_name().unwrap().to_str().unwrap().to_string();
+        let csv = Path::new("results").join(format!("{stem}.csv"));
+        // Combined reports (several CSVs) are not re-made here; single-run reports are.
+        if !csv.exists() || !patterns_path(&csv).exists() {
+            continue;
+        }
+        let dir = temp_dir(&stem);
+        copy_run(&csv, &dir);
+        report_in(&dir, &format!("{stem}.csv"), "report");
+        let committed = std::fs::read_to_string(report.join("report.md")).unwrap();
+        let again = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+        assert!(
+            committed == again,
+            "{stem}: report.md differs when re-plotted"
+        );
+        let names = |d: &Path| tree(d).into_keys().collect::<Vec<_>>();
+        assert_eq!(names(&report), names(&dir.join("report")), "{stem}: files");
+        std::fs::remove_dir_all(&dir).unwrap();
+        checked += 1;
+    }
+    assert!(checked >= 1, "no committed run with artefacts to re-plot");
 }

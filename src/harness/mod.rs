@@ -1,7 +1,7 @@
 //! Measurement: wall time ([`timing`]), peak heap bytes ([`memory`]), the machine and its
 //! limits ([`machine`]), and the sweep ([`sweep`]: the loop; `cell`: one measured cell;
 //! `inputs`: a length's inputs) that puts them together into the results schema
-//! ([`record`]) in files that never clobber ([`runfiles`]), with the report's
+//! ([`crate::results::record`]) in files that never clobber ([`runfiles`]), with the report's
 //! [`artefacts`] (pattern previews, the attention-map gallery drawn by [`maps`]) beside them.
 
 pub mod artefacts;

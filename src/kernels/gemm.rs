@@ -1,7 +1,7 @@
 //! Single-precision matrix products on ndarray views, through one of two backends
 //! ([`Backend`]), single-threaded: callers parallelize over heads or row blocks with rayon.
 //!
-//! Every product of the crate goes through [`gemm`], the `gemm` crate (AVX-512, AVX2/FMA or
+//! Every product of the crate goes through [`gemm()`], the `gemm` crate (AVX-512, AVX2/FMA or
 //! portable kernels chosen at run time). matrixmultiply 0.3.11 (ndarray's own backend) stays
 //! selectable, [`gemm_with`], so that a sweep can measure the two side by side:
 //! `full(gemm=matrixmultiply)` next to `full`. `gemm` was chosen by measurement on this
@@ -46,7 +46,7 @@ impl Backend {
     }
 }
 
-/// [`gemm`] on the chosen backend.
+/// [`gemm()`] on the chosen backend.
 ///
 /// # Panics
 ///

@@ -71,7 +71,7 @@ pub struct Gallery {
     pub n: usize,
     /// Causal masking.
     pub causal: bool,
-    /// One (sequence, head) of each kind found, in the order of [`HeadKind::ALL`].
+    /// One (sequence, head) of each kind found, in the order of [`HeadKind::ALL`](crate::maps::HeadKind::ALL).
     pub picked: Vec<(String, usize)>,
 }
 

@@ -119,7 +119,7 @@ pub enum Status {
     #[default]
     Ok,
     /// Measured, but an exact variant is off its own definition by more than
-    /// [`FLAG_TOLERANCE`](super::sweep::FLAG_TOLERANCE): a kernel bug. `sweep` and `run`
+    /// [`FLAG_TOLERANCE`](crate::harness::sweep::FLAG_TOLERANCE): a kernel bug. `sweep` and `run`
     /// exit with status 1.
     Flagged,
     /// Not run (unsupported shape, over the memory or time budget), with the reason.
