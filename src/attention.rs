@@ -48,8 +48,8 @@ pub struct Cost {
     /// Floating-point operations performed (a multiply-add counts as two), including work on
     /// masked-out pairs that the variant computes anyway.
     pub flops: f64,
-    /// Heap bytes the variant allocates during the call beyond the caller's output, with the
-    /// current rayon pool's thread count.
+    /// Heap bytes the variant allocates during the call beyond the caller's output, on the
+    /// thread count given to [`Attention::cost`].
     pub workspace_bytes: u64,
 }
 

@@ -1,4 +1,4 @@
-//! Score modifiers and rotary embeddings, applied as [`Options`](crate::Options) rather than as variants.
+//! Score modifiers and rotary embeddings, applied as [`Options`] rather than as variants.
 //!
 //! Positions follow the crate's alignment: query `i` sits at position `p_i = i + n_kv - n_q`,
 //! key `j` at position `j`, so a query against a KV cache is at the cache's last position.
@@ -20,30 +20,9 @@
 use ndarray::{Array4, ArrayView4, Zip};
 
 use crate::kernels::exp;
+pub use crate::options::Feature;
+use crate::options::Options;
 use crate::shape::Shape;
-
-/// What a variant must implement itself to honour every [`Options`](crate::Options) field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Feature {
-    /// ALiBi biases on the scores.
-    Alibi,
-    /// tanh soft-capping of the scores.
-    Softcap,
-    /// Per-batch key lengths ([`Problem::with_key_lengths`](crate::Problem::with_key_lengths)).
-    KeyPadding,
-}
-
-impl Feature {
-    /// The option's name as the CLI spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Feature::Alibi => "alibi",
-            Feature::Softcap => "softcap",
-            Feature::KeyPadding => "key padding",
-        }
-    }
-}
 
 /// The ALiBi slopes of `heads` heads: `2^(-8k/heads)` for `k = 1..=heads` when `heads` is a
 /// power of two; otherwise the slopes of the largest power of two `n < heads`, followed by
@@ -74,7 +53,7 @@ pub struct ScoreMods {
 
 impl ScoreMods {
     /// The modifiers of query head `h` of `shape` under `opts`.
-    pub fn for_head(shape: &Shape, opts: &crate::Options, h: usize) -> Self {
+    pub fn for_head(shape: &Shape, opts: &Options, h: usize) -> Self {
         Self {
             softcap: opts.softcap,
             alibi_slope: opts.alibi.then(|| alibi_slopes(shape.heads())[h] as f32),

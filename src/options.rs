@@ -1,8 +1,7 @@
-//! [`Options`]: causal masking, the score scale and the score modifiers of one call, and
-//! their validation.
+//! [`Options`]: causal masking, the score scale and the score modifiers of one call, their
+//! validation, and the [`Feature`]s they ask of a variant.
 
 use crate::error::{ErrorKind, Result};
-use crate::modifier::Feature;
 
 /// Options of one attention call.
 ///
@@ -99,6 +98,29 @@ impl Options {
                 format!("rotates pairs of dimensions: head_dim must be even, got {head_dim}"),
             ),
             _ => Ok(()),
+        }
+    }
+}
+
+/// What a variant must implement itself to honour every [`Options`] field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Feature {
+    /// ALiBi biases on the scores.
+    Alibi,
+    /// tanh soft-capping of the scores.
+    Softcap,
+    /// Per-batch key lengths ([`Problem::with_key_lengths`](crate::Problem::with_key_lengths)).
+    KeyPadding,
+}
+
+impl Feature {
+    /// The option's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Alibi => "alibi",
+            Feature::Softcap => "softcap",
+            Feature::KeyPadding => "key padding",
         }
     }
 }

@@ -9,6 +9,8 @@
 
 use crate::attention::Attention;
 use crate::error::{Error, ErrorKind, Result};
+use crate::pattern::{Geometry, Mask, Pattern};
+use crate::results::artefacts::{PREVIEW_N, Preview, Previews};
 use crate::spec::Spec;
 pub use crate::spec::{BuildFn, ParamInfo, Params, VariantInfo};
 use crate::variants::BUILTIN;
@@ -43,12 +45,12 @@ impl Registry {
         }
         check_bare_name(info.name)?;
         self.variants.push(info);
-        let presets = if info.presets.is_empty() {
-            &[info.name][..]
-        } else {
-            info.presets
-        };
-        if let Some(e) = presets.iter().find_map(|p| self.build(p).err()) {
+        // Its presets and its preview (what the report draws) must build.
+        let mut specs = info.default_specs();
+        if !info.preview.is_empty() {
+            specs.push(info.preview);
+        }
+        if let Some(e) = specs.iter().find_map(|p| self.build(p).err()) {
             self.variants.pop();
             return Err(e);
         }
@@ -102,16 +104,60 @@ impl Registry {
     pub fn defaults(&self) -> Vec<Box<dyn Attention>> {
         self.variants
             .iter()
-            .flat_map(|v| {
-                if v.presets.is_empty() {
-                    vec![v.name]
-                } else {
-                    v.presets.to_vec()
-                }
-            })
+            .flat_map(VariantInfo::default_specs)
             .map(|spec| self.build(spec))
             .collect::<Result<_>>()
             .expect("registered presets build (checked on registration)")
+    }
+
+    /// Previews of the pattern variants among `variants`, one per registry name (drawn from its
+    /// [`preview`](crate::spec::VariantInfo::preview) spec, a small instance of the pattern that
+    /// is legible at n = 64), bidirectional and causal: what a sweep records for its report
+    /// ([`SweepConfig::previews`](crate::harness::sweep::SweepConfig::previews)). Variants this registry does not know are
+    /// left out.
+    pub fn previews(&self, variants: &[Box<dyn Attention>]) -> Previews {
+        let g = Geometry::new(PREVIEW_N, PREVIEW_N);
+        let mut names: Vec<&str> = Vec::new();
+        let mut panels = Vec::new();
+        for v in variants {
+            if v.pattern().is_none() || names.contains(&v.name()) {
+                continue;
+            }
+            names.push(v.name());
+            let Some(info) = self.info(v.name()) else {
+                continue;
+            };
+            let spec = if info.preview.is_empty() {
+                info.name
+            } else {
+                info.preview
+            };
+            let Ok(small) = self.build(spec) else {
+                continue;
+            };
+            let Some(pattern) = small.pattern() else {
+                continue;
+            };
+            if !pattern.unsupported(g).is_empty() {
+                continue;
+            }
+            for causal in [false, true] {
+                let mask = Mask::new(Some(pattern), causal);
+                let rows = (0..g.n_q)
+                    .map(|i| {
+                        (0..g.n_kv)
+                            .map(|j| if mask.allows(g, i, j) { '#' } else { '.' })
+                            .collect()
+                    })
+                    .collect();
+                let title = format!("{small}{}", if causal { " causal" } else { "" });
+                panels.push(Preview { title, rows });
+            }
+        }
+        Previews {
+            n: PREVIEW_N,
+            panels,
+        }
     }
 
     /// Builds a comma-separated list of specs (commas inside parentheses belong to a spec).
@@ -144,6 +190,75 @@ mod tests {
             assert_eq!(again.to_string(), spec);
             assert_eq!(again.name(), v.name());
         }
+    }
+
+    /// Every parameter of every variant, given a non-default value, appears in the canonical
+    /// spec under its own name and parses back to the same spec: `Display`, which writes
+    /// values by position, agrees with `build`, which reads them by name.
+    #[test]
+    fn every_parameter_round_trips_under_its_own_name() {
+        let reg = Registry::builtin();
+        let mut checked = 0;
+        for info in reg.iter() {
+            for p in info.params {
+                let value = match p.default {
+                    "true" => "false".to_string(),
+                    "false" => "true".to_string(),
+                    d => match d.parse::<u64>() {
+                        // One off the default: different, and valid for every parameter
+                        // here (e.g. c <= block, dilation >= 1).
+                        Ok(0) => "1".to_string(),
+                        Ok(1) => "2".to_string(),
+                        Ok(n) => (n - 1).to_string(),
+                        Err(_) => continue, // a mode, e.g. phi or isa: covered by presets
+                    },
+                };
+                let base = info.default_specs()[0];
+                // Mode-dependent parameters (favor's m, seed) need their mode's preset.
+                let base = info
+                    .default_specs()
+                    .into_iter()
+                    .find(|s| {
+                        reg.build(s)
+                            .unwrap()
+                            .to_string()
+                            .contains(&format!("{}=", p.name))
+                    })
+                    .unwrap_or(base);
+                let spec = base.to_string();
+                let spec = match spec.strip_suffix(')') {
+                    Some(open) => format!("{open},{}={value})", p.name),
+                    None => format!("{}({}={value})", info.name, p.name),
+                };
+                let spec = dedup_param(&spec, p.name);
+                let v = reg.build(&spec).unwrap();
+                let shown = v.to_string();
+                assert!(
+                    shown.contains(&format!("{}={value}", p.name)),
+                    "{spec} displays as {shown}"
+                );
+                assert_eq!(reg.build(&shown).unwrap().to_string(), shown);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} parameters checked");
+    }
+
+    /// `spec` with only the last `name=` parameter kept.
+    fn dedup_param(spec: &str, name: &str) -> String {
+        let (head, body) = spec.split_once('(').unwrap();
+        let items: Vec<&str> = body.trim_end_matches(')').split(',').collect();
+        let last = items
+            .iter()
+            .rposition(|i| i.starts_with(&format!("{name}=")))
+            .unwrap();
+        let kept: Vec<&str> = items
+            .iter()
+            .enumerate()
+            .filter(|(k, i)| *k == last || !i.starts_with(&format!("{name}=")))
+            .map(|(_, i)| *i)
+            .collect();
+        format!("{head}({})", kept.join(","))
     }
 
     #[test]

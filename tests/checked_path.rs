@@ -140,8 +140,9 @@ fn an_output_of_the_wrong_size_is_an_error_for_every_variant() {
 
 #[test]
 fn the_layer_applies_rope_through_the_checked_path() {
-    // The layer's core sees rotated Q and K: its output equals the same layer computed with
-    // the oracle on the rotated projections.
+    // The layer hands its core rotated Q and K through `run`: full and flash agree inside a
+    // RoPE layer (each is checked against the oracle with RoPE above), RoPE changes the
+    // output, and a core that cannot apply an option is refused.
     let cfg = LayerConfig::new(32, 4).unwrap();
     let layer = MultiHeadAttention::new(cfg, Weights::xavier(&cfg, 1)).unwrap();
     let x = Array3::from_shape_fn((1, 20, 32), |(_, i, j)| {

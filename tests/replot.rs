@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use attnbench::Registry;
-use attnbench::harness::artefacts::pattern_previews;
 use attnbench::harness::memory::CountingAlloc;
 use attnbench::harness::sweep::{SweepConfig, run_sweep};
 use attnbench::harness::timing::TimingConfig;
@@ -91,7 +90,7 @@ fn a_run_re_plots_identically_without_its_workload() {
         },
         out_dir: here.clone(),
         label: "replot".into(),
-        previews: pattern_previews(&Registry::builtin(), &variants),
+        previews: Registry::builtin().previews(&variants),
         ..SweepConfig::default()
     };
     let run = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use attnbench::harness::artefacts::pattern_previews;
 use attnbench::report::{FIGURES, write_report};
 use attnbench::results::artefacts::{patterns_path, write_json};
 use attnbench::results::record::Record;
@@ -100,7 +99,7 @@ fn a_report_has_every_chart_and_the_fits() {
     let swept = Registry::builtin()
         .build_list("full,window(w=256)")
         .unwrap();
-    let previews = pattern_previews(&Registry::builtin(), &swept);
+    let previews = Registry::builtin().previews(&swept);
     assert_eq!(previews.panels.len(), 2, "window, bidirectional and causal");
     write_json(&patterns_path(&csv), &previews).unwrap();
     let out = write_report(&[csv], Some(&dir.join("out"))).unwrap();

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::args::{MapsArgs, SweepArgs, sweep_config};
 use super::progress::{print_summary, run_with_progress};
-use crate::attention::{Attention, Fidelity};
+use crate::attention::{Attention, Fidelity, Options};
 use crate::check::{self, Outcome};
 use crate::maps::HeadKind;
 use crate::registry::Registry;
@@ -121,7 +121,7 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
         variants: variants.iter().map(|v| v.as_ref()).collect(),
         heads: args.heads,
         n: args.n,
-        causal: args.causal,
+        opts: Options::new().causal(args.causal),
         log: args.log,
         out_dir,
         seed: 0,
@@ -188,7 +188,7 @@ pub(super) fn sweep(
         return Ok(ExitCode::from(2));
     }
     let mut cfg = sweep_config(&args);
-    cfg.previews = crate::harness::artefacts::pattern_previews(registry, &variants);
+    cfg.previews = registry.previews(&variants);
     match run_with_progress(&cfg, &variants) {
         Ok(output) => {
             print_summary(&output)?;

@@ -36,22 +36,13 @@ pub(super) fn too_big(
     run_id: &str,
     cfg: &SweepConfig,
     v: &dyn Attention,
-    n: usize,
+    shape: &Shape,
     bytes: u64,
-) -> Result<Record> {
-    let shape = Shape::new(
-        cfg.batch,
-        cfg.heads,
-        cfg.kv_heads,
-        cfg.n_q.unwrap_or(n),
-        n,
-        cfg.head_dim,
-        cfg.head_dim,
-    )?;
+) -> Record {
     let mut r = unmeasured(
         run_id,
         v,
-        &shape,
+        shape,
         cfg.opts.causal,
         cfg.threads,
         cfg.workload.to_string(),
@@ -64,7 +55,7 @@ pub(super) fn too_big(
         bytes >> 20,
         cfg.max_memory >> 20
     );
-    Ok(r)
+    r
 }
 
 /// Everything one (variant, length) cell is measured against.

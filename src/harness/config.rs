@@ -10,7 +10,7 @@ use crate::results::artefacts::Previews;
 use crate::workload::Workload;
 
 /// Above this error against its own pattern's oracle, an exact variant's row is `flagged`.
-pub const FLAG_TOLERANCE: f64 = 1e-5;
+pub const FLAG_TOLERANCE: f64 = crate::check::EXACT_TOLERANCE;
 
 /// Everything a sweep needs besides the variants.
 #[derive(Debug, Clone)]
@@ -55,9 +55,10 @@ pub struct SweepConfig {
     pub label: String,
     /// The command line, for the metadata.
     pub command_line: Vec<String>,
-    /// Pattern previews written beside the results for the report
-    /// ([`artefacts::pattern_previews`](super::artefacts::pattern_previews) of the swept
-    /// variants; the CLI fills it from its registry). Default: none.
+    /// Pattern previews written beside the results for the report: the harness knows no
+    /// registry, so the caller draws them, [`Registry::previews`](crate::Registry::previews)
+    /// of the swept variants (the CLI does). Default: none, and the report's pattern figure
+    /// then says that no previews were recorded.
     pub previews: Previews,
 }
 

@@ -82,16 +82,34 @@ pub(super) fn layer_inputs(cfg: &SweepConfig, n: usize) -> Result<Option<LayerIn
     }))
 }
 
-/// Bytes of Q, K, V and the output at length `n`.
-pub(super) fn input_bytes(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> u64 {
-    let (b, h, h_kv, d) = match npy {
-        Some(data) => {
+/// The shape of the sweep's inputs at length `n`: the npy workload's own heads and head
+/// dimension when there is one, `d_model / heads` for a layer sweep, else the Gaussian flags.
+pub(super) fn input_shape(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Result<Shape> {
+    let (b, h, h_kv, d) = match (npy, cfg.layer) {
+        (Some(data), _) => {
             let s = data.qkv.q.shape();
             (s[0], s[1], data.qkv.k.shape()[1], s[3])
         }
-        None => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
+        (None, Some(d_model)) => (
+            cfg.batch,
+            cfg.heads,
+            cfg.kv_heads,
+            d_model / cfg.heads.max(1),
+        ),
+        (None, None) => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
     };
-    let n_q = cfg.n_q.unwrap_or(n) as u128;
-    let elems = (b as u128) * (d as u128) * (2 * h as u128 * n_q + 2 * h_kv as u128 * n as u128);
+    Shape::new(b, h, h_kv, cfg.n_q.unwrap_or(n), n, d, d)
+}
+
+/// Bytes of Q, K, V and the output of `shape`.
+pub(super) fn input_bytes(shape: &Shape) -> u64 {
+    let (b, h, h_kv, d) = (
+        shape.batch() as u128,
+        shape.heads() as u128,
+        shape.kv_heads() as u128,
+        shape.head_dim() as u128,
+    );
+    let (n_q, n) = (shape.n_q() as u128, shape.n_kv() as u128);
+    let elems = b * d * (2 * h * n_q + 2 * h_kv * n);
     u64::try_from(elems * 4).unwrap_or(u64::MAX)
 }

@@ -30,8 +30,8 @@ pub struct MapsConfig<'a> {
     pub heads: Option<Vec<usize>>,
     /// Sequence length (a prefix of the npy positions); `None`: all of them, up to 512.
     pub n: Option<usize>,
-    /// Causal masking.
-    pub causal: bool,
+    /// Causal masking and score modifiers of every map (those of the run, for a gallery).
+    pub opts: Options,
     /// Log colour scale.
     pub log: bool,
     /// The output directory; created, and must not hold an earlier `maps.csv`.
@@ -104,7 +104,7 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
         k: qkv.k.slice(ndarray::s![.., .., ..n, ..]).to_owned(),
         v: qkv.v.slice(ndarray::s![.., .., ..n, ..]).to_owned(),
     };
-    let opts = Options::new().causal(cfg.causal);
+    let opts = cfg.opts;
     let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
     let csv_path = cfg.out_dir.join("maps.csv");
     if csv_path.exists() {
@@ -131,7 +131,12 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
             }];
             let mut head_rows = vec![(String::from("full"), full_stats, None)];
             for v in &cfg.variants {
-                let w = attention::weights(*v, &problem, b, h)?.or_else(|| {
+                // A variant that cannot run these options (e.g. linear with ALiBi) has no map.
+                let w = match attention::weights(*v, &problem, b, h) {
+                    Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => continue,
+                    w => w?,
+                };
+                let w = w.or_else(|| {
                     (v.fidelity() == Fidelity::Exact)
                         .then(|| oracle::weights(&problem, v.pattern(), b, h))
                 });
@@ -157,7 +162,7 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
             }
             let title = format!(
                 "{name}, head {h}, n = {n}{}",
-                if cfg.causal { ", causal" } else { "" }
+                if cfg.opts.causal { ", causal" } else { "" }
             );
             let png = save_weight_maps(&panels, &title, cfg.log, &cfg.out_dir, &stem)?;
             let image = png
@@ -202,7 +207,7 @@ fn maps_markdown(cfg: &MapsConfig<'_>, n: usize, rows: &[MapRow]) -> String {
     let _ = writeln!(
         md,
         "n = {n}{}. Each image: full softmax attention, then per variant its effective weights and |variant - full|, all on the scale of full attention's largest weight. Statistics are means over query rows; kinds, checked in this order: previous-token (> 0.3 of the weight on j = i - 1), first-token (> 0.3 on j = 0), local (> 0.6 within ±{LOCAL_BAND}; uniform weights would put (2 x {LOCAL_BAND} + 1) / n there), else broad.\n",
-        if cfg.causal { ", causal" } else { "" }
+        if cfg.opts.causal { ", causal" } else { "" }
     );
     md.push_str(&maps_table(rows, ""));
     md

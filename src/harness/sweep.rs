@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 use super::artefacts::write_gallery;
 use super::cell::{Cell, panic_message, too_big};
 pub use super::config::{FLAG_TOLERANCE, SweepConfig};
-use super::inputs::{input_bytes, inputs, layer_inputs};
+use super::inputs::{input_bytes, input_shape, inputs, layer_inputs};
 use super::machine::measure_gemm;
 use super::runfiles::{create_run_files, csv_error, io_error, utc_iso, utc_stamp, write_json};
 use crate::attention::{Attention, Problem};
@@ -138,10 +138,11 @@ pub fn run_sweep(
         let limits_bandwidth = limits.read_gbytes_per_s;
         meta.limits = Some(limits);
         for &n in &cfg.lengths {
-            let io = input_bytes(cfg, npy.as_ref(), n);
+            let shape = input_shape(cfg, npy.as_ref(), n)?;
+            let io = input_bytes(&shape);
             if io > cfg.max_memory {
                 for v in variants {
-                    let r = too_big(&run_id, cfg, v.as_ref(), n, io)?;
+                    let r = too_big(&run_id, cfg, v.as_ref(), &shape, io);
                     writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
                     writer.flush().map_err(|e| io_error(&csv_path, e))?;
                     progress(Event::Done(&r));
@@ -209,7 +210,7 @@ pub fn run_sweep(
         progress(Event::Note(
             "drawing the attention maps of the real activations",
         ));
-        write_gallery(&csv_path, data, &cfg.workload, variants, cfg.opts.causal)?;
+        write_gallery(&csv_path, data, &cfg.workload, variants, cfg.opts)?;
     }
     meta.duration_s = clock.elapsed().as_secs_f64();
     write_json(&json_path, &meta)?;

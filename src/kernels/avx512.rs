@@ -1,4 +1,4 @@
-//! Explicit AVX-512 kernels for the softmax side of the flash engine, `full` and linear
+//! Explicit AVX-512 kernels for the softmax side of the tiled engine, `full` and linear
 //! attention's feature map (the tile products are in [`tiles`](super::tiles)).
 //!
 //! The online softmax runs one vector of 16 queries at a time down the tile's keys, with an

@@ -2,7 +2,7 @@
 //! [`Isa`] is the proof that this CPU can run it.
 //!
 //! An `Isa` has a private field and is only produced by [`Isa::detect`], [`Isa::available`],
-//! [`Isa::new`] and [`Isa::portable`], each after the CPU's features were detected (once per
+//! and [`Isa::new`], each after the CPU's features were detected (once per
 //! process). Holding one is therefore the precondition of every `#[target_feature]` kernel:
 //! the dispatchers in [`dispatch`](super::dispatch) match on it without re-checking.
 
@@ -77,13 +77,6 @@ impl Isa {
     /// `path`, if this CPU supports it.
     pub fn new(path: Path) -> Option<Isa> {
         Self::available().iter().copied().find(|i| i.path == path)
-    }
-
-    /// The portable path, which every CPU runs.
-    pub fn portable() -> Isa {
-        Isa {
-            path: Path::Portable,
-        }
     }
 
     /// The path this token stands for.

@@ -11,7 +11,8 @@
 //!   (the AVX-512 exponential, online softmax and elu+1): one file per path, each importing
 //!   only [`tile`] and [`exp`].
 //! - [`dispatch`]: the one module that calls them, per [`Isa`](isa::Isa) token.
-//! - [`gemm`]: the single-precision matrix product (the `gemm` crate, on ndarray views).
+//! - [`gemm`]: the single-precision matrix product on ndarray views, through the `gemm`
+//!   crate or `matrixmultiply` ([`Backend`](gemm::Backend)).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;

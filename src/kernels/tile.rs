@@ -16,7 +16,7 @@ pub fn padded(n: usize) -> usize {
     n.next_multiple_of(PAD)
 }
 
-/// One tile of the flash engine in transposed layout: scores are stored key-major,
+/// One tile of the tiled engine in transposed layout: scores are stored key-major,
 /// `st[j][i]` for key `j` and query `i`, so that every per-query softmax quantity (maximum,
 /// sum, rescaling) is a vector over queries.
 pub struct Tile<'a> {

@@ -1,4 +1,4 @@
-//! Explicit x86 microkernels for the flash engine's two tile products, generated for
+//! Explicit x86 microkernels for the tiled engine's two tile products, generated for
 //! AVX-512 and for AVX2+FMA by one macro.
 //!
 //! LLVM's autovectorized kernels in [`portable`](super::portable) keep a block of 4 accumulators in

@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::style::RGBColor;
 
 use super::charts::{Bubble, Chart, Line, Stroke, save};
-use super::data::Series;
+use super::data::{self, Series};
 use super::heatmaps::save_heatmaps;
 use crate::error::Result;
 use crate::results::artefacts::Previews;
@@ -312,6 +312,7 @@ pub(super) fn speedup_chart(series: &[(Series, RGBColor)]) -> Chart {
         log_y: true,
         ..Chart::default()
     };
+    let plain: Vec<Series> = series.iter().map(|(s, _)| s.clone()).collect();
     if !series.iter().any(|(s, _)| s.name == "full") {
         chart.note = Some("not enough points: no full attention in these results".into());
         return chart;
@@ -319,10 +320,7 @@ pub(super) fn speedup_chart(series: &[(Series, RGBColor)]) -> Chart {
     let mut ns = Vec::new();
     for (s, c) in series {
         // Each series against the full attention of its own run and configuration.
-        let Some((full, _)) = series
-            .iter()
-            .find(|(f, _)| f.name == "full" && f.group == s.group)
-        else {
+        let Some(full) = data::reference(&plain, "full", &s.group) else {
             continue;
         };
         let pts: Vec<(f64, f64)> = s

@@ -1,4 +1,4 @@
-//! What a report takes from the runs' [artefacts](crate::harness::artefacts) besides the rows:
+//! What a report takes from the runs' [artefacts](crate::results::artefacts) besides the rows:
 //! the pattern previews, and the attention-map gallery of a run on real activations (its PNG
 //! panels copied into the report, its statistics read from `maps.csv`).
 

@@ -24,13 +24,8 @@ fn scaling(s: &Series, all: &[Series]) -> Scaling {
         .iter()
         .filter_map(|p| p.peak_bytes.map(|b| (p.n as f64, b)))
         .collect();
-    let reference = |name: &str| {
-        all.iter()
-            .find(|r| r.name == name && r.group == s.group)
-            .map(Series::times)
-    };
-    let cross = |name: &str| match reference(name) {
-        Some(r) if s.name != name => crossover(&s.times(), &r),
+    let cross = |name: &str| match data::reference(all, name, &s.group) {
+        Some(r) if r.label != s.label => crossover(&s.times(), &r.times()),
         _ => Crossover::NoCommonLengths,
     };
     Scaling {
@@ -39,6 +34,11 @@ fn scaling(s: &Series, all: &[Series]) -> Scaling {
         vs_full: cross("full"),
         vs_flash: cross("flash"),
     }
+}
+
+/// Whether `s` is the baseline of `name` in its group ([`data::reference`]).
+fn is_reference(all: &[Series], s: &Series, name: &str) -> bool {
+    data::reference(all, name, &s.group).is_some_and(|r| r.label == s.label)
 }
 
 fn fmt_fit(f: Option<fit::Fit>) -> String {
@@ -213,8 +213,8 @@ pub(super) fn markdown_report(
             s.fidelity,
             fmt_fit(sc.time),
             fmt_fit(sc.memory),
-            fmt_cross(sc.vs_full, s.name == "full"),
-            fmt_cross(sc.vs_flash, s.name == "flash")
+            fmt_cross(sc.vs_full, is_reference(all, s, "full")),
+            fmt_cross(sc.vs_flash, is_reference(all, s, "flash"))
         );
     }
     let _ = writeln!(md);
@@ -367,9 +367,8 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
     groups.dedup();
     for group in groups {
         let in_group = || all.iter().filter(move |s| s.group == group);
-        let reference = in_group()
-            .find(|s| s.name == "full" && !s.points.is_empty())
-            .or_else(|| in_group().find(|s| s.name == "flash" && !s.points.is_empty()));
+        let reference =
+            data::reference(all, "full", group).or_else(|| data::reference(all, "flash", group));
         let Some(r) = reference else { continue };
         let Some(n) = largest(r) else { continue };
         let rt = r.points.last().expect("non-empty").time_ms;

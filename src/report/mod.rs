@@ -1,6 +1,6 @@
 //! Reports: charts (SVG and PNG), scaling fits, crossovers and `report.md`, from a run's
 //! files alone: the results CSVs, the JSON metadata beside them and the run's
-//! [artefacts](crate::harness::artefacts) (pattern previews, the attention-map gallery). A
+//! [artefacts](crate::results::artefacts) (pattern previews, the attention-map gallery). A
 //! report never builds a variant or reads a workload, so old runs re-plot identically on any
 //! machine and runs combine.
 //!
