@@ -162,6 +162,15 @@ fn guard_rails_record_skipped_cells() {
         }
     }
 
+    // The same guard in a decoding sweep, where lengths are key lengths and n_q is 1.
+    let mut cfg = small_config(&dir);
+    cfg.max_seconds = 1e-9;
+    cfg.n_q = Some(1);
+    let out = sweep(&cfg, "flash");
+    assert_eq!(out.records[0].status, Status::Ok, "{}", out.records[0].note);
+    assert_eq!(out.records[1].status, Status::Skipped);
+    assert!(out.records[1].note.contains("--max-seconds"));
+
     // More global tokens than the shortest length: skipped with the reason, then measured.
     let mut cfg = small_config(&dir);
     cfg.lengths = vec![8, 64];
@@ -586,4 +595,29 @@ fn decode_sweeps_report_bandwidth_and_modifiers() {
         out.records.iter().map(|r| r.n_kv).collect::<Vec<_>>(),
         vec![300, 300, 300, 300, 1000, 1000, 1000, 1000]
     );
+}
+
+#[test]
+fn dropped_mass_is_over_the_oracle_rows() {
+    // n = 200 > 64: every row is an oracle row (up to dense_oracle_max), and the dropped mass
+    // is their mean, not that of a separate sample of 64.
+    let dir = temp_dir("dropped");
+    let mut cfg = small_config(&dir);
+    cfg.lengths = vec![200];
+    let out = sweep(&cfg, "window(w=4)");
+    let r = &out.records[0];
+    assert_eq!(r.oracle_rows, Some(200));
+    let qkv = attnbench::workload::gaussian(
+        &Shape::new(1, 2, 2, 200, 200, 16, 16).unwrap(),
+        1.0,
+        cfg.seed ^ 200,
+    );
+    let p =
+        attnbench::Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), Options::new()).unwrap();
+    let w = attnbench::variants::window::Window { w: 4 };
+    let all: Vec<usize> = (0..200).collect();
+    let want = attnbench::oracle::dropped_mass(&p, &w, &all);
+    let got = r.dropped_mass.unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} vs {want} over all rows");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,7 +11,7 @@ use super::memory;
 use super::timing::{TimingConfig, time};
 use crate::attention::{Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
-use crate::oracle::{compare, dropped_mass, oracle_rows, sample_rows};
+use crate::oracle::{compare, dropped_mass, oracle_rows};
 use crate::pattern::Pattern;
 use crate::results::record::{Record, Status};
 use crate::shape::Shape;
@@ -108,7 +108,8 @@ impl Cell<'_> {
         if !reasons.is_empty() {
             return skip(r, reasons.join("; "));
         }
-        let n_now = p.shape().n_q();
+        // Lengths are key lengths (n_q = n_kv, or a fixed n_q when decoding).
+        let n_now = p.shape().n_kv();
         if let Some((n, secs)) = last.filter(|&(n, s)| s > self.cfg.max_seconds && n < n_now) {
             return skip(
                 r,
@@ -231,12 +232,8 @@ impl Cell<'_> {
             }
         }
         if let Some(pat) = v.pattern() {
-            let rows: Vec<usize> = if self.rows.len() > 64 {
-                sample_rows(shape.n_q(), 64, self.cfg.seed)
-            } else {
-                self.rows.to_vec()
-            };
-            r.dropped_mass = Some(dropped_mass(p, pat as &dyn Pattern, &rows));
+            // Over the oracle rows, as the errors (and as the column is documented).
+            r.dropped_mass = Some(dropped_mass(p, pat as &dyn Pattern, self.rows));
         }
         r
     }

@@ -17,14 +17,14 @@ pub struct TimingConfig {
 }
 
 impl Default for TimingConfig {
-    /// One warm-up call, then at least 3 timed calls and 0.3 s, at most 100 calls: the
-    /// defaults of every sweep.
+    /// One warm-up call, then at least 3 timed calls and 0.3 s: the defaults of every sweep.
+    /// The cap of 100000 calls binds only for calls under 3 us, so `min_time` is honoured.
     fn default() -> Self {
         Self {
             warmup: 1,
             min_repeats: 3,
             min_time: Duration::from_millis(300),
-            max_repeats: 100,
+            max_repeats: 100_000,
         }
     }
 }
@@ -85,7 +85,7 @@ mod tests {
             warmup: 2,
             min_repeats: 5,
             min_time: Duration::ZERO,
-            max_repeats: 100,
+            max_repeats: 100_000,
         };
         let t = time(&cfg, || {
             calls += 1;
@@ -100,7 +100,7 @@ mod tests {
             warmup: 0,
             min_repeats: 1,
             min_time: Duration::from_millis(20),
-            max_repeats: 100,
+            max_repeats: 100_000,
         };
         let t = time(&cfg, || {
             std::thread::sleep(Duration::from_millis(2));
@@ -108,6 +108,22 @@ mod tests {
         })
         .unwrap();
         assert!(t.repeats >= 5 && t.repeats < 20, "{}", t.repeats);
+    }
+
+    #[test]
+    fn the_default_honours_min_time_for_fast_calls() {
+        // A ~10 us call: 0.3 s needs tens of thousands of calls, far over the old cap of 100.
+        let started = Instant::now();
+        let t = time(&TimingConfig::default(), || {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(10) {
+                std::hint::spin_loop();
+            }
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!(t.repeats > 1000, "{} calls", t.repeats);
+        assert!(started.elapsed() >= TimingConfig::default().min_time);
     }
 
     #[test]
