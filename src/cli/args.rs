@@ -134,12 +134,12 @@ pub(super) struct SweepArgs {
     #[arg(long)]
     pub(super) threads: Option<usize>,
     /// Inputs: `gaussian`, `gaussian(scale=2)` or `npy:DIR` (real activations, e.g.
-    /// npy:tests/data/qkv; shape taken from the files).
-    #[arg(long, default_value = "gaussian", value_parser = parse_workload)]
-    pub(super) workload: Workload,
-    /// Seed of the inputs and of the oracle's row sample.
-    #[arg(long, default_value_t = 0)]
-    pub(super) seed: u64,
+    /// npy:tests/data/qkv; shape taken from the files). Default: gaussian.
+    #[arg(long, value_parser = parse_workload)]
+    pub(super) workload: Option<Workload>,
+    /// Seed of the inputs and of the oracle's row sample. Default: 0.
+    #[arg(long)]
+    pub(super) seed: Option<u64>,
     /// Minimum timed calls per cell (default 3; 1 with --quick).
     #[arg(long)]
     pub(super) repeats: Option<usize>,
@@ -248,8 +248,8 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
         n_q: args.n_q,
         layer: args.layer.then_some(args.d_model),
         threads: args.threads.unwrap_or(base.threads),
-        workload: args.workload.clone(),
-        seed: args.seed,
+        workload: args.workload.clone().unwrap_or(base.workload.clone()),
+        seed: args.seed.unwrap_or(base.seed),
         timing,
         max_memory: args.max_memory.unwrap_or(base.max_memory),
         max_seconds: args.max_seconds.unwrap_or(base.max_seconds),
