@@ -146,6 +146,22 @@ impl Error {
         Self { kind, source: None }
     }
 
+    /// An [`ErrorKind::Format`] error: `path` is malformed, `message` says where and how,
+    /// and `cause` (the parser's error) is kept as the source.
+    pub fn format(
+        path: &Path,
+        message: impl Into<String>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            kind: ErrorKind::Format {
+                path: path.display().to_string(),
+                message: message.into(),
+            },
+            source: Some(Arc::from(cause.into())),
+        }
+    }
+
     /// An [`ErrorKind::Io`] error on `path`, keeping `cause` as the source.
     pub fn io(
         path: &Path,

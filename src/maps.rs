@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The band of [`MapStats::local_mass`]: keys within this distance of the query.
 pub const LOCAL_BAND: usize = 32;
@@ -210,15 +210,15 @@ pub fn read_csv(path: &Path) -> Result<Vec<MapRow>> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| io(path, e))?;
     let header = reader.headers().map_err(|e| io(path, e))?.clone();
     if header.iter().ne(COLUMNS) {
-        return Err(io(
+        return Err(malformed(
             path,
             format!("expected the columns {}", COLUMNS.join(",")),
         ));
     }
     let mut rows = Vec::new();
     for (line, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| io(path, e))?;
-        let bad = |what: &str| io(path, format!("row {}: bad {what}", line + 2));
+        let record = record.map_err(|e| Error::format(path, e.to_string(), e))?;
+        let bad = |what: &str| malformed(path, format!("row {}: bad {what}", line + 2));
         let num = |i: usize| record[i].parse::<f64>().map_err(|_| bad(COLUMNS[i]));
         rows.push(MapRow {
             sequence: record[0].to_string(),
@@ -238,6 +238,13 @@ pub fn read_csv(path: &Path) -> Result<Vec<MapRow>> {
         });
     }
     Ok(rows)
+}
+
+fn malformed(path: &Path, message: String) -> Error {
+    Error::new(ErrorKind::Format {
+        path: path.display().to_string(),
+        message,
+    })
 }
 
 fn io(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {

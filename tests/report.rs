@@ -211,14 +211,34 @@ fn malformed_csv_names_the_line() {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[2] = lines[2].replacen(",8,8,", ",eight,8,", 1);
     std::fs::write(&csv, lines.join("\n")).unwrap();
-    let e = write_report(std::slice::from_ref(&csv), Some(&dir.join("out")))
-        .unwrap_err()
-        .to_string();
+    let err = write_report(std::slice::from_ref(&csv), Some(&dir.join("out"))).unwrap_err();
+    assert!(
+        matches!(err.kind(), attnbench::ErrorKind::Format { .. }),
+        "{err}"
+    );
+    // The parser's own error is kept as the source.
+    assert!(std::error::Error::source(&err).is_some(), "{err}");
+    let e = err.to_string();
     assert!(e.contains("bad.csv") && e.contains("line 3"), "{e}");
     std::fs::write(&csv, "").unwrap();
     let e = write_report(&[csv], Some(&dir.join("out"))).unwrap_err();
     assert!(e.to_string().contains("no result rows"), "{e}");
     let missing = write_report(&[dir.join("nope.csv")], None).unwrap_err();
     assert!(missing.to_string().contains("nope.csv"));
+    assert!(
+        std::error::Error::source(&missing).is_some(),
+        "the io::Error is kept"
+    );
+    // A malformed artefact beside a good CSV: a Format error naming it, with its source.
+    let good = dir.join("good.csv");
+    write_csv(&good, &power_law_rows());
+    std::fs::write(patterns_path(&good), "{not json").unwrap();
+    let e = write_report(&[good], Some(&dir.join("out2"))).unwrap_err();
+    assert!(
+        matches!(e.kind(), attnbench::ErrorKind::Format { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("patterns.json"), "{e}");
+    assert!(std::error::Error::source(&e).is_some(), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

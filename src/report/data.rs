@@ -48,7 +48,7 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
     for row in reader.deserialize::<Record>() {
         let row = row.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
-            format(format!("line {line}: {e}"))
+            Error::format(path, format!("line {line}: {e}"), e)
         })?;
         rows.push(row);
     }
