@@ -184,8 +184,10 @@ const COLUMNS: [&str; 9] = [
 
 /// Writes `rows` as `maps.csv` (the columns of [`MapRow`]).
 pub fn write_csv(path: &Path, rows: &[MapRow]) -> Result<()> {
-    let mut writer = csv::Writer::from_path(path).map_err(|e| io(path, e))?;
-    writer.write_record(COLUMNS).map_err(|e| io(path, e))?;
+    let mut writer = csv::Writer::from_path(path).map_err(|e| Error::io(path, e))?;
+    writer
+        .write_record(COLUMNS)
+        .map_err(|e| Error::io(path, e))?;
     for r in rows {
         let s = r.stats;
         writer
@@ -200,15 +202,15 @@ pub fn write_csv(path: &Path, rows: &[MapRow]) -> Result<()> {
                 r.tv_vs_full.map_or(String::new(), |t| t.to_string()),
                 r.image.clone(),
             ])
-            .map_err(|e| io(path, e))?;
+            .map_err(|e| Error::io(path, e))?;
     }
-    writer.flush().map_err(|e| io(path, e))
+    writer.flush().map_err(|e| Error::io(path, e))
 }
 
 /// Reads a `maps.csv` written by [`write_csv`].
 pub fn read_csv(path: &Path) -> Result<Vec<MapRow>> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| io(path, e))?;
-    let header = reader.headers().map_err(|e| io(path, e))?.clone();
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;
+    let header = reader.headers().map_err(|e| Error::io(path, e))?.clone();
     if header.iter().ne(COLUMNS) {
         return Err(malformed(
             path,
@@ -245,10 +247,6 @@ fn malformed(path: &Path, message: String) -> Error {
         path: path.display().to_string(),
         message,
     })
-}
-
-fn io(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::io(path, e)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! its results for the report.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ndarray::Axis;
 
@@ -57,10 +57,6 @@ fn bad(option: &'static str, message: String) -> Error {
     Error::new(ErrorKind::BadOption { option, message })
 }
 
-fn io(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::io(path, e)
-}
-
 /// Draws the maps and writes `maps.csv` and `maps.md` into `cfg.out_dir`.
 pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
     let (qkv, names) = match &cfg.workload {
@@ -108,12 +104,12 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
     let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
     let csv_path = cfg.out_dir.join("maps.csv");
     if csv_path.exists() {
-        return Err(io(
+        return Err(Error::io(
             &csv_path,
             "exists: maps never overwrite an earlier run; choose another --out",
         ));
     }
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| io(&cfg.out_dir, e))?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
 
     let mut images = Vec::new();
     let mut rows = Vec::new();
@@ -185,7 +181,7 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
 
     write_csv(&csv_path, &rows)?;
     let markdown = cfg.out_dir.join("maps.md");
-    std::fs::write(&markdown, maps_markdown(cfg, n, &rows)).map_err(|e| io(&markdown, e))?;
+    std::fs::write(&markdown, maps_markdown(cfg, n, &rows)).map_err(|e| Error::io(&markdown, e))?;
     Ok(MapsOutput {
         images,
         rows,

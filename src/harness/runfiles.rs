@@ -3,12 +3,10 @@
 //! calendar of their names.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
-use crate::results::record::RunMeta;
 
 /// Creates `<dir>/<stamp>-<label>.csv` and `.json`, adding `-2`, `-3`, ... when a run of the
 /// same name exists. Files are created with `create_new`, so nothing is ever overwritten.
@@ -45,30 +43,16 @@ pub(super) fn create_run_files(
                     let _ = std::fs::remove_file(&csv);
                     continue;
                 }
-                Err(e) => return Err(io_error(&json, e)),
+                Err(e) => return Err(Error::io(&json, e)),
             },
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_error(&csv, e)),
+            Err(e) => return Err(Error::io(&csv, e)),
         }
     }
-    Err(io_error(
+    Err(Error::io(
         dir,
         std::io::Error::other("too many runs with the same name"),
     ))
-}
-
-pub(super) fn write_json(path: &Path, meta: &RunMeta) -> Result<()> {
-    let text = serde_json::to_string_pretty(meta).expect("metadata serializes");
-    let mut f = File::create(path).map_err(|e| io_error(path, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| io_error(path, e))
-}
-
-pub(super) fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::io(path, e)
-}
-
-pub(super) fn csv_error(path: &Path, e: csv::Error) -> Error {
-    Error::io(path, e)
 }
 
 /// `(year, month, day, hour, minute, second)` in UTC.

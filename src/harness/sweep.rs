@@ -20,12 +20,12 @@ use super::cell::{Cell, panic_message, too_big};
 pub use super::config::{FLAG_TOLERANCE, SweepConfig};
 use super::inputs::{input_bytes, input_shape, inputs, layer_inputs};
 use super::machine::measure_gemm;
-use super::runfiles::{create_run_files, csv_error, io_error, utc_iso, utc_stamp, write_json};
+use super::runfiles::{create_run_files, utc_iso, utc_stamp};
 use crate::attention::{Attention, Problem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::LayerConfig;
 use crate::oracle::{oracle_rows, sample_rows};
-use crate::results::artefacts::{patterns_path, write_json as write_artefact};
+use crate::results::artefacts::{patterns_path, write_json};
 use crate::results::record::{Machine, Record, RunMeta, Status};
 use crate::shape::Shape;
 use crate::workload::{Workload, load_npy_dir};
@@ -103,7 +103,7 @@ pub fn run_sweep(
                 message: e.to_string(),
             })
         })?;
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| io_error(&cfg.out_dir, e))?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
     let started = SystemTime::now();
     let (run_id, csv_path, json_path, csv_file) =
         create_run_files(&cfg.out_dir, &utc_stamp(started), &cfg.label)?;
@@ -143,8 +143,8 @@ pub fn run_sweep(
             if io > cfg.max_memory {
                 for v in variants {
                     let r = too_big(&run_id, cfg, v.as_ref(), &shape, io);
-                    writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
-                    writer.flush().map_err(|e| io_error(&csv_path, e))?;
+                    writer.serialize(&r).map_err(|e| Error::io(&csv_path, e))?;
+                    writer.flush().map_err(|e| Error::io(&csv_path, e))?;
                     progress(Event::Done(&r));
                     records.push(r);
                 }
@@ -196,8 +196,8 @@ pub fn run_sweep(
                 }
                 writer
                     .serialize(&record)
-                    .map_err(|e| csv_error(&csv_path, e))?;
-                writer.flush().map_err(|e| io_error(&csv_path, e))?;
+                    .map_err(|e| Error::io(&csv_path, e))?;
+                writer.flush().map_err(|e| Error::io(&csv_path, e))?;
                 progress(Event::Done(&record));
                 records.push(record);
             }
@@ -205,7 +205,7 @@ pub fn run_sweep(
         Ok(())
     })?;
     // The report's artefacts, outside every timed region.
-    write_artefact(&patterns_path(&csv_path), &cfg.previews)?;
+    write_json(&patterns_path(&csv_path), &cfg.previews)?;
     if let Some(data) = &npy {
         progress(Event::Note(
             "drawing the attention maps of the real activations",

@@ -198,8 +198,12 @@ pub fn series(records: &[Record]) -> Vec<Series> {
 /// The baseline a comparison in `group` is made against: the series of registry name `name`
 /// (e.g. `full`) in that group with the shortest spec, i.e. the variant at its defaults when
 /// several configurations of it were swept (`full` before `full(gemm=matrixmultiply)`).
-pub fn reference<'a>(all: &'a [Series], name: &str, group: &str) -> Option<&'a Series> {
-    all.iter()
+pub fn reference<'a>(
+    all: impl IntoIterator<Item = &'a Series>,
+    name: &str,
+    group: &str,
+) -> Option<&'a Series> {
+    all.into_iter()
         .filter(|s| s.name == name && s.group == group && !s.points.is_empty())
         .min_by_key(|s| s.variant.len())
 }

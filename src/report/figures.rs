@@ -312,7 +312,6 @@ pub(super) fn speedup_chart(series: &[(Series, RGBColor)]) -> Chart {
         log_y: true,
         ..Chart::default()
     };
-    let plain: Vec<Series> = series.iter().map(|(s, _)| s.clone()).collect();
     if !series.iter().any(|(s, _)| s.name == "full") {
         chart.note = Some("not enough points: no full attention in these results".into());
         return chart;
@@ -320,7 +319,7 @@ pub(super) fn speedup_chart(series: &[(Series, RGBColor)]) -> Chart {
     let mut ns = Vec::new();
     for (s, c) in series {
         // Each series against the full attention of its own run and configuration.
-        let Some(full) = data::reference(&plain, "full", &s.group) else {
+        let Some(full) = data::reference(series.iter().map(|(f, _)| f), "full", &s.group) else {
             continue;
         };
         let pts: Vec<(f64, f64)> = s

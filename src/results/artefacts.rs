@@ -77,8 +77,8 @@ pub struct Gallery {
 
 /// Writes `value` as pretty JSON to `path`.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
-    std::fs::write(path, text).map_err(|e| io(path, e))
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::io(path, e))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 /// Reads JSON written by [`write_json`]; `None` when the file does not exist.
@@ -88,10 +88,6 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
             .map(Some)
             .map_err(|e| Error::format(path, e.to_string(), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(path, e)),
+        Err(e) => Err(Error::io(path, e)),
     }
-}
-
-fn io(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::io(path, e)
 }
