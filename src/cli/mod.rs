@@ -27,6 +27,7 @@ mod commands;
 mod progress;
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
@@ -137,23 +138,62 @@ pub fn variants_markdown(registry: &Registry) -> String {
 }
 
 fn list(registry: &Registry, markdown: bool) -> io::Result<ExitCode> {
-    let mut out = io::stdout().lock();
-    if markdown {
-        out.write_all(variants_markdown(registry).as_bytes())?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    for (info, variant) in registry.iter().zip(registry.defaults()) {
-        writeln!(
-            out,
+    let text = if markdown {
+        variants_markdown(registry)
+    } else {
+        variants_text(registry)
+    };
+    io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `attnbench list`: each variant with its fidelity, summary, default specs and parameters.
+fn variants_text(registry: &Registry) -> String {
+    let mut t = String::new();
+    for info in registry.iter() {
+        // Each variant with its own presets (a variant may have several, e.g. linear).
+        let variants: Vec<_> = info
+            .default_specs()
+            .iter()
+            .map(|s| registry.build(s).expect("registered presets build"))
+            .collect();
+        let fidelity = variants.first().map(|v| v.fidelity().to_string());
+        let _ = writeln!(
+            t,
             "{:<12} {:<12} {}",
             info.name,
-            variant.fidelity(),
+            fidelity.unwrap_or_default(),
             info.summary
-        )?;
-        writeln!(out, "{:<12} default spec: {variant}", "")?;
+        );
+        for v in &variants {
+            let _ = writeln!(t, "{:<12} default spec: {v} ({})", "", v.fidelity());
+        }
         for p in info.params {
-            writeln!(out, "{:<12}   {}={:<8} {}", "", p.name, p.default, p.help)?;
+            let param = format!("{}={}", p.name, p.default);
+            let _ = writeln!(t, "{:<12}   {param:<20} {}", "", p.help);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_pairs_each_variant_with_its_own_presets() {
+        // A variant registered after one with several presets (linear) keeps its own spec.
+        let mut reg = Registry::builtin();
+        let mut extra = crate::variants::window::INFO;
+        extra.name = "window2";
+        reg.register(extra).unwrap();
+        let text = variants_text(&reg);
+        let block = &text[text.find("window2 ").expect("listed")..];
+        assert!(
+            block.contains("default spec: window(w=256) (exact)"),
+            "{block}"
+        );
+        assert!(!block.contains("linear("), "{block}");
+        assert!(text.contains("default spec: linear(phi=favor"), "{text}");
+    }
 }

@@ -92,7 +92,10 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
     if let Some(h) = heads.iter().find(|&&h| h >= heads_available) {
         return Err(bad(
             "heads",
-            format!("head {h} does not exist; the workload has heads 0..{heads_available}"),
+            format!(
+                "head {h} does not exist; the workload has heads 0 to {}",
+                heads_available - 1
+            ),
         ));
     }
     let qkv = Qkv {
