@@ -283,6 +283,13 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
         None
     }
 
+    /// Variants whose output depends on a random draw (random features): the same variant
+    /// with `seed` instead of its own, so the harness can report the error's mean and spread
+    /// over several draws. The default, `None`, means the output depends on no draw.
+    fn with_seed(&self, _seed: u64) -> Option<Box<dyn Attention>> {
+        None
+    }
+
     /// Computes the attention of `call` into `out`, overwriting it.
     ///
     /// # Shapes

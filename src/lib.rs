@@ -79,6 +79,7 @@ pub mod report;
 pub mod results;
 pub mod shape;
 pub mod spec;
+pub mod stats;
 pub mod variants;
 pub mod workload;
 

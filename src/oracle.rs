@@ -5,7 +5,7 @@
 //! conventions: bottom-right causal alignment, GQA head sharing, and a zero output row for a
 //! query with no allowed key.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index;
@@ -63,6 +63,75 @@ pub fn oracle_rows(
                 }
             }
             out_row.mapv_inplace(|o| o / total);
+        }
+    });
+    out
+}
+
+/// Like [`oracle_rows`], computed the plain way in `f32`: per row, every score a sequential
+/// dot product, then a two-pass softmax and a sequential weighted sum, all in `f32` (the
+/// result is compared with [`compare`] like a variant's). Its error against the `f64` oracle is the
+/// error a correct, untiled f32 kernel makes at this shape: the sweep's tolerance for exact
+/// variants is twice it plus a floor (the rule of the flash-attention papers).
+///
+/// # Panics
+/// If a row index is not below `n_q`.
+pub fn plain_f32_rows(
+    problem: &Problem<'_>,
+    pattern: Option<&dyn Pattern>,
+    rows: &[usize],
+) -> Array4<f32> {
+    let shape = problem.shape();
+    assert!(
+        rows.iter().all(|&r| r < shape.n_q()),
+        "rows must be below n_q"
+    );
+    let mask = problem.mask(pattern);
+    let g = shape.geometry();
+    let (q, k) = match problem.opts().rope {
+        Some(base) => (
+            crate::modifier::rope(problem.q(), shape.offset(), base),
+            crate::modifier::rope(problem.k(), 0, base),
+        ),
+        None => (problem.q().to_owned(), problem.k().to_owned()),
+    };
+    let scale = problem.scale();
+    let mut out = Array4::zeros([shape.batch(), shape.heads(), rows.len(), shape.v_dim()]);
+    for_each_head(out.view_mut(), |b, h, mut head_out| {
+        let kv = shape.kv_head_of(h);
+        let (qh, kh) = (q.slice(s![b, h, .., ..]), k.slice(s![b, kv, .., ..]));
+        let vh = problem.v().slice_move(s![b, kv, .., ..]);
+        let mods = problem.score_mods(h);
+        let key_len = problem.key_len(b);
+        let mut scores = vec![0f32; key_len];
+        let mut acc = vec![0f32; shape.v_dim()];
+        for (r, &i) in rows.iter().enumerate() {
+            for (j, s) in scores.iter_mut().enumerate() {
+                let mut dot = 0f32;
+                for (a, b) in qh.row(i).iter().zip(kh.row(j)) {
+                    dot += a * b;
+                }
+                *s = dot * scale;
+            }
+            mods.apply_row(i, 0, &mut scores);
+            let allowed = |j: &usize| mask.allows(g, i, *j);
+            let m = (0..key_len)
+                .filter(allowed)
+                .map(|j| scores[j])
+                .fold(f32::NEG_INFINITY, f32::max);
+            acc.fill(0.0);
+            let mut total = 0f32;
+            for j in (0..key_len).filter(allowed) {
+                let p = (scores[j] - m).exp();
+                total += p;
+                for (o, &x) in acc.iter_mut().zip(vh.row(j)) {
+                    *o += p * x;
+                }
+            }
+            let mut out_row = head_out.row_mut(r);
+            for (o, a) in out_row.iter_mut().zip(&acc) {
+                *o = if total > 0.0 { a / total } else { 0.0 };
+            }
         }
     });
     out
@@ -337,6 +406,34 @@ mod tests {
             .sum::<f64>()
             / 8.0;
         assert!((dropped_mass(&pc, &local, &rows) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_plain_f32_reference_is_close_but_not_exact() {
+        // Gaussian inputs with RoPE and causal masking over a few hundred keys: the plain f32
+        // computation sits at f32 rounding from the f64 oracle, never at zero, and a pattern
+        // restricts it the same way.
+        let shape = crate::shape::Shape::self_attention(1, 2, 300, 16).unwrap();
+        let qkv = crate::workload::gaussian(&shape, 1.0, 3);
+        let opts = crate::Options::new().causal(true).rope(10000.0);
+        let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).unwrap();
+        let rows = [0, 1, 150, 299];
+        let e = compare(
+            plain_f32_rows(&p, None, &rows).view(),
+            oracle_rows(&p, None, &rows).view(),
+        );
+        assert!(e.rel_frobenius > 1e-9 && e.rel_frobenius < 2e-6, "{e:?}");
+        let window = crate::pattern::Window { w: 8 };
+        let w = compare(
+            plain_f32_rows(&p, Some(&window), &rows).view(),
+            oracle_rows(&p, Some(&window), &rows).view(),
+        );
+        assert!(w.rel_frobenius < 2e-6, "{w:?}");
+        let dense_vs_window = compare(
+            plain_f32_rows(&p, Some(&window), &rows).view(),
+            oracle_rows(&p, None, &rows).view(),
+        );
+        assert!(dense_vs_window.rel_frobenius > 1e-2, "{dense_vs_window:?}");
     }
 
     #[test]

@@ -34,8 +34,12 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         time_min_ms: time_ms.map(|t| t * 0.9),
         time_max_ms: time_ms.map(|t| t * 1.1),
         repeats: time_ms.map(|_| 3),
-        flops: time_ms.map(|_| 4.0 * (n * n * 64 * 8) as f64),
-        gflops: time_ms.map(|t| 4.0 * (n * n * 64 * 8) as f64 / t / 1e6),
+        useful_flops: time_ms.map(|_| 4.0 * (n * n * 64 * 8) as f64),
+        useful_gflops: time_ms.map(|t| 4.0 * (n * n * 64 * 8) as f64 / t / 1e6),
+        executed_flops: time_ms.map(|_| 4.0 * (n * n * 64 * 8) as f64),
+        executed_gflops: time_ms.map(|t| 4.0 * (n * n * 64 * 8) as f64 / t / 1e6),
+        rounds: time_ms.map(|_| 3),
+        round_medians_ms: time_ms.map_or(String::new(), |t| rounds_of(name, t)),
         gemm_gflops: Some(150.0),
         pct_of_gemm: Some(50.0),
         pct_of_peak: Some(25.0),
@@ -62,6 +66,21 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
         },
         ..Record::default()
     }
+}
+
+/// Three rounds around `t` with +-1% noise, in an order that differs by variant name (so
+/// paired ratios have a spread).
+fn rounds_of(name: &str, t: f64) -> String {
+    let noise = match name {
+        "full" => [0.99, 1.0, 1.01],
+        "flash" => [1.0, 1.01, 0.99],
+        _ => [1.01, 0.99, 1.0],
+    };
+    noise
+        .iter()
+        .map(|e| (t * e).to_string())
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn write_csv(path: &Path, rows: &[Record]) {
@@ -112,21 +131,26 @@ fn a_report_has_every_chart_and_the_fits() {
     }
     let md = std::fs::read_to_string(&out.markdown).unwrap();
     assert!(md.contains("## Scaling fits and crossovers"), "{md}");
-    // Exact power laws: slopes 2 and 1 over the upper 3 lengths.
+    // Power laws with +-1% round noise: slopes 2 and 1 over the upper 3 lengths (9 points),
+    // with intervals around them.
     assert!(
-        md.contains("| `full` | exact | 2.00 (3 pts) | 2.00 (3 pts) | - |"),
+        md.contains("| `full` | exact | 2.00 [1.99, 2.01] (9 pts) | 2.00 | - |"),
         "{md}"
     );
     assert!(
-        md.contains("| `window(w=256)` | exact | 1.00 (3 pts) | 0.00 (3 pts) |"),
+        md.contains("| `window(w=256)` | exact | 1.00 [0.99, 1.01] (9 pts) | 0.00 |"),
         "{md}"
     );
     // window: 4x vs 10x^2 crosses at x = 0.4 (n ~ 410); vs 5x^2 at x = 0.8 (n ~ 819).
-    assert!(md.contains("n ~ 410 | n ~ 819 |"), "{md}");
     assert!(
-        md.contains("at n=4096, `window(w=256)` is 10x faster than `full` (16.00 vs 160 ms)"),
+        md.contains("| n ~ 410 (between 256 and 512) | n ~ 819 (between 512 and 1024) |"),
         "{md}"
     );
+    assert!(
+        md.contains("at n=4096, `window(w=256)` is 10.0x faster than `full` (95% interval"),
+        "{md}"
+    );
+    assert!(md.contains("; 16.00 vs 160 ms;"), "{md}");
     assert!(md.contains("![Time per call"));
     assert!(md.contains("### n = 256"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -177,6 +201,7 @@ fn runs_combine_into_one_report() {
         // The other machine's full attention is twice as slow.
         if r.name == "full" {
             r.time_median_ms = r.time_median_ms.map(|t| t * 2.0);
+            r.round_medians_ms = rounds_of("full", r.time_median_ms.unwrap());
         }
     }
     write_csv(&b, &other);
@@ -188,11 +213,11 @@ fn runs_combine_into_one_report() {
     );
     // Each run is compared with its own full attention.
     assert!(
-        md.contains("`window(w=256) [fixture]` is 10x faster than `full [fixture]`"),
+        md.contains("`window(w=256) [fixture]` is 10.0x faster than `full [fixture]`"),
         "{md}"
     );
     assert!(
-        md.contains("`window(w=256) [other]` is 20x faster than `full [other]`"),
+        md.contains("`window(w=256) [other]` is 20.0x faster than `full [other]`"),
         "{md}"
     );
     assert!(
@@ -241,4 +266,125 @@ fn malformed_csv_names_the_line() {
     assert!(e.to_string().contains("patterns.json"), "{e}");
     assert!(std::error::Error::source(&e).is_some(), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Rows of two variants over six lengths, three rounds each, with log-normal round noise of
+/// standard deviation `noise`: `full` takes `n^2`, `other` takes `ratio(n)` times that.
+fn noisy_pair(seed: u64, noise: f64, ratio: impl Fn(f64) -> f64) -> Vec<Record> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0, noise).unwrap();
+    let mut rows = Vec::new();
+    for n in [256usize, 512, 1024, 2048, 4096, 8192] {
+        let x = n as f64 / 1024.0;
+        for (variant, name, t) in [
+            ("full", "full", 10.0 * x * x),
+            ("other", "other", 10.0 * x * x * ratio(n as f64)),
+        ] {
+            let rounds: Vec<f64> = (0..3).map(|_| t * normal.sample(&mut rng).exp()).collect();
+            let mut sorted = rounds.clone();
+            sorted.sort_by(f64::total_cmp);
+            let mut r = rec(variant, name, n, Some(sorted[1]), "ok");
+            r.round_medians_ms = rounds
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(";");
+            rows.push(r);
+        }
+    }
+    rows
+}
+
+fn verdict_row(md: &str) -> String {
+    md.lines()
+        .find(|l| l.starts_with("| `other` |"))
+        .unwrap_or_else(|| panic!("no row for other: {md}"))
+        .to_string()
+}
+
+#[test]
+fn a_one_percent_difference_under_five_percent_noise_is_indistinguishable() {
+    let dir = temp_dir("indistinguishable");
+    let csv = dir.join("noisy.csv");
+    write_csv(&csv, &noisy_pair(7, 0.05, |_| 0.99));
+    let out = write_report(std::slice::from_ref(&csv), Some(&dir.join("out"))).unwrap();
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    let row = verdict_row(&md);
+    assert!(
+        row.contains("indistinguishable at every n (256, 512, 1024, 2048, 4096, 8192)"),
+        "{row}"
+    );
+    assert!(
+        md.contains("`other` is indistinguishable from `full` (time ratio"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_threefold_difference_states_the_crossover() {
+    // 3x slower at n = 256, 3x faster at n = 8192, log-linear between: crosses 1 at
+    // n = 256 * sqrt(32) ~ 1448.
+    let ratio = |n: f64| 3.0 * (n / 256.0).powf(-(9f64.ln()) / 32f64.ln());
+    let dir = temp_dir("crossover");
+    let csv = dir.join("noisy.csv");
+    write_csv(&csv, &noisy_pair(7, 0.05, ratio));
+    let out = write_report(std::slice::from_ref(&csv), Some(&dir.join("out"))).unwrap();
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    let row = verdict_row(&md);
+    // The stated crossover lies between the lengths that bracket 1448.
+    let stated = row
+        .split("n ~ ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no crossover stated: {row}"));
+    assert!((1024.0..=2048.0).contains(&stated), "{row}");
+    assert!(
+        md.contains("`other` is ") && md.contains("x faster than `full`"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn identical_variants_are_called_different_about_five_percent_of_the_time() {
+    // The intervals' calibration, not one lucky seed: over many noise draws, two variants of
+    // equal speed are declared faster or slower at a length about 5% of the time, and a 20%
+    // difference under 2% noise almost always.
+    use attnbench::report::fit::{Comparison, Order};
+    let mut called = 0;
+    let mut found = 0;
+    let mut total = 0;
+    for seed in 0..300 {
+        for (ratio, noise, counter) in [(1.0, 0.05, &mut called), (0.8, 0.02, &mut found)] {
+            let rows = noisy_pair(seed, noise, |_| ratio);
+            let parse = |r: &Record| -> Vec<f64> {
+                r.round_medians_ms
+                    .split(';')
+                    .map(|t| t.parse().unwrap())
+                    .collect()
+            };
+            for pair in rows.chunks(2) {
+                let (a, b) = (parse(&pair[1]), parse(&pair[0]));
+                let n = pair[0].n_kv;
+                let c = Comparison::new(
+                    &[(n, &a[..], pair[1].time_median_ms.unwrap())],
+                    &[(n, &b[..], pair[0].time_median_ms.unwrap())],
+                );
+                if c.ratios[0].order() != Order::Indistinguishable {
+                    *counter += 1;
+                }
+            }
+        }
+        total += 6;
+    }
+    let rate = called as f64 / total as f64;
+    assert!((0.02..0.08).contains(&rate), "false calls: {rate}");
+    assert!(
+        found as f64 / total as f64 > 0.95,
+        "found {found} of {total}"
+    );
 }

@@ -67,9 +67,11 @@ fn writes_the_documented_schema_and_metadata() {
     assert_eq!(
         header,
         "run_id,variant,name,fidelity,batch,heads,kv_heads,n_q,n_kv,head_dim,causal,threads,\
-         workload,time_median_ms,time_min_ms,time_max_ms,repeats,flops,gflops,gemm_gflops,\
-         pct_of_gemm,pct_of_peak,peak_bytes,workspace_bytes,density,err_dense_rel,err_dense_max_abs,\
-         err_dense_cosine,err_own_rel,err_own_max_abs,dropped_mass,oracle_rows,modifiers,\
+         workload,time_median_ms,time_min_ms,time_max_ms,repeats,rounds,round_medians_ms,\
+         time_ci_lo_ms,time_ci_hi_ms,page_faults,useful_flops,executed_flops,useful_gflops,\
+         executed_gflops,gemm_gflops,pct_of_gemm,pct_of_peak,peak_bytes,workspace_bytes,density,\
+         err_dense_rel,err_dense_rel_sd,err_seeds,err_dense_max_abs,err_dense_cosine,err_own_rel,\
+         err_own_max_abs,tolerance,err_f32_plain,dropped_mass,oracle_rows,modifiers,\
          pct_of_bandwidth,d_model,layer_ms,proj_ms,core_ms,status,note"
     );
     let rows = read_csv(&out.csv);
@@ -78,11 +80,28 @@ fn writes_the_documented_schema_and_metadata() {
     for r in &rows {
         assert_eq!(r.status, Status::Ok, "{r:?}");
         assert!(r.time_median_ms.unwrap() > 0.0);
-        assert!(r.gflops.unwrap() > 0.0 && r.gemm_gflops.unwrap() > 0.0);
+        assert!(r.executed_gflops.unwrap() > 0.0 && r.gemm_gflops.unwrap() > 0.0);
+        // Three rounds (the default), each with its median, and an interval around them.
+        assert_eq!(r.rounds, Some(3));
+        let rounds: Vec<f64> = r
+            .round_medians_ms
+            .split(';')
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert_eq!(rounds.len(), 3, "{r:?}");
+        let (lo, hi) = (r.time_ci_lo_ms.unwrap(), r.time_ci_hi_ms.unwrap());
+        let geo = rounds.iter().map(|t: &f64| t.ln()).sum::<f64>() / 3.0;
+        assert!(lo <= geo.exp() && geo.exp() <= hi, "{r:?}");
+        assert!(r.page_faults.is_some());
+        assert_eq!(r.useful_flops.is_some(), r.fidelity == Fidelity::Exact);
         assert_eq!(r.oracle_rows, Some(r.n_q));
         assert_eq!(r.threads, 2);
         if r.fidelity == Fidelity::Exact {
             assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
+            // The tolerance is twice a plain f32 implementation's error plus the floor.
+            let plain = r.err_f32_plain.unwrap();
+            assert!(plain > 0.0 && plain < 1e-5, "{r:?}");
+            assert_eq!(r.tolerance, Some(2.0 * plain + 1e-6));
         } else {
             assert_eq!(r.err_own_rel, None);
         }
@@ -106,6 +125,24 @@ fn writes_the_documented_schema_and_metadata() {
     assert_eq!(meta.variants.len(), 4);
     assert!(meta.machine.cores >= 1 && !meta.machine.rustc.is_empty());
     assert_eq!(meta.gemm_gflops.len(), 2);
+    // The drift probe ran at the start of each round of each length.
+    assert_eq!(meta.probes.len(), 2);
+    assert!(
+        meta.probes
+            .iter()
+            .all(|p| p.gflops.len() == 3 && p.gflops[0] > 0.0)
+    );
+    let settings = meta.settings.as_ref().expect("settings recorded");
+    assert_eq!(
+        (settings.rounds, settings.heads, settings.error_seeds),
+        (3, 2, 5)
+    );
+    assert!(
+        meta.machine
+            .build
+            .as_ref()
+            .is_some_and(|b| !b.profile.is_empty())
+    );
     let limits = meta.limits.as_ref().expect("limits measured");
     assert!(limits.fma_gflops_one_core > 0.0 && limits.read_gbytes_per_s > 0.0);
     assert!(rows.iter().all(|r| r.pct_of_peak.unwrap() > 0.0));
@@ -466,6 +503,11 @@ fn cli_rejects_bad_sweep_arguments() {
     let out = dir.to_str().unwrap();
     for (args, needle) in [
         (vec!["sweep", "--lengths", "0"], "at least 1"),
+        (vec!["sweep", "--rounds", "0"], "rounds: must be at least 1"),
+        (
+            vec!["sweep", "--error-seeds", "0"],
+            "error-seeds: must be at least 1",
+        ),
         (vec!["sweep", "--lengths", "512..256"], "start <= end"),
         (vec!["sweep", "--lengths", "a,b"], "not a length"),
         (vec!["sweep", "--workload", "uniform"], "expected gaussian"),
@@ -559,6 +601,10 @@ fn layer_sweeps_split_projections_from_the_core() {
         assert!(proj < 2.0 * layer && core < 2.0 * layer, "{r:?}");
         if r.fidelity == Fidelity::Exact {
             assert!(r.err_own_rel.unwrap() < 1e-5, "{r:?}");
+            // The tolerance is twice a plain f32 implementation's error plus the floor.
+            let plain = r.err_f32_plain.unwrap();
+            assert!(plain > 0.0 && plain < 1e-5, "{r:?}");
+            assert_eq!(r.tolerance, Some(2.0 * plain + 1e-6));
         }
     }
     let report =
@@ -619,5 +665,95 @@ fn dropped_mass_is_over_the_oracle_rows() {
     let want = attnbench::oracle::dropped_mass(&p, &w, &all);
     let got = r.dropped_mass.unwrap();
     assert!((got - want).abs() < 1e-12, "{got} vs {want} over all rows");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Logs every call into a shared list; fails from call `fail_from` on.
+#[derive(Debug)]
+struct Logged {
+    name: &'static str,
+    log: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    fail_from: usize,
+}
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Attention for Logged {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Approximate
+    }
+    fn cost(&self, _: &Shape, _: &Options, _threads: usize) -> Cost {
+        Cost::default()
+    }
+    fn forward(&self, _: &Call<'_>, out: Out<'_>) -> attnbench::Result<()> {
+        let mut log = self.log.lock().unwrap();
+        log.push(self.name);
+        if log.iter().filter(|&&n| n == self.name).count() >= self.fail_from {
+            return Err(attnbench::Error::bad_spec(
+                self.name,
+                "deliberate late failure",
+            ));
+        }
+        out.into_view().fill(0.0);
+        Ok(())
+    }
+}
+
+#[test]
+fn rounds_rotate_the_order_and_a_late_failure_is_an_error_row() {
+    let dir = temp_dir("rounds");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let logged = |name, fail_from| -> Box<dyn Attention> {
+        Box::new(Logged {
+            name,
+            log: log.clone(),
+            fail_from,
+        })
+    };
+    // Each variant: a warm-up and a peak-heap call, then one timed call per round; c fails
+    // in its second round.
+    let variants = vec![logged("a", 99), logged("b", 99), logged("c", 4)];
+    let cfg = SweepConfig {
+        lengths: vec![32],
+        ..small_config(&dir)
+    };
+    let out = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();
+    let calls = log.lock().unwrap().clone();
+    assert_eq!(&calls[..6], ["a", "a", "b", "b", "c", "c"]);
+    // Round 1: a b c; round 2 starts one later: b c (fails) a; round 3, of a and b, starts
+    // two later: a b.
+    assert_eq!(&calls[6..], ["a", "b", "c", "b", "c", "a", "a", "b"]);
+    let by = |name: &str| out.records.iter().find(|r| r.variant == name).unwrap();
+    assert_eq!((by("a").status, by("a").rounds), (Status::Ok, Some(3)));
+    assert_eq!(by("b").repeats, Some(3));
+    let c = by("c");
+    assert_eq!(c.status, Status::Error);
+    assert!(c.note.contains("deliberate late failure"), "{c:?}");
+    assert_eq!(c.time_median_ms, None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn random_feature_errors_are_measured_over_seeds() {
+    let dir = temp_dir("seeds");
+    let cfg = SweepConfig {
+        lengths: vec![64],
+        ..small_config(&dir)
+    };
+    let out = sweep(&cfg, "linear(phi=favor,m=16),linear(phi=elu1)");
+    let (favor, elu) = (&out.records[0], &out.records[1]);
+    assert_eq!(favor.err_seeds, Some(5));
+    // Different draws give different errors.
+    let sd = favor.err_dense_rel_sd.unwrap();
+    assert!(sd > 0.0 && sd < favor.err_dense_rel.unwrap(), "{favor:?}");
+    // A deterministic feature map has one error.
+    assert_eq!((elu.err_seeds, elu.err_dense_rel_sd), (None, None));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -140,10 +140,18 @@ pub(super) struct SweepArgs {
     /// Seed of the inputs and of the oracle's row sample. Default: 0.
     #[arg(long)]
     pub(super) seed: Option<u64>,
-    /// Minimum timed calls per cell (default 3; 1 with --quick).
+    /// Interleaved rounds per cell: each length's variants are timed this many times in a
+    /// rotating order, and every time, ratio and slope gets a 95% interval from them (at least
+    /// 2 for intervals). Default: 3.
+    #[arg(long)]
+    pub(super) rounds: Option<usize>,
+    /// Seeds the error of random-feature variants (FAVOR) is measured over. Default: 5.
+    #[arg(long)]
+    pub(super) error_seeds: Option<usize>,
+    /// Minimum timed calls per cell, over all rounds (default 3; 1 per round with --quick).
     #[arg(long)]
     pub(super) repeats: Option<usize>,
-    /// Minimum total timed seconds per cell (default 0.3; 0 with --quick).
+    /// Minimum total timed seconds per cell, over all rounds (default 0.3; 0 with --quick).
     #[arg(long, value_name = "SECONDS")]
     pub(super) min_time: Option<f64>,
     /// Skip cells whose analytic memory exceeds this many bytes (suffixes K, M, G);
@@ -251,6 +259,8 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
         workload: args.workload.clone().unwrap_or(base.workload.clone()),
         seed: args.seed.unwrap_or(base.seed),
         timing,
+        rounds: args.rounds.unwrap_or(base.rounds),
+        error_seeds: args.error_seeds.unwrap_or(base.error_seeds),
         max_memory: args.max_memory.unwrap_or(base.max_memory),
         max_seconds: args.max_seconds.unwrap_or(base.max_seconds),
         out_dir: args.out.clone().unwrap_or(base.out_dir.clone()),

@@ -74,17 +74,29 @@ pub(super) fn print_summary(output: &SweepOutput) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(
         out,
-        "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  status",
-        "variant", "n_kv", "median ms", "GFLOP/s", "% gemm", "peak MiB", "err dense", "err own"
+        "{:<56} {:>6} {:>10} {:>17} {:>9} {:>7} {:>10} {:>10} {:>10}  status",
+        "variant",
+        "n_kv",
+        "median ms",
+        "95% CI ms",
+        "exec GF/s",
+        "% gemm",
+        "peak MiB",
+        "err dense",
+        "err own"
     )?;
     for r in &output.records {
         writeln!(
             out,
-            "{:<56} {:>6} {:>10} {:>8} {:>7} {:>10} {:>10} {:>10}  {}{}",
+            "{:<56} {:>6} {:>10} {:>17} {:>9} {:>7} {:>10} {:>10} {:>10}  {}{}",
             r.variant,
             r.n_kv,
             fmt_opt(r.time_median_ms, |x| format!("{x:.2}")),
-            fmt_opt(r.gflops, |x| format!("{x:.1}")),
+            match (r.time_ci_lo_ms, r.time_ci_hi_ms) {
+                (Some(lo), Some(hi)) => format!("{lo:.2}-{hi:.2}"),
+                _ => "-".into(),
+            },
+            fmt_opt(r.executed_gflops, |x| format!("{x:.1}")),
             fmt_opt(r.pct_of_gemm, |x| format!("{x:.0}%")),
             fmt_opt(r.peak_bytes.map(|b| b as f64), |x| format!(
                 "{:.2}",

@@ -1,20 +1,23 @@
-//! One (variant, length) cell of a sweep: its guard rails, the peak-heap call, the timed
-//! calls, the errors against the oracle and the record.
+//! One (variant, length) cell of a sweep: its guard rails, the peak-heap call and the errors
+//! against the oracle ([`Cell::prepare`]), its timed rounds ([`Cell::time_round`]) and the
+//! record ([`Cell::finish`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
 
 use ndarray::{Array4, Axis};
 
-use super::config::{FLAG_TOLERANCE, SweepConfig};
+use super::config::{FLAG_FLOOR, SweepConfig};
 use super::inputs::LayerInputs;
 use super::memory;
-use super::timing::{TimingConfig, time};
+use super::timing::{TimingConfig, minor_faults, samples, summarize, time};
 use crate::attention::{Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
-use crate::oracle::{compare, dropped_mass, oracle_rows};
+use crate::oracle::{compare, dropped_mass, oracle_rows, plain_f32_rows};
 use crate::pattern::Pattern;
 use crate::results::record::{Record, Status};
 use crate::shape::Shape;
+use crate::stats::geometric_interval;
 
 /// The run's modifiers as a record column: `alibi;softcap=30;rope=10000`.
 pub(super) fn modifiers(opts: &Options) -> String {
@@ -65,11 +68,30 @@ pub(super) struct Cell<'a> {
     pub(super) problem: &'a Problem<'a>,
     pub(super) rows: &'a [usize],
     pub(super) dense: &'a Array4<f64>,
+    /// The GEMM reference rate at this shape, GFLOP/s.
     pub(super) gemm_rate: f64,
+    /// The FMA peak of the run's threads, GFLOP/s.
     pub(super) peak: f64,
     /// The measured read bandwidth, GB/s.
     pub(super) bandwidth: f64,
     pub(super) layer: Option<&'a LayerInputs>,
+}
+
+/// A cell that passed its guard rails and its untimed measurements, waiting for its rounds.
+pub(super) struct Pending<'v> {
+    v: &'v dyn Attention,
+    record: Record,
+    out: Array4<f32>,
+    /// The timed calls of each round so far.
+    rounds: Vec<Vec<Duration>>,
+    /// Minor page faults during the timed calls, when readable.
+    faults: Option<u64>,
+}
+
+/// What [`Cell::prepare`] leaves: a finished row (skipped, failed) or a cell to time.
+pub(super) enum Prepared<'v> {
+    Done(Record),
+    Timing(Pending<'v>),
 }
 
 impl Cell<'_> {
@@ -88,13 +110,31 @@ impl Cell<'_> {
         r
     }
 
-    pub(super) fn measure(&self, v: &dyn Attention, last: Option<(usize, f64)>) -> Record {
+    /// One call of `v` into `out`, a panic being an error.
+    fn run(&self, v: &dyn Attention, out: &mut Array4<f32>) -> Result<()> {
+        match catch_unwind(AssertUnwindSafe(|| {
+            crate::attention::run(v, self.problem, out.view_mut())
+        })) {
+            Ok(r) => r,
+            Err(panic) => Err(Error::new(ErrorKind::Panicked {
+                variant: v.to_string(),
+                message: panic_message(&panic),
+            })),
+        }
+    }
+
+    /// Guard rails, then everything but the timing: a warm-up call, one call under the
+    /// counting allocator, the layer breakdown, and the errors against the oracle.
+    pub(super) fn prepare<'v>(
+        &self,
+        v: &'v dyn Attention,
+        last: Option<(usize, f64)>,
+    ) -> Prepared<'v> {
         let mut r = self.record(v);
         let p = self.problem;
         let shape = p.shape();
         let mask = p.mask(v.pattern());
-        let g = shape.geometry();
-        let density = mask.density(g);
+        let density = mask.density(shape.geometry());
         r.density = Some(density);
         let cost = v.cost(&shape, &p.opts(), self.cfg.threads);
         r.workspace_bytes = Some(cost.workspace_bytes);
@@ -102,7 +142,7 @@ impl Cell<'_> {
         let skip = |mut r: Record, note: String| {
             r.status = Status::Skipped;
             r.note = note;
-            r
+            Prepared::Done(r)
         };
         let reasons = crate::attention::reasons(v, &shape, &p.opts(), false);
         if !reasons.is_empty() {
@@ -133,56 +173,196 @@ impl Cell<'_> {
                 ),
             );
         }
+        match self.untimed(v, r) {
+            Ok(pending) => Prepared::Timing(pending),
+            Err(r) => Prepared::Done(*r),
+        }
+    }
 
-        let mut out = Array4::<f32>::zeros(shape.out_dims());
-        let run = |out: &mut Array4<f32>| -> Result<()> {
-            match catch_unwind(AssertUnwindSafe(|| {
-                crate::attention::run(v, p, out.view_mut())
-            })) {
-                Ok(r) => r,
-                Err(panic) => Err(Error::new(ErrorKind::Panicked {
-                    variant: v.to_string(),
-                    message: panic_message(&panic),
-                })),
-            }
-        };
+    fn untimed<'v>(
+        &self,
+        v: &'v dyn Attention,
+        mut r: Record,
+    ) -> std::result::Result<Pending<'v>, Box<Record>> {
         let fail = |mut r: Record, e: Error| {
             r.status = Status::Error;
             r.note = e.to_string();
-            r
+            Box::new(r)
         };
+        let p = self.problem;
+        let mut out = Array4::<f32>::zeros(p.shape().out_dims());
         // Warm-up (thread pool, caches), then one call under the counting allocator.
-        if let Err(e) = run(&mut out) {
-            return fail(r, e);
+        for _ in 0..self.cfg.timing.warmup.max(1) {
+            if let Err(e) = self.run(v, &mut out) {
+                return Err(fail(r, e));
+            }
         }
-        let (res, peak) = memory::measure(|| run(&mut out));
+        let (res, peak) = memory::measure(|| self.run(v, &mut out));
         if let Err(e) = res {
-            return fail(r, e);
+            return Err(fail(r, e));
         }
         r.peak_bytes = peak.map(|b| b as u64);
-        let timing = TimingConfig {
-            warmup: self.cfg.timing.warmup.saturating_sub(1),
-            ..self.cfg.timing
+        if let Some(layer) = self.layer {
+            match time_layer(self.cfg, layer, v) {
+                Ok((total, proj, core)) => {
+                    r.layer_ms = Some(total);
+                    r.proj_ms = Some(proj);
+                    r.core_ms = Some(core);
+                }
+                Err(e) => return Err(fail(r, e)),
+            }
+        }
+        if let Err(e) = self.errors(v, &out, &mut r) {
+            return Err(fail(r, e));
+        }
+        Ok(Pending {
+            v,
+            record: r,
+            out,
+            rounds: Vec::new(),
+            faults: Some(0),
+        })
+    }
+
+    /// The errors of `out` (from `v`) on the oracle rows; for random-feature variants the
+    /// mean and spread over [`SweepConfig::error_seeds`] draws: the variant's own and others.
+    fn errors(&self, v: &dyn Attention, out: &Array4<f32>, r: &mut Record) -> Result<()> {
+        let p = self.problem;
+        let got = out.select(Axis(2), self.rows);
+        let dense = compare(got.view(), self.dense.view());
+        r.err_dense_rel = Some(dense.rel_frobenius);
+        r.err_dense_max_abs = Some(dense.max_abs);
+        r.err_dense_cosine = Some(dense.mean_cosine);
+        r.oracle_rows = Some(self.rows.len());
+        if self.cfg.error_seeds > 1 && v.with_seed(0).is_some() {
+            let mut errs = vec![dense.rel_frobenius];
+            let mut max_abs = dense.max_abs;
+            let mut cosine = vec![dense.mean_cosine];
+            let mut other = Array4::<f32>::zeros(p.shape().out_dims());
+            // The variant's own draw and `error_seeds - 1` others, from seeds far from the
+            // small ones specs use.
+            for s in 1..self.cfg.error_seeds as u64 {
+                let seed = self
+                    .cfg
+                    .seed
+                    .wrapping_add(s)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let seeded = v.with_seed(seed).expect("a seeded variant reseeds");
+                self.run(seeded.as_ref(), &mut other)?;
+                let e = compare(other.select(Axis(2), self.rows).view(), self.dense.view());
+                errs.push(e.rel_frobenius);
+                max_abs = max_abs.max(e.max_abs);
+                cosine.push(e.mean_cosine);
+            }
+            let n = errs.len() as f64;
+            let mean = errs.iter().sum::<f64>() / n;
+            let sd = (errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            r.err_dense_rel = Some(mean);
+            r.err_dense_rel_sd = Some(sd);
+            r.err_dense_max_abs = Some(max_abs);
+            r.err_dense_cosine = Some(cosine.iter().sum::<f64>() / n);
+            r.err_seeds = Some(errs.len());
+        }
+        if v.fidelity() == Fidelity::Exact {
+            let reference = match v.pattern() {
+                None => self.dense.clone(),
+                Some(pat) => oracle_rows(p, Some(pat), self.rows),
+            };
+            let own = compare(got.view(), reference.view());
+            let plain = compare(
+                plain_f32_rows(p, v.pattern(), self.rows).view(),
+                reference.view(),
+            );
+            let tolerance = 2.0 * plain.rel_frobenius + FLAG_FLOOR;
+            r.err_own_rel = Some(own.rel_frobenius);
+            r.err_own_max_abs = Some(own.max_abs);
+            r.err_f32_plain = Some(plain.rel_frobenius);
+            r.tolerance = Some(tolerance);
+            if own.rel_frobenius.is_nan() || own.rel_frobenius > tolerance {
+                r.status = Status::Flagged;
+                r.note = format!(
+                    "error {:.2e} against its own pattern's oracle exceeds {tolerance:.2e} (twice a plain f32 implementation's {:.2e}, plus {FLAG_FLOOR:e}): a kernel bug",
+                    own.rel_frobenius, plain.rel_frobenius
+                );
+            }
+        }
+        if let Some(pat) = v.pattern() {
+            // Over the oracle rows, as the errors (and as the column is documented).
+            r.dropped_mass = Some(dropped_mass(p, pat as &dyn Pattern, self.rows));
+        }
+        Ok(())
+    }
+
+    /// One round of timed calls of a pending cell, under `timing` (the cell's share of the
+    /// sweep's timing for one round). An error ends the cell as an error row.
+    pub(super) fn time_round(
+        &self,
+        pending: &mut Pending<'_>,
+        timing: &TimingConfig,
+    ) -> Result<()> {
+        let v = pending.v;
+        let out = &mut pending.out;
+        let before = minor_faults();
+        let samples = samples(timing, || self.run(v, out))?;
+        pending.faults = match (pending.faults, before, minor_faults()) {
+            (Some(f), Some(a), Some(b)) => Some(f + b.saturating_sub(a)),
+            _ => None,
         };
-        let t = match time(&timing, || run(&mut out)) {
-            Ok(t) => t,
-            Err(e) => return fail(r, e),
-        };
+        pending.rounds.push(samples);
+        Ok(())
+    }
+
+    /// The row of a cell after its rounds: pooled median, per-round medians and the interval,
+    /// rates and fractions of the machine's limits.
+    pub(super) fn finish(&self, pending: Pending<'_>) -> Record {
+        let Pending {
+            v,
+            mut record,
+            rounds,
+            faults,
+            ..
+        } = pending;
+        let r = &mut record;
+        let all: Vec<Duration> = rounds.iter().flatten().copied().collect();
+        if all.is_empty() {
+            return record;
+        }
+        let shape = self.problem.shape();
+        let t = summarize(&all);
         let secs = t.median.as_secs_f64();
         r.time_median_ms = Some(secs * 1e3);
         r.time_min_ms = Some(t.min.as_secs_f64() * 1e3);
         r.time_max_ms = Some(t.max.as_secs_f64() * 1e3);
         r.repeats = Some(t.repeats);
-        let flops = if v.fidelity() == Fidelity::Exact {
+        let medians: Vec<f64> = rounds
+            .iter()
+            .map(|s| summarize(s).median.as_secs_f64() * 1e3)
+            .collect();
+        r.rounds = Some(medians.len());
+        r.round_medians_ms = medians
+            .iter()
+            .map(|m| format!("{m:.6}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        if let Some((_, ci)) = geometric_interval(&medians) {
+            r.time_ci_lo_ms = Some(ci.lo);
+            r.time_ci_hi_ms = Some(ci.hi);
+        }
+        r.page_faults = faults.map(|f| f as f64 / t.repeats as f64);
+        let density = r.density.unwrap_or(1.0);
+        let executed = v.cost(&shape, &self.problem.opts(), self.cfg.threads).flops;
+        r.executed_flops = Some(executed);
+        r.executed_gflops = Some(executed / secs / 1e9);
+        if v.fidelity() == Fidelity::Exact {
             let per_pair = 2.0 * (shape.head_dim() + shape.v_dim()) as f64;
-            per_pair * (shape.n_q() * shape.n_kv() * shape.batch() * shape.heads()) as f64 * density
-        } else {
-            cost.flops
-        };
-        r.flops = Some(flops);
-        r.gflops = Some(flops / secs / 1e9);
-        r.pct_of_gemm = Some(100.0 * flops / secs / 1e9 / self.gemm_rate);
-        r.pct_of_peak = Some(100.0 * flops / secs / 1e9 / self.peak);
+            let useful = per_pair
+                * (shape.n_q() * shape.n_kv() * shape.batch() * shape.heads()) as f64
+                * density;
+            r.useful_flops = Some(useful);
+            r.useful_gflops = Some(useful / secs / 1e9);
+        }
+        r.pct_of_gemm = Some(100.0 * executed / secs / 1e9 / self.gemm_rate);
+        r.pct_of_peak = Some(100.0 * executed / secs / 1e9 / self.peak);
         if self.cfg.n_q.is_some() {
             // Decoding is bound by reading K and V: the keys the mask allows, or all of them
             // for variants that read every key.
@@ -198,45 +378,21 @@ impl Cell<'_> {
             };
             r.pct_of_bandwidth = Some(100.0 * read / secs / 1e9 / self.bandwidth);
         }
-        if let Some(layer) = self.layer {
-            match time_layer(self.cfg, layer, v) {
-                Ok((total, proj, core)) => {
-                    r.layer_ms = Some(total);
-                    r.proj_ms = Some(proj);
-                    r.core_ms = Some(core);
-                }
-                Err(e) => return fail(r, e),
-            }
-        }
-
-        // Errors on the oracle rows.
-        let got = out.select(Axis(2), self.rows);
-        let dense = compare(got.view(), self.dense.view());
-        r.err_dense_rel = Some(dense.rel_frobenius);
-        r.err_dense_max_abs = Some(dense.max_abs);
-        r.err_dense_cosine = Some(dense.mean_cosine);
-        r.oracle_rows = Some(self.rows.len());
-        if v.fidelity() == Fidelity::Exact {
-            let own = match v.pattern() {
-                None => dense,
-                Some(pat) => compare(got.view(), oracle_rows(p, Some(pat), self.rows).view()),
-            };
-            r.err_own_rel = Some(own.rel_frobenius);
-            r.err_own_max_abs = Some(own.max_abs);
-            if own.rel_frobenius.is_nan() || own.rel_frobenius > FLAG_TOLERANCE {
-                r.status = Status::Flagged;
-                r.note = format!(
-                    "error {:.2e} against its own pattern's oracle exceeds {FLAG_TOLERANCE:e}: a kernel bug",
-                    own.rel_frobenius
-                );
-            }
-        }
-        if let Some(pat) = v.pattern() {
-            // Over the oracle rows, as the errors (and as the column is documented).
-            r.dropped_mass = Some(dropped_mass(p, pat as &dyn Pattern, self.rows));
-        }
-        r
+        record
     }
+}
+
+/// The error row of a pending cell whose timing failed.
+pub(super) fn failed(pending: Pending<'_>, e: Error) -> Record {
+    let mut r = pending.record;
+    r.status = Status::Error;
+    r.note = e.to_string();
+    r
+}
+
+/// The spec of a pending cell's variant.
+pub(super) fn spec_of(pending: &Pending<'_>) -> String {
+    pending.v.to_string()
 }
 
 /// Medians of a whole layer call, its projections and its core, milliseconds.

@@ -9,8 +9,11 @@ use crate::attention::Options;
 use crate::results::artefacts::Previews;
 use crate::workload::Workload;
 
-/// Above this error against its own pattern's oracle, an exact variant's row is `flagged`.
-pub const FLAG_TOLERANCE: f64 = crate::check::EXACT_TOLERANCE;
+/// The floor of the exact tolerance: an exact variant's row is `flagged` when its error
+/// against its own pattern's oracle exceeds `2 * err_f32_plain + FLAG_FLOOR`, twice the error
+/// of a plain f32 implementation at the same shape (see
+/// [`plain_f32_rows`](crate::oracle::plain_f32_rows)) plus this floor.
+pub const FLAG_FLOOR: f64 = 1e-6;
 
 /// Everything a sweep needs besides the variants.
 #[derive(Debug, Clone)]
@@ -39,8 +42,15 @@ pub struct SweepConfig {
     pub workload: Workload,
     /// Input and row-sampling seed.
     pub seed: u64,
-    /// Warm-up and repeats.
+    /// Warm-up (once per cell) and repeats (per cell, spread over the rounds).
     pub timing: TimingConfig,
+    /// Interleaved rounds: each length's cells are timed `rounds` times, the variants in a
+    /// rotating order, so that drift of the machine hits all of them alike and every cell
+    /// gets an interval.
+    pub rounds: usize,
+    /// Random-feature variants ([`Attention::with_seed`](crate::Attention::with_seed)): seeds
+    /// their error is measured over (the run's seed and the next ones).
+    pub error_seeds: usize,
     /// Cells whose analytic memory (inputs, output, workspace) exceeds this are skipped.
     pub max_memory: u64,
     /// A variant whose median at one length exceeds this skips the longer lengths.
@@ -77,6 +87,8 @@ impl Default for SweepConfig {
             workload: Workload::Gaussian { scale: 1.0 },
             seed: 0,
             timing: TimingConfig::default(),
+            rounds: 3,
+            error_seeds: 5,
             max_memory: super::machine::total_memory().map_or(8 << 30, |m| m / 2),
             max_seconds: 30.0,
             dense_oracle_max: 1024,
@@ -91,12 +103,12 @@ impl Default for SweepConfig {
 
 impl SweepConfig {
     /// A smoke run: [`SweepConfig::default`] at n = 256, 512, 1024 with one timed call per
-    /// cell (`attnbench run --quick`).
+    /// round (`attnbench run --quick`).
     pub fn quick() -> Self {
         Self {
             lengths: vec![256, 512, 1024],
             timing: TimingConfig {
-                min_repeats: 1,
+                min_repeats: 3,
                 min_time: Duration::ZERO,
                 ..TimingConfig::default()
             },

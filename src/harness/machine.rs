@@ -1,7 +1,7 @@
 //! What machine and build a run happened on ([`Machine::detect`]), and its limits measured
 //! in the run ([`measure_limits`], [`measure_gemm`]).
 
-use crate::results::record::{Limits, Machine};
+use crate::results::record::{Build, Limits, Machine};
 
 impl Machine {
     /// Reads the current machine.
@@ -23,8 +23,45 @@ impl Machine {
             rustc: env!("ATTNBENCH_RUSTC_VERSION").to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: (!commit.is_empty()).then(|| commit.to_string()),
+            host: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
+            thp: read_trimmed("/sys/kernel/mm/transparent_hugepage/enabled"),
+            caches: caches(),
+            build: Some(Build {
+                profile: env!("ATTNBENCH_PROFILE").to_string(),
+                opt_level: env!("ATTNBENCH_OPT_LEVEL").to_string(),
+                rustflags: env!("ATTNBENCH_RUSTFLAGS").to_string(),
+                target_features: env!("ATTNBENCH_TARGET_FEATURES").to_string(),
+            }),
         }
     }
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The caches of CPU 0 from sysfs, e.g. `L1d 48K`, `L2 2048K`, `L3 107520K`.
+fn caches() -> Vec<String> {
+    let mut out = Vec::new();
+    for index in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+        let (Some(level), Some(kind), Some(size)) = (
+            read_trimmed(&format!("{dir}/level")),
+            read_trimmed(&format!("{dir}/type")),
+            read_trimmed(&format!("{dir}/size")),
+        ) else {
+            break;
+        };
+        let kind = match kind.as_str() {
+            "Data" => "d",
+            "Instruction" => "i",
+            _ => "",
+        };
+        out.push(format!("L{level}{kind} {size}"));
+    }
+    out
 }
 
 /// The SIMD instruction sets this CPU supports, widest last.
@@ -60,6 +97,13 @@ pub fn total_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The clock `/proc/cpuinfo` reports for the first CPU, MHz (on a VM the nominal clock).
+pub fn clock_mhz() -> Option<f64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    line.split_once(':')?.1.trim().parse().ok()
+}
+
 /// Measures [`Limits`] on the current rayon pool (about a second; up to two on a busy host).
 pub fn measure_limits() -> Limits {
     use crate::kernels::dispatch::{self, Isa};
@@ -72,35 +116,34 @@ pub fn measure_limits() -> Limits {
         std::hint::black_box(v);
         flops / t.elapsed().as_secs_f64() / 1e9
     };
-    let iters = 2_000_000;
+    // A peak is a maximum: the best of many short trials (~3 ms each), with every trial kept
+    // so the report can show the spread.
+    let iters = 1_000_000;
     rate(iters / 10);
-    let one = (0..3).map(|_| rate(iters)).fold(0.0, f64::max);
+    let one_trials: Vec<f64> = (0..9).map(|_| rate(iters)).collect();
+    let one = one_trials.iter().copied().fold(0.0, f64::max);
     let all_once = || {
-        (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                let flops: f64 = rayon::broadcast(|_| {
-                    let (f, v) = dispatch::fma_chains(isa, iters);
-                    std::hint::black_box(v);
-                    f
-                })
-                .iter()
-                .sum();
-                flops / t.elapsed().as_secs_f64() / 1e9
-            })
-            .fold(0.0, f64::max)
+        let t = std::time::Instant::now();
+        let flops: f64 = rayon::broadcast(|_| {
+            let (f, v) = dispatch::fma_chains(isa, iters);
+            std::hint::black_box(v);
+            f
+        })
+        .iter()
+        .sum();
+        flops / t.elapsed().as_secs_f64() / 1e9
     };
+    let mut all_trials: Vec<f64> = (0..9).map(|_| all_once()).collect();
     // On a shared host a neighbour can hold a core for seconds: an all-threads figure far
-    // below `threads` times one core's is measured again (up to 10 times, 100 ms apart) and
-    // the best kept, since a peak is the rate the machine can reach.
-    let mut all = all_once();
+    // below `threads` times one core's is measured again (up to 10 times, 100 ms apart).
     for _ in 0..10 {
-        if all >= 0.8 * one * threads as f64 {
+        if all_trials.iter().copied().fold(0.0, f64::max) >= 0.8 * one * threads as f64 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        all = all.max(all_once());
+        all_trials.push(all_once());
     }
+    let all = all_trials.iter().copied().fold(0.0, f64::max);
     let buf = vec![1.0f32; 64 << 20];
     let chunk = buf.len().div_ceil(threads);
     let mut rates: Vec<f64> = (0..8)
@@ -118,25 +161,50 @@ pub fn measure_limits() -> Limits {
         isa: isa.to_string(),
         fma_gflops_one_core: one,
         fma_gflops_all_threads: all,
+        fma_trials_one_core: one_trials,
+        fma_trials_all_threads: all_trials,
+        clock_mhz: clock_mhz(),
+        lanes: match isa.path() {
+            crate::kernels::isa::Path::Avx512 => Some(16),
+            crate::kernels::isa::Path::Avx2Fma => Some(8),
+            crate::kernels::isa::Path::Portable => None,
+        },
         threads,
         read_gbytes_per_s: bw,
     }
 }
 
-/// The GEMM ceiling of attention at length `n`: GFLOP/s of [`gemm()`](crate::kernels::gemm::gemm) running the two products
-/// of one head, scores `[r, d] x [d, c]` then `[r, c] x [c, d]`, with `r = min(n, 1024)` query
-/// rows and `c = min(n, 16384)` keys, one head per thread at once (capped so the measurement
-/// stays small at any length; the rate no longer changes at those sizes). `full` runs exactly
-/// these two products plus its softmax, so this is the rate it cannot beat.
-pub fn measure_gemm(n: usize, d: usize) -> f64 {
+/// The GEMM reference rate of attention at `n_q` queries and `n_kv` keys: GFLOP/s of
+/// [`gemm()`](crate::kernels::gemm::gemm) running the two products of one head, scores
+/// `[r, d] x [d, c]` then `[r, c] x [c, d]`, with `r = min(n_q, 1024)` query rows and
+/// `c = min(n_kv, 16384)` keys, one head per thread at once (capped so the measurement stays
+/// small at any length; the rate no longer changes at those sizes), the best of three
+/// medians. `full` runs these two products plus its softmax; it is a reference, not a
+/// ceiling: a fused kernel keeping its tiles in cache can beat it.
+pub fn measure_gemm(n_q: usize, n_kv: usize, d: usize) -> f64 {
+    gemm_rate(
+        n_q.min(1024),
+        n_kv.min(16384),
+        d,
+        std::time::Duration::from_millis(100),
+        3,
+    )
+}
+
+/// The drift probe: the GEMM rate of a fixed small shape (256 queries, 1024 keys, d = 64)
+/// over ~20 ms. The sweep times it at the start of every round of every length; the same
+/// work at every length, so a change in it is the machine changing (a neighbour, the clock),
+/// not the shape.
+pub fn probe_gflops() -> f64 {
+    gemm_rate(256, 1024, 64, std::time::Duration::from_millis(20), 1)
+}
+
+fn gemm_rate(rows: usize, n: usize, d: usize, min_time: std::time::Duration, trials: usize) -> f64 {
     use super::timing::{TimingConfig, time};
     use crate::kernels::gemm::gemm;
     use ndarray::Array2;
     use rayon::prelude::*;
-    use std::time::Duration;
     let threads = rayon::current_num_threads();
-    let rows = n.min(1024);
-    let n = n.min(16384);
     let q = Array2::<f32>::from_elem((rows, d), 0.5);
     let k = Array2::<f32>::from_elem((n, d), 0.25);
     let mut work: Vec<(Array2<f32>, Array2<f32>)> = (0..threads)
@@ -152,13 +220,13 @@ pub fn measure_gemm(n: usize, d: usize) -> f64 {
     let cfg = TimingConfig {
         warmup: 0,
         min_repeats: 3,
-        min_time: Duration::from_millis(100),
+        min_time,
         max_repeats: 1000,
     };
-    // A ceiling: the best of three medians, so that a neighbour's burst on a shared machine
+    // The best of the trials' medians, so that a neighbour's burst on a shared machine
     // during one of them (seen: 104 GFLOP/s against 160-185 in every other trial) does not
     // lower it.
-    let best = (0..3)
+    let best = (0..trials.max(1))
         .map(|_| {
             time(&cfg, || {
                 round();
@@ -168,6 +236,6 @@ pub fn measure_gemm(n: usize, d: usize) -> f64 {
             .median
         })
         .min()
-        .expect("three trials");
+        .expect("at least one trial");
     4.0 * (threads * rows * d * n) as f64 / best.as_secs_f64() / 1e9
 }

@@ -1,32 +1,35 @@
 //! The sweep: every variant at every length, measured for time, peak memory and error, one
-//! CSV row per cell, written as it goes.
+//! CSV row per cell, written a length at a time.
 //!
-//! Per length: inputs are made (or cut from the `.npy` workload), the same-run GEMM ceiling is
-//! measured, and the f64 oracle of dense attention is computed once (all rows up to
+//! Per length: inputs are made (or cut from the `.npy` workload), the same-run GEMM reference
+//! rate is measured, and the f64 oracle of dense attention is computed once (all rows up to
 //! [`SweepConfig::dense_oracle_max`], else a seeded sample of rows, first and last always
 //! included). Per variant: guard rails first (unsupported shape, analytic memory above the
-//! budget, previous length over the time budget: `skipped`), then one warm-up call, one call
-//! under the counting allocator (peak heap bytes), timed calls, and the error against the
-//! oracle of dense attention and, for exact variants, of their own pattern (`flagged` above
-//! [`FLAG_TOLERANCE`]). A variant that errors or panics is recorded as `error`; the sweep goes
-//! on.
+//! budget, previous length over the time budget: `skipped`), then a warm-up call, one call
+//! under the counting allocator (peak heap bytes), and the error against the oracle of dense
+//! attention and, for exact variants, of their own pattern (`flagged` above twice a plain f32
+//! implementation's error plus [`FLAG_FLOOR`]). Then [`SweepConfig::rounds`] rounds: each
+//! starts with the drift probe and times every variant's share of the repeats, the variants
+//! in an order rotated by one each round. A variant that errors or panics is recorded as
+//! `error`; the sweep goes on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use super::artefacts::write_gallery;
-use super::cell::{Cell, panic_message, too_big};
-pub use super::config::{FLAG_TOLERANCE, SweepConfig};
+use super::cell::{Cell, Prepared, failed, panic_message, spec_of, too_big};
+pub use super::config::{FLAG_FLOOR, SweepConfig};
 use super::inputs::{input_bytes, input_shape, inputs, layer_inputs};
-use super::machine::measure_gemm;
+use super::machine::{measure_gemm, probe_gflops};
 use super::runfiles::{create_run_files, utc_iso, utc_stamp};
+use super::timing::TimingConfig;
 use crate::attention::{Attention, Problem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::LayerConfig;
 use crate::oracle::{oracle_rows, sample_rows};
 use crate::results::artefacts::{patterns_path, write_json};
-use crate::results::record::{Machine, Record, RunMeta, Status};
+use crate::results::record::{Machine, Probe, Record, RunMeta, Settings, Status};
 use crate::shape::Shape;
 use crate::workload::{Workload, load_npy_dir};
 
@@ -119,6 +122,8 @@ pub fn run_sweep(
         variants: variants.iter().map(|v| v.to_string()).collect(),
         lengths: cfg.lengths.clone(),
         gemm_gflops: Vec::new(),
+        probes: Vec::new(),
+        settings: Some(settings(cfg)),
         limits: None,
     };
     write_json(&json_path, &meta)?;
@@ -134,9 +139,14 @@ pub fn run_sweep(
             "measuring the machine's FMA peak and read bandwidth",
         ));
         let limits = super::machine::measure_limits();
-        let peak = limits.fma_gflops_all_threads;
-        let limits_bandwidth = limits.read_gbytes_per_s;
-        meta.limits = Some(limits);
+        meta.limits = Some(limits.clone());
+        // Each round times its share of the cell's repeats and time.
+        let per_round = TimingConfig {
+            warmup: 0,
+            min_repeats: cfg.timing.min_repeats.div_ceil(cfg.rounds),
+            min_time: cfg.timing.min_time / cfg.rounds as u32,
+            max_repeats: (cfg.timing.max_repeats / cfg.rounds).max(1),
+        };
         for &n in &cfg.lengths {
             let shape = input_shape(cfg, npy.as_ref(), n)?;
             let io = input_bytes(&shape);
@@ -156,38 +166,84 @@ pub fn run_sweep(
                 None => inputs(cfg, npy.as_ref(), n),
             };
             let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), cfg.opts)?;
-            let gemm_rate = measure_gemm(n, problem.shape().head_dim());
+            let shape = problem.shape();
+            let gemm_rate = measure_gemm(shape.n_q(), shape.n_kv(), shape.head_dim());
             meta.gemm_gflops.push((n, gemm_rate));
-            let n_q = problem.shape().n_q();
+            let n_q = shape.n_q();
             let rows = if n_q <= cfg.dense_oracle_max {
                 (0..n_q).collect()
             } else {
                 sample_rows(n_q, cfg.sampled_rows, cfg.seed)
             };
             let dense = oracle_rows(&problem, None, &rows);
-            for (v, last) in variants.iter().zip(last_seconds.iter_mut()) {
-                let spec = v.to_string();
-                progress(Event::Cell { variant: &spec, n });
-                let cell = Cell {
-                    cfg,
-                    run_id: &run_id,
-                    problem: &problem,
-                    rows: &rows,
-                    dense: &dense,
-                    gemm_rate,
-                    peak,
-                    bandwidth: limits_bandwidth,
-                    layer: layer.as_ref(),
+            let cell = Cell {
+                cfg,
+                run_id: &run_id,
+                problem: &problem,
+                rows: &rows,
+                dense: &dense,
+                gemm_rate,
+                peak: limits.peak_for(cfg.threads),
+                bandwidth: limits.read_gbytes_per_s,
+                layer: layer.as_ref(),
+            };
+            let mut cells: Vec<Prepared<'_>> = variants
+                .iter()
+                .zip(&last_seconds)
+                .map(|(v, last)| {
+                    let spec = v.to_string();
+                    progress(Event::Cell { variant: &spec, n });
+                    // A variant or pattern that panics anywhere (cost, patterns, forward)
+                    // becomes an error row; the sweep goes on.
+                    catch_unwind(AssertUnwindSafe(|| cell.prepare(v.as_ref(), *last)))
+                        .unwrap_or_else(|panic| {
+                            let mut r = cell.record(v.as_ref());
+                            r.status = Status::Error;
+                            r.note = format!("{spec} panicked: {}", panic_message(&panic));
+                            Prepared::Done(r)
+                        })
+                })
+                .collect();
+            let mut probes = Vec::with_capacity(cfg.rounds);
+            for round in 0..cfg.rounds {
+                probes.push(probe_gflops());
+                // A rotating order: each variant runs first in some round, so that drift
+                // during a round (and the cache state left by the previous cell) falls on
+                // all of them alike.
+                let live: Vec<usize> = (0..cells.len())
+                    .filter(|&i| matches!(cells[i], Prepared::Timing(_)))
+                    .collect();
+                for k in 0..live.len() {
+                    let i = live[(k + round) % live.len()];
+                    let Prepared::Timing(pending) = &mut cells[i] else {
+                        continue;
+                    };
+                    let spec = spec_of(pending);
+                    progress(Event::Cell { variant: &spec, n });
+                    let timed =
+                        catch_unwind(AssertUnwindSafe(|| cell.time_round(pending, &per_round)))
+                            .unwrap_or_else(|panic| {
+                                Err(Error::new(ErrorKind::Panicked {
+                                    variant: spec.clone(),
+                                    message: panic_message(&panic),
+                                }))
+                            });
+                    if let Err(e) = timed {
+                        let Prepared::Timing(pending) =
+                            std::mem::replace(&mut cells[i], Prepared::Done(Record::default()))
+                        else {
+                            unreachable!("matched above");
+                        };
+                        cells[i] = Prepared::Done(failed(pending, e));
+                    }
+                }
+            }
+            meta.probes.push(Probe { n, gflops: probes });
+            for (prepared, last) in cells.into_iter().zip(last_seconds.iter_mut()) {
+                let record = match prepared {
+                    Prepared::Done(r) => r,
+                    Prepared::Timing(pending) => cell.finish(pending),
                 };
-                // A variant or pattern that panics anywhere (cost, patterns, forward) becomes
-                // an error row; the sweep goes on.
-                let record = catch_unwind(AssertUnwindSafe(|| cell.measure(v.as_ref(), *last)))
-                    .unwrap_or_else(|panic| {
-                        let mut r = cell.record(v.as_ref());
-                        r.status = Status::Error;
-                        r.note = format!("{spec} panicked: {}", panic_message(&panic));
-                        r
-                    });
                 if let Some(t) = record.time_median_ms {
                     // The slowest call at a shorter length decides the time guard.
                     *last = Some(last.map_or((n, t / 1e3), |(ln, lt)| {
@@ -222,6 +278,30 @@ pub fn run_sweep(
     })
 }
 
+/// Every setting of `cfg` for the run's metadata.
+fn settings(cfg: &SweepConfig) -> Settings {
+    Settings {
+        rounds: cfg.rounds,
+        warmup: cfg.timing.warmup,
+        min_repeats: cfg.timing.min_repeats,
+        min_time_s: cfg.timing.min_time.as_secs_f64(),
+        max_repeats: cfg.timing.max_repeats,
+        batch: cfg.batch,
+        heads: cfg.heads,
+        kv_heads: cfg.kv_heads,
+        head_dim: cfg.head_dim,
+        causal: cfg.opts.causal,
+        modifiers: super::cell::modifiers(&cfg.opts),
+        n_q: cfg.n_q,
+        d_model: cfg.layer,
+        max_memory: cfg.max_memory,
+        max_seconds: cfg.max_seconds,
+        dense_oracle_max: cfg.dense_oracle_max,
+        sampled_rows: cfg.sampled_rows,
+        error_seeds: cfg.error_seeds,
+    }
+}
+
 fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
     let bad = |option: &'static str, message: String| {
         Err(Error::new(ErrorKind::BadOption { option, message }))
@@ -237,6 +317,12 @@ fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
     }
     if cfg.threads == 0 {
         return bad("threads", "must be at least 1".into());
+    }
+    if cfg.rounds == 0 {
+        return bad("rounds", "must be at least 1".into());
+    }
+    if cfg.error_seeds == 0 {
+        return bad("error-seeds", "must be at least 1".into());
     }
     if cfg.timing.min_repeats == 0 {
         return bad("repeats", "must be at least 1".into());

@@ -44,7 +44,15 @@ pub struct Timing {
 
 /// Times `f` under `cfg`. `f` should do only the work being measured: allocate inputs and
 /// outputs outside it.
-pub fn time<E>(cfg: &TimingConfig, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+pub fn time<E>(cfg: &TimingConfig, f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+    Ok(summarize(&samples(cfg, f)?))
+}
+
+/// The timed calls of `f` under `cfg`, in call order (after the warm-up calls).
+pub fn samples<E>(
+    cfg: &TimingConfig,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<Vec<Duration>, E> {
     for _ in 0..cfg.warmup {
         f()?;
     }
@@ -59,6 +67,15 @@ pub fn time<E>(cfg: &TimingConfig, mut f: impl FnMut() -> Result<(), E>) -> Resu
         total += dt;
         samples.push(dt);
     }
+    Ok(samples)
+}
+
+/// Median, minimum and maximum of `samples`.
+///
+/// # Panics
+/// If `samples` is empty.
+pub fn summarize(samples: &[Duration]) -> Timing {
+    let mut samples = samples.to_vec();
     samples.sort_unstable();
     let n = samples.len();
     let median = if n % 2 == 1 {
@@ -66,12 +83,22 @@ pub fn time<E>(cfg: &TimingConfig, mut f: impl FnMut() -> Result<(), E>) -> Resu
     } else {
         (samples[n / 2 - 1] + samples[n / 2]) / 2
     };
-    Ok(Timing {
+    Timing {
         median,
         min: samples[0],
         max: samples[n - 1],
         repeats: n,
-    })
+    }
+}
+
+/// Minor page faults of this process so far (all threads), from `/proc/self/stat`; `None`
+/// where it is not readable (not Linux).
+pub fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses: state is
+    // the first, minflt the eighth.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -124,6 +151,22 @@ mod tests {
         .unwrap();
         assert!(t.repeats > 1000, "{} calls", t.repeats);
         assert!(started.elapsed() >= TimingConfig::default().min_time);
+    }
+
+    #[test]
+    fn page_faults_count_fresh_pages() {
+        let Some(before) = minor_faults() else {
+            return; // not Linux
+        };
+        // 64 MiB, past glibc's mmap threshold: every page is faulted in when first written.
+        let mut buf = vec![0u8; 64 << 20];
+        for i in (0..buf.len()).step_by(4096) {
+            buf[i] = 1;
+        }
+        std::hint::black_box(&buf);
+        let after = minor_faults().unwrap();
+        // 16384 pages of 4 KiB (fewer with transparent huge pages: at least 32 of 2 MiB).
+        assert!(after - before >= 32, "{before} -> {after}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ const LEGEND_WIDTH: u32 = 330;
 pub enum Stroke {
     /// A solid line with markers at the points.
     Solid,
-    /// A dashed line (reference slopes, ceilings).
+    /// A dashed line (reference slopes and rates).
     Dashed,
     /// A dotted line (analytic estimates).
     Dotted,

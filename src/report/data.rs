@@ -59,21 +59,25 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
 }
 
 /// One measured point of a series.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     /// Sequence length swept (`n_kv`; equal to `n_q` for self-attention).
     pub n: usize,
     /// Median time, milliseconds.
     pub time_ms: f64,
+    /// The median of each round, milliseconds (empty for files written before rounds).
+    pub rounds: Vec<f64>,
     /// Peak heap bytes, when measured.
     pub peak_bytes: Option<f64>,
     /// Analytic workspace bytes.
     pub workspace_bytes: Option<f64>,
-    /// Relative error against dense attention.
+    /// Relative error against dense attention (the mean over seeds for random features).
     pub err_dense: Option<f64>,
-    /// Useful GFLOP/s.
-    pub gflops: Option<f64>,
-    /// The same-run GEMM ceiling, GFLOP/s.
+    /// Its standard deviation over seeds, for random-feature variants.
+    pub err_dense_sd: Option<f64>,
+    /// Executed GFLOP/s (`Attention::cost` flops per second).
+    pub executed_gflops: Option<f64>,
+    /// The same-run GEMM reference rate, GFLOP/s.
     pub gemm_gflops: Option<f64>,
     /// Layer sweeps: median ms of the whole layer, its projections and its core.
     pub layer: Option<(f64, f64, f64)>,
@@ -88,6 +92,8 @@ pub struct Series {
     pub variant: String,
     /// The registry name.
     pub name: String,
+    /// The run its rows come from.
+    pub run_id: String,
     /// The fidelity column.
     pub fidelity: crate::attention::Fidelity,
     /// What distinguishes this series' run from others in a combined report (run id, causal
@@ -102,6 +108,17 @@ impl Series {
     pub fn times(&self) -> Vec<(usize, f64)> {
         self.points.iter().map(|p| (p.n, p.time_ms)).collect()
     }
+}
+
+/// The per-round medians of a row (its `round_medians_ms`); empty when absent or malformed.
+pub fn round_medians(r: &Record) -> Vec<f64> {
+    let parsed: Option<Vec<f64>> = r
+        .round_medians_ms
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse().ok())
+        .collect();
+    parsed.unwrap_or_default()
 }
 
 /// Each row's group (see [`Series::group`]): what distinguishes its run, causal flag and
@@ -165,6 +182,7 @@ pub fn series(records: &[Record]) -> Vec<Series> {
                     label,
                     variant: r.variant.clone(),
                     name: r.name.clone(),
+                    run_id: r.run_id.clone(),
                     fidelity: r.fidelity,
                     group,
                     points: Vec::new(),
@@ -177,10 +195,12 @@ pub fn series(records: &[Record]) -> Vec<Series> {
             out[idx].points.push(Point {
                 n: r.n_kv,
                 time_ms,
+                rounds: round_medians(r),
                 peak_bytes: r.peak_bytes.map(|b| b as f64),
                 workspace_bytes: r.workspace_bytes.map(|b| b as f64),
                 err_dense: r.err_dense_rel,
-                gflops: r.gflops,
+                err_dense_sd: r.err_dense_rel_sd,
+                executed_gflops: r.executed_gflops,
                 gemm_gflops: r.gemm_gflops,
                 layer: match (r.layer_ms, r.proj_ms, r.core_ms) {
                     (Some(l), Some(p), Some(c)) => Some((l, p, c)),

@@ -1,74 +1,213 @@
-//! `report.md`: the run, a summary, the figures, scaling fits and crossovers, the layer
-//! breakdown, per-length tables and every skipped, failed or flagged cell.
+//! `report.md`: the run, a summary, the figures, scaling fits and crossovers with their
+//! intervals, the layer breakdown, per-length tables and every skipped, failed or flagged
+//! cell.
 
 use std::fmt::Write as _;
 
 use super::data::{self, Results, Series};
 use super::figures::FIGURES;
-use super::fit::{self, Crossover, crossover, upper_half_fit};
+use super::fit::{self, Comparison, Order, Ratio, upper_half, upper_half_fit};
 use super::format::{fmt_bytes, fmt_err, fmt_ms, opt};
-use crate::results::record::{Record, Status};
+use crate::results::record::{Record, RunMeta, Status};
 
-/// Fitted slopes and crossovers of one series.
+/// Fitted slopes and comparisons of one series.
 struct Scaling {
     time: Option<fit::Fit>,
     memory: Option<fit::Fit>,
-    vs_full: Crossover,
-    vs_flash: Crossover,
+    vs_full: Option<Comparison>,
+    vs_flash: Option<Comparison>,
+    /// Drifting lengths among those the time fit uses.
+    drift: Vec<usize>,
 }
 
-fn scaling(s: &Series, all: &[Series]) -> Scaling {
-    let times: Vec<(f64, f64)> = s.points.iter().map(|p| (p.n as f64, p.time_ms)).collect();
+/// `(n, time)` points of a series: one per round where rounds were recorded.
+fn time_points(s: &Series) -> Vec<(f64, f64)> {
+    s.points
+        .iter()
+        .flat_map(|p| {
+            let n = p.n as f64;
+            if p.rounds.is_empty() {
+                vec![(n, p.time_ms)]
+            } else {
+                p.rounds.iter().map(|&t| (n, t)).collect()
+            }
+        })
+        .collect()
+}
+
+/// `(n, per-round medians, median)` of a series, for [`Comparison::new`].
+fn timings(s: &Series) -> Vec<(usize, &[f64], f64)> {
+    s.points
+        .iter()
+        .map(|p| (p.n, p.rounds.as_slice(), p.time_ms))
+        .collect()
+}
+
+fn scaling(s: &Series, all: &[Series], drifting: &[(String, usize)]) -> Scaling {
+    let times = time_points(s);
     let mems: Vec<(f64, f64)> = s
         .points
         .iter()
         .filter_map(|p| p.peak_bytes.map(|b| (p.n as f64, b)))
         .collect();
-    let cross = |name: &str| match data::reference(all, name, &s.group) {
-        Some(r) if r.label != s.label => crossover(&s.times(), &r.times()),
-        _ => Crossover::NoCommonLengths,
+    let compare = |name: &str| match data::reference(all, name, &s.group) {
+        Some(r) if r.label != s.label => Some(Comparison::new(&timings(s), &timings(r))),
+        _ => None,
     };
+    let fitted = upper_half(&times);
+    let drift = drifting
+        .iter()
+        .filter(|(run, n)| *run == s.run_id && fitted.contains(&(*n as f64)))
+        .map(|&(_, n)| n)
+        .collect();
     Scaling {
         time: upper_half_fit(&times),
         memory: upper_half_fit(&mems),
-        vs_full: cross("full"),
-        vs_flash: cross("flash"),
+        vs_full: compare("full"),
+        vs_flash: compare("flash"),
+        drift,
     }
-}
-
-/// Whether `s` is the baseline of `name` in its group ([`data::reference`]).
-fn is_reference(all: &[Series], s: &Series, name: &str) -> bool {
-    data::reference(all, name, &s.group).is_some_and(|r| r.label == s.label)
 }
 
 fn fmt_fit(f: Option<fit::Fit>) -> String {
-    opt(f, |f| format!("{:.2} ({} pts)", f.slope, f.points))
+    opt(f, |f| match f.interval {
+        Some(ci) => format!(
+            "{:.2} [{:.2}, {:.2}] ({} pts)",
+            f.slope, ci.lo, ci.hi, f.points
+        ),
+        None => format!("{:.2} (no interval: {} pts)", f.slope, f.points),
+    })
 }
 
-fn fmt_cross(c: Crossover, same: bool) -> String {
-    if same { "-".into() } else { c.to_string() }
+fn fmt_comparison(c: &Option<Comparison>) -> String {
+    opt(c.as_ref(), |c| c.to_string())
 }
 
-/// Lengths whose same-run GEMM ceiling fell below 70% of the run's median ceiling: the GEMM
-/// is the same code at every length, so such a drop means the machine itself was slower
-/// while that length ran (a busy neighbour on a shared host), and every time measured there
-/// is inflated.
-pub fn slow_lengths(gemm: &[(usize, f64)]) -> Vec<String> {
-    let mut rates: Vec<f64> = gemm.iter().map(|&(_, g)| g).collect();
-    if rates.len() < 3 {
-        return Vec::new();
+/// A row's time: median and 95% interval, or median and min-max without rounds.
+fn fmt_time(r: &Record) -> String {
+    match (r.time_median_ms, r.time_ci_lo_ms, r.time_ci_hi_ms) {
+        (Some(m), Some(lo), Some(hi)) => format!("{} [{}-{}]", fmt_ms(m), fmt_ms(lo), fmt_ms(hi)),
+        (Some(m), ..) => match (r.time_min_ms, r.time_max_ms) {
+            (Some(lo), Some(hi)) => format!("{} ({}-{})", fmt_ms(m), fmt_ms(lo), fmt_ms(hi)),
+            _ => fmt_ms(m),
+        },
+        _ => "-".into(),
     }
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
-    gemm.iter()
-        .filter(|&&(_, g)| g < 0.7 * median)
-        .map(|&(n, g)| {
+}
+
+/// The comparison cell of `s` against the baseline `name`: `-` for the baseline itself.
+fn same_or(all: &[Series], s: &Series, name: &str, c: &Option<Comparison>) -> String {
+    if data::reference(all, name, &s.group).is_some_and(|r| r.label == s.label) {
+        "-".into()
+    } else {
+        fmt_comparison(c)
+    }
+}
+
+/// The drift probe's verdict per length: `(run id, n)` of the lengths where the machine was
+/// measurably slower or unsteady, each with a sentence. A length drifts when its median probe
+/// rate is more than 10% below the run's median, or its rounds' probes spread by more than
+/// 10% of their median: the probe is the same work at every length, so either means the
+/// machine changed while that length ran.
+pub fn drifting_lengths(meta: &RunMeta) -> Vec<((String, usize), String)> {
+    let medians: Vec<f64> = meta
+        .probes
+        .iter()
+        .filter_map(|p| crate::stats::median(&p.gflops))
+        .collect();
+    let Some(run_median) = crate::stats::median(&medians) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in &meta.probes {
+        let Some(m) = crate::stats::median(&p.gflops) else {
+            continue;
+        };
+        let lo = p.gflops.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = p.gflops.iter().copied().fold(0.0, f64::max);
+        let spread = (hi - lo) / m;
+        let rates = p
+            .gflops
+            .iter()
+            .map(|g| format!("{g:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = if m < 0.9 * run_median {
             format!(
-                "the GEMM ceiling at n = {n} measured {g:.0} GFLOP/s, {:.0}% below the run's median of {median:.0}: the machine was slower while that length ran, and its times are inflated.",
-                100.0 * (1.0 - g / median)
+                "{:.0}% below the run's median of {run_median:.0}",
+                100.0 * (1.0 - m / run_median)
+            )
+        } else if spread > 0.1 {
+            format!("spread {:.0}% across its rounds", 100.0 * spread)
+        } else {
+            continue;
+        };
+        out.push((
+            (meta.run_id.clone(), p.n),
+            format!(
+                "the drift probe at n = {} measured {rates} GFLOP/s in its rounds, {why}: the machine changed while that length ran, and fits using it are less reliable.",
+                p.n
+            ),
+        ));
+    }
+    out
+}
+
+/// The SIMD target features among a build's compiled-in ones, or a note that only the
+/// baseline was compiled in (kernels then choose wider paths at run time).
+fn compiled_simd(features: &str) -> String {
+    let simd: Vec<&str> = features
+        .split(',')
+        .filter(|f| f.starts_with("avx") || f.starts_with("fma"))
+        .collect();
+    if simd.is_empty() {
+        "baseline only (wider kernels are chosen at run time)".into()
+    } else {
+        simd.join(" ")
+    }
+}
+
+/// One run's shape, as the report states it.
+fn shape_line(r: &Record) -> String {
+    format!(
+        "batch {}, heads {}, kv_heads {}, head_dim {}, {}",
+        r.batch,
+        r.heads,
+        r.kv_heads,
+        r.head_dim,
+        if r.causal { "causal" } else { "bidirectional" }
+    )
+}
+
+/// Ways the merged runs differ that a combined report must not hide.
+fn merge_warnings(metas: &[RunMeta]) -> Vec<String> {
+    let differ = |what: &str, f: &dyn Fn(&RunMeta) -> String| {
+        let mut v: Vec<String> = metas.iter().map(f).collect();
+        v.sort();
+        v.dedup();
+        (v.len() > 1).then(|| {
+            format!(
+                "the merged runs differ in {what} ({}): compare their rows with care",
+                v.join(" / ")
             )
         })
-        .collect()
+    };
+    [
+        differ("machine", &|m| {
+            format!("{} on {}", m.machine.cpu_model, m.machine.host)
+        }),
+        differ("commit", &|m| {
+            m.machine
+                .git_commit
+                .clone()
+                .unwrap_or_else(|| "none".into())
+        }),
+        differ("threads", &|m| m.threads.to_string()),
+        differ("workload", &|m| m.workload.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// `report.md` of `results` (its series `all`), without the gallery.
@@ -114,40 +253,96 @@ pub(super) fn markdown_report(
             "- threads {}, seed {}, workload `{}`",
             meta.threads, meta.seed, meta.workload
         );
-        if let Some(l) = &meta.limits {
+        if let Some(b) = &m.build {
             let _ = writeln!(
                 md,
-                "- measured limits ({}): FMA peak {:.0} GFLOP/s on one core, {:.0} GFLOP/s on {} threads; read bandwidth {:.1} GB/s",
-                l.isa,
-                l.fma_gflops_one_core,
-                l.fma_gflops_all_threads,
-                l.threads,
-                l.read_gbytes_per_s
+                "- build settings: profile {}, opt-level {}, RUSTFLAGS `{}`, compiled-in target features {}",
+                b.profile,
+                b.opt_level,
+                b.rustflags,
+                compiled_simd(&b.target_features)
             );
         }
+        if !m.host.is_empty() || m.thp.is_some() || !m.caches.is_empty() {
+            let _ = writeln!(
+                md,
+                "- host `{}`; transparent huge pages `{}`; caches {}",
+                m.host,
+                m.thp.as_deref().unwrap_or("unknown"),
+                if m.caches.is_empty() {
+                    "unknown".into()
+                } else {
+                    m.caches.join(", ")
+                }
+            );
+        }
+        if let Some(st) = &meta.settings {
+            let _ = writeln!(
+                md,
+                "- timing: {} interleaved rounds per cell (variants in a rotating order), at least {} calls and {:.2} s per cell over all rounds, {} warm-up call(s); random-feature errors over {} seeds",
+                st.rounds,
+                st.min_repeats,
+                st.min_time_s,
+                st.warmup.max(1),
+                st.error_seeds
+            );
+        }
+        if let Some(l) = &meta.limits {
+            let spread = |t: &[f64]| {
+                let lo = t.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = t.iter().copied().fold(0.0, f64::max);
+                if t.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (best of {} trials, {lo:.0}-{hi:.0})", t.len())
+                }
+            };
+            let _ = writeln!(
+                md,
+                "- measured limits ({}): FMA peak {:.0} GFLOP/s on one core{}, {:.0} GFLOP/s on {} threads{}; read bandwidth {:.1} GB/s",
+                l.isa,
+                l.fma_gflops_one_core,
+                spread(&l.fma_trials_one_core),
+                l.fma_gflops_all_threads,
+                l.threads,
+                spread(&l.fma_trials_all_threads),
+                l.read_gbytes_per_s
+            );
+            if let (Some(per_cycle), Some(mhz)) = (l.fma_per_cycle(), l.clock_mhz) {
+                let _ = writeln!(
+                    md,
+                    "- the one-core peak is {per_cycle:.2} FMA instructions per cycle at the reported {mhz:.0} MHz (current x86 cores issue 1 or 2; more means the core clocks above the reported figure)"
+                );
+            }
+        }
+        let mut shapes: Vec<String> = recs
+            .iter()
+            .filter(|r| r.run_id == meta.run_id)
+            .map(shape_line)
+            .collect();
+        shapes.dedup();
+        for line in shapes {
+            let _ = writeln!(md, "- shape: {line}");
+        }
     }
-    let slow: Vec<String> = results
-        .metas
-        .iter()
-        .flat_map(|m| slow_lengths(&m.gemm_gflops))
-        .collect();
-    for line in &slow {
-        let _ = writeln!(md, "- **machine slowdown**: {line}");
+    let drift: Vec<((String, usize), String)> =
+        results.metas.iter().flat_map(drifting_lengths).collect();
+    for (_, line) in &drift {
+        let _ = writeln!(md, "- **drift**: {line}");
+    }
+    for line in merge_warnings(&results.metas) {
+        let _ = writeln!(md, "- **warning**: {line}");
     }
     if results.metas.is_empty() {
         let _ = writeln!(md, "- no run metadata (.json) beside the CSV files");
+        let mut shapes: Vec<String> = recs.iter().map(shape_line).collect();
+        shapes.sort();
+        shapes.dedup();
+        for line in shapes {
+            let _ = writeln!(md, "- shape: {line}");
+        }
     }
-    if let Some(r) = recs.first() {
-        let _ = writeln!(
-            md,
-            "- shape: batch {}, heads {}, kv_heads {}, head_dim {}, {}",
-            r.batch,
-            r.heads,
-            r.kv_heads,
-            r.head_dim,
-            if r.causal { "causal" } else { "bidirectional" }
-        );
-    }
+    let drifting: Vec<(String, usize)> = drift.into_iter().map(|(k, _)| k).collect();
     // File names only: the same run reports the same text wherever its files are.
     let files: Vec<String> = results
         .files
@@ -191,30 +386,42 @@ pub(super) fn markdown_report(
     let _ = writeln!(md, "## Scaling fits and crossovers\n");
     let _ = writeln!(
         md,
-        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), and the length from which each variant is faster than `full` and than `flash` (interpolated in log space).\n"
+        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), every round's median a point, with the slope's 95% interval [lo, hi] (Student t on the fit's residuals). Against `full` and `flash`, each length's time ratio is paired by round (the two ran in the same round, close in time) and has a 95% interval; a variant is faster or slower at a length only where that interval excludes 1, and a crossover is stated only between a length where it is established slower and one where it is established faster (its length interpolated in log space); elsewhere the two are indistinguishable.\n"
     );
-    if !slow.is_empty() {
+    if !drifting.is_empty() {
         let _ = writeln!(
             md,
-            "The machine was measurably slower at some lengths (see Run): fits that span them are unreliable.\n"
+            "The machine drifted at some lengths (see Run): fits marked *drift* use them.\n"
         );
     }
     let _ = writeln!(
         md,
-        "| variant | fidelity | time slope | memory slope | faster than full | faster than flash |"
+        "| variant | fidelity | time slope [95%] | memory slope | vs full | vs flash |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for s in all {
-        let sc = scaling(s, all);
+        let sc = scaling(s, all, &drifting);
+        let drift = if sc.drift.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " *drift at n = {}*",
+                sc.drift
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let _ = writeln!(
             md,
-            "| `{}` | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {}{drift} | {} | {} | {} |",
             s.label,
             s.fidelity,
             fmt_fit(sc.time),
-            fmt_fit(sc.memory),
-            fmt_cross(sc.vs_full, is_reference(all, s, "full")),
-            fmt_cross(sc.vs_flash, is_reference(all, s, "flash"))
+            opt(sc.memory, |f| format!("{:.2}", f.slope)),
+            same_or(all, s, "full", &sc.vs_full),
+            same_or(all, s, "flash", &sc.vs_flash)
         );
     }
     let _ = writeln!(md);
@@ -282,11 +489,15 @@ pub(super) fn markdown_report(
     ns.sort_unstable();
     ns.dedup();
     let decoding = recs.iter().any(|r| r.pct_of_bandwidth.is_some());
+    let _ = writeln!(
+        md,
+        "Time: the median of every timed call, with the 95% interval from the rounds (min-max of the calls for files without rounds). GFLOP/s: useful (the softmax-pair work of the pairs an exact variant's mask allows) and executed (`cost()` flops, every variant; for sparse variants it includes the masked-out pairs of partial tiles). The GEMM reference (the two products at this shape in the GEMM library) and the FMA peak are divided into the executed rate; the reference is not a ceiling. Page faults: minor faults per call (a buffer above the allocator's mmap threshold is faulted in again on every call). Own check: error against the oracle of the variant's own pattern, within the tolerance of twice a plain f32 implementation's error plus 1e-6.\n"
+    );
     for n in ns {
         let _ = writeln!(md, "### n = {n}\n");
         let _ = writeln!(
             md,
-            "| variant | time ms (min-max) | GFLOP/s | % of GEMM | % of FMA peak | {}peak memory | error vs dense | own check | status |",
+            "| variant | time ms [95%] | GFLOP/s useful / executed | % of GEMM ref. | % of FMA peak | {}peak memory | page faults | error vs dense | own check | status |",
             if decoding {
                 "% of read bandwidth | "
             } else {
@@ -295,35 +506,38 @@ pub(super) fn markdown_report(
         );
         let _ = writeln!(
             md,
-            "|---|---|---|---|---|{}---|---|---|---|",
+            "|---|---|---|---|---|{}---|---|---|---|---|",
             if decoding { "---|" } else { "" }
         );
         for (r, group) in recs.iter().zip(&groups).filter(|(r, _)| r.n_kv == n) {
-            let own = match (r.err_own_rel, r.status) {
-                (Some(e), Status::Flagged) => format!("**{e:.1e} FLAGGED**"),
-                (Some(e), _) => format!("{e:.1e} ok"),
-                (None, _) => "-".into(),
+            let own = match (r.err_own_rel, r.status, r.tolerance) {
+                (Some(e), Status::Flagged, _) => format!("**{e:.1e} FLAGGED**"),
+                (Some(e), _, Some(t)) => format!("{e:.1e} ok (tol {t:.1e})"),
+                (Some(e), _, None) => format!("{e:.1e} ok"),
+                (None, ..) => "-".into(),
             };
             let bandwidth = if decoding {
                 format!("{} | ", opt(r.pct_of_bandwidth, |p| format!("{p:.0}%")))
             } else {
                 String::new()
             };
+            let error = match (r.err_dense_rel, r.err_dense_rel_sd, r.err_seeds) {
+                (Some(e), Some(sd), Some(k)) => {
+                    format!("{} ± {} ({k} seeds)", fmt_err(e), fmt_err(sd))
+                }
+                (e, ..) => opt(e, fmt_err),
+            };
             let _ = writeln!(
                 md,
-                "| `{}{group}` | {} | {} | {} | {} | {bandwidth}{} | {} | {} | {} |",
+                "| `{}{group}` | {} | {} / {} | {} | {} | {bandwidth}{} | {} | {error} | {own} | {} |",
                 r.variant,
-                match (r.time_median_ms, r.time_min_ms, r.time_max_ms) {
-                    (Some(m), Some(lo), Some(hi)) =>
-                        format!("{} ({}-{})", fmt_ms(m), fmt_ms(lo), fmt_ms(hi)),
-                    _ => "-".into(),
-                },
-                opt(r.gflops, |g| format!("{g:.1}")),
+                fmt_time(r),
+                opt(r.useful_gflops, |g| format!("{g:.1}")),
+                opt(r.executed_gflops, |g| format!("{g:.1}")),
                 opt(r.pct_of_gemm, |p| format!("{p:.0}%")),
                 opt(r.pct_of_peak, |p| format!("{p:.0}%")),
                 opt(r.peak_bytes, fmt_bytes),
-                opt(r.err_dense_rel, fmt_err),
-                own,
+                opt(r.page_faults, |f| format!("{f:.0}")),
                 r.status
             );
         }
@@ -371,31 +585,66 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
             data::reference(all, "full", group).or_else(|| data::reference(all, "flash", group));
         let Some(r) = reference else { continue };
         let Some(n) = largest(r) else { continue };
-        let rt = r.points.last().expect("non-empty").time_ms;
+        let rp = r.points.last().expect("non-empty");
         for s in in_group().filter(|s| s.label != r.label) {
             let Some(p) = s.points.iter().find(|p| p.n == n) else {
                 continue;
             };
-            let ratio = rt / p.time_ms;
+            let ratio = Ratio::paired(n, (&p.rounds, p.time_ms), (&rp.rounds, rp.time_ms));
+            // Three significant digits.
             let times = |x: f64| {
-                if x < 10.0 {
+                if x < 9.995 {
                     format!("{x:.2}x")
+                } else if x < 99.95 {
+                    format!("{x:.1}x")
                 } else {
                     format!("{x:.0}x")
                 }
             };
-            let speed = if ratio >= 1.0 {
-                format!("{} faster than", times(ratio))
-            } else {
-                format!("{} slower than", times(1.0 / ratio))
+            // Speedup = reference time / time: the interval's ends swap.
+            let speedup = |c: Option<crate::stats::Interval>| {
+                opt(c, |c| {
+                    format!("95% interval {}-{}", times(1.0 / c.hi), times(1.0 / c.lo))
+                })
+            };
+            let slowdown = |c: Option<crate::stats::Interval>| {
+                opt(c, |c| {
+                    format!("95% interval {}-{}", times(c.lo), times(c.hi))
+                })
+            };
+            let speed = match ratio.order() {
+                Order::Faster => format!(
+                    "is {} faster than `{}` ({})",
+                    times(1.0 / ratio.ratio),
+                    r.label,
+                    speedup(ratio.interval)
+                ),
+                Order::Slower => format!(
+                    "is {} slower than `{}` ({})",
+                    times(ratio.ratio),
+                    r.label,
+                    slowdown(ratio.interval)
+                ),
+                Order::Indistinguishable => match ratio.interval {
+                    Some(c) => format!(
+                        "is indistinguishable from `{}` (time ratio {:.2}, 95% interval {:.2}-{:.2})",
+                        r.label, ratio.ratio, c.lo, c.hi
+                    ),
+                    None => format!(
+                        "takes {:.2}x the time of `{}` (one round: no interval, no verdict)",
+                        ratio.ratio, r.label
+                    ),
+                },
+            };
+            let error = match (p.err_dense, p.err_dense_sd) {
+                (Some(e), Some(sd)) => format!("{} ± {} over seeds", fmt_err(e), fmt_err(sd)),
+                (e, _) => opt(e, fmt_err),
             };
             lines.push(format!(
-                "at n={n}, `{}` is {speed} `{}` ({} vs {} ms), relative error vs dense attention {}",
+                "at n={n}, `{}` {speed}; {} vs {} ms; relative error vs dense attention {error}",
                 s.label,
-                r.label,
                 fmt_ms(p.time_ms),
-                fmt_ms(rt),
-                opt(p.err_dense, fmt_err)
+                fmt_ms(rp.time_ms),
             ));
         }
     }
@@ -443,35 +692,4 @@ fn core_dominates_from(s: &Series) -> String {
     }
     let (n_last, _) = pts[pts.len() - 1];
     format!("not up to n = {n_last}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::slow_lengths;
-
-    #[test]
-    fn a_drop_in_the_gemm_ceiling_is_reported_as_a_slowdown() {
-        // The reference run that motivated it: n = 2048 at about half the others.
-        let run = [
-            (256, 207.0),
-            (512, 221.0),
-            (1024, 212.0),
-            (2048, 104.0),
-            (4096, 173.0),
-            (8192, 191.0),
-        ];
-        let slow = slow_lengths(&run);
-        assert_eq!(slow.len(), 1, "{slow:?}");
-        assert!(
-            slow[0].contains("n = 2048") && slow[0].contains("104"),
-            "{slow:?}"
-        );
-        // Ordinary variation (here 173 against a median of 207) is not flagged.
-        assert!(slow_lengths(&run[..3]).is_empty());
-        assert!(slow_lengths(&[(256, 207.0), (512, 173.0), (1024, 190.0)]).is_empty());
-        assert!(
-            slow_lengths(&[(256, 10.0)]).is_empty(),
-            "too few lengths to judge"
-        );
-    }
 }

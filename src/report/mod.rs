@@ -5,7 +5,7 @@
 //! machine and runs combine.
 //!
 //! - [`data`]: reading CSVs and grouping rows into series.
-//! - [`fit`]: log-log slopes and crossover lengths.
+//! - [`fit`]: log-log slopes with intervals, round-paired comparisons and crossovers.
 //! - [`charts`]: plotters rendering with a bundled font.
 //! - `figures`: one builder per chart and [`FIGURES`], the list of what a report draws.
 //! - `markdown`: `report.md`; `format`: number formatting.
@@ -30,7 +30,7 @@ use data::{Series, read_results, series};
 use crate::error::{Error, ErrorKind, Result};
 
 pub use figures::{FIGURES, Figure};
-pub use markdown::slow_lengths;
+pub use markdown::drifting_lengths;
 
 /// What a report wrote.
 #[derive(Debug, Clone)]

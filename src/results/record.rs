@@ -37,28 +37,60 @@ pub struct Record {
     pub threads: usize,
     /// The workload, e.g. `gaussian(scale=1)` or `npy:tests/data/qkv`.
     pub workload: String,
-    /// Median time of one call, milliseconds.
+    /// Median of every timed call of the cell (all rounds pooled), milliseconds.
     pub time_median_ms: Option<f64>,
     /// Fastest call, milliseconds.
     pub time_min_ms: Option<f64>,
     /// Slowest call, milliseconds.
     pub time_max_ms: Option<f64>,
-    /// Timed calls.
+    /// Timed calls, all rounds.
     pub repeats: Option<usize>,
-    /// Useful floating-point operations of one call: for exact variants the dense-attention
-    /// work on the allowed pairs (`2 n_q n_kv (d + d_v)` per head times the mask density);
-    /// for the others the variant's analytic flops.
-    pub flops: Option<f64>,
-    /// `flops / time_median`, GFLOP/s.
-    pub gflops: Option<f64>,
-    /// The GEMM rate of attention's two products at this length (`[min(n, 1024), d] x
-    /// [d, min(n, 16384)]` and back, see [`measure_gemm`]) measured in the same run, GFLOP/s.
+    /// Interleaved rounds the cell was timed in (within a round the variants of one length
+    /// run in a rotating order).
+    #[serde(default)]
+    pub rounds: Option<usize>,
+    /// The median call time of each round, milliseconds, `;`-separated in round order.
+    #[serde(default)]
+    pub round_medians_ms: String,
+    /// Lower end of the 95% interval of the cell's time: the Student-t interval of the mean
+    /// log round median (`rounds - 1` degrees of freedom), exponentiated; empty with one
+    /// round.
+    #[serde(default)]
+    pub time_ci_lo_ms: Option<f64>,
+    /// Upper end of that interval.
+    #[serde(default)]
+    pub time_ci_hi_ms: Option<f64>,
+    /// Minor page faults per timed call (from `/proc/self/stat`, all threads): a large
+    /// buffer allocated per call is faulted in again on every call.
+    #[serde(default)]
+    pub page_faults: Option<f64>,
+    /// Useful floating-point operations of one call, exact variants only: the softmax-pair
+    /// work of dense attention on the pairs the mask allows (`2 n_q n_kv (d + d_v)` per head
+    /// times the mask density).
+    #[serde(alias = "flops")]
+    pub useful_flops: Option<f64>,
+    /// Floating-point operations one call executes (`Attention::cost`), every variant: for
+    /// tiled sparse variants this includes the masked-out pairs of partial tiles, for linear
+    /// attention its feature maps and state products.
+    #[serde(default)]
+    pub executed_flops: Option<f64>,
+    /// `useful_flops / time_median`, GFLOP/s.
+    #[serde(alias = "gflops")]
+    pub useful_gflops: Option<f64>,
+    /// `executed_flops / time_median`, GFLOP/s: the rate the hardware fractions use.
+    #[serde(default)]
+    pub executed_gflops: Option<f64>,
+    /// A reference rate, not a ceiling: GFLOP/s of the GEMM library running attention's two
+    /// products at this row's shape (`[min(n_q, 1024), d] x [d, min(n_kv, 16384)]` and back,
+    /// see [`measure_gemm`]), measured in the same run. A fused kernel that keeps its tiles
+    /// in cache can beat it.
     ///
     /// [`measure_gemm`]: crate::harness::machine::measure_gemm
     pub gemm_gflops: Option<f64>,
-    /// `100 * gflops / gemm_gflops`.
+    /// `100 * executed_gflops / gemm_gflops` (can exceed 100: a reference, not a ceiling).
     pub pct_of_gemm: Option<f64>,
-    /// `100 * gflops / ` the run's measured FMA peak on all its threads (see [`Limits`]).
+    /// `100 * executed_gflops / ` the run's measured FMA peak on the row's threads (the
+    /// one-core figure for 1-thread rows, see [`Limits`]).
     ///
     /// [`Limits`]: Limits
     pub pct_of_peak: Option<f64>,
@@ -68,17 +100,33 @@ pub struct Record {
     pub workspace_bytes: Option<u64>,
     /// Allowed pairs / all pairs of the variant's mask (1 for dense, ~0.5 causal).
     pub density: Option<f64>,
-    /// Relative Frobenius error against dense softmax attention (same causal flag).
+    /// Relative Frobenius error against dense softmax attention (same causal flag); for
+    /// variants with random features, the mean over `err_seeds` seeds.
     pub err_dense_rel: Option<f64>,
+    /// Random-feature variants: the standard deviation of `err_dense_rel` over the seeds.
+    #[serde(default)]
+    pub err_dense_rel_sd: Option<f64>,
+    /// Random-feature variants: seeds the error was measured over (the time is one seed's).
+    #[serde(default)]
+    pub err_seeds: Option<usize>,
     /// Largest absolute error against dense attention.
     pub err_dense_max_abs: Option<f64>,
     /// Mean row cosine similarity with dense attention.
     pub err_dense_cosine: Option<f64>,
     /// Exact variants: relative Frobenius error against the oracle under their own pattern
-    /// (~1e-7; above 1e-5 the row is `flagged`).
+    /// (~1e-7; above `tolerance` the row is `flagged`).
     pub err_own_rel: Option<f64>,
     /// Exact variants: largest absolute error against the oracle under their own pattern.
     pub err_own_max_abs: Option<f64>,
+    /// Exact variants: the own-pattern error a correct f32 kernel may reach at this shape,
+    /// `2 * err_f32_plain + 1e-6` (the flash-attention rule: at most twice a plain f32
+    /// implementation's error, plus a floor).
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+    /// Exact variants: the error of a plain f32 implementation of the same masked attention
+    /// (row by row, sequential sums) against the same oracle rows.
+    #[serde(default)]
+    pub err_f32_plain: Option<f64>,
     /// Pattern variants: softmax mass dense attention puts on the dropped pairs, mean over
     /// the oracle rows.
     pub dropped_mass: Option<f64>,
@@ -118,9 +166,10 @@ pub enum Status {
     /// Measured; an exact variant matched its own definition.
     #[default]
     Ok,
-    /// Measured, but an exact variant is off its own definition by more than
-    /// [`FLAG_TOLERANCE`](crate::harness::sweep::FLAG_TOLERANCE): a kernel bug. `sweep` and `run`
-    /// exit with status 1.
+    /// Measured, but an exact variant is off its own definition by more than its
+    /// [`tolerance`](Record::tolerance) (twice a plain f32 implementation's error plus
+    /// [`FLAG_FLOOR`](crate::harness::sweep::FLAG_FLOOR)): a kernel bug. `sweep` and `run` exit
+    /// with status 1.
     Flagged,
     /// Not run (unsupported shape, over the memory or time budget), with the reason.
     Skipped,
@@ -181,8 +230,14 @@ pub struct RunMeta {
     pub variants: Vec<String>,
     /// The lengths swept.
     pub lengths: Vec<usize>,
-    /// The GEMM ceiling per length, GFLOP/s.
+    /// The GEMM reference rate per length, GFLOP/s (see [`Record::gemm_gflops`]).
     pub gemm_gflops: Vec<(usize, f64)>,
+    /// The drift probe per length: its rate at the start of each round.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    /// Every setting of the sweep.
+    #[serde(default)]
+    pub settings: Option<Settings>,
     /// The machine's measured FMA peak and read bandwidth.
     pub limits: Option<Limits>,
 }
@@ -204,8 +259,104 @@ pub struct Machine {
     pub rustc: String,
     /// This crate's version.
     pub crate_version: String,
-    /// The git commit of the build, when it was built from a git checkout.
+    /// The git commit of the build, when it was built from a git checkout; `-dirty` when
+    /// the sources differed from it.
     pub git_commit: Option<String>,
+    /// The host name, to tell machines of the same model apart.
+    #[serde(default)]
+    pub host: String,
+    /// Transparent huge pages mode, e.g. `always [madvise] never`, when readable.
+    #[serde(default)]
+    pub thp: Option<String>,
+    /// The CPU caches, e.g. `L1d 48K`, `L2 2048K`, `L3 107520K` (per cache instance).
+    #[serde(default)]
+    pub caches: Vec<String>,
+    /// The build settings.
+    #[serde(default)]
+    pub build: Option<Build>,
+}
+
+/// How the binary that made a run was built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    /// Cargo profile (`release`, `debug`).
+    pub profile: String,
+    /// Optimisation level.
+    pub opt_level: String,
+    /// RUSTFLAGS of the build (e.g. `-C target-cpu=native`), empty for none.
+    pub rustflags: String,
+    /// Target features compiled in (run-time dispatch picks wider kernels where detected).
+    pub target_features: String,
+}
+
+/// The drift probe's rate at one length (see
+/// [`probe_gflops`](crate::harness::machine::probe_gflops)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The length.
+    pub n: usize,
+    /// GFLOP/s at the start of each round.
+    pub gflops: Vec<f64>,
+}
+
+/// The settings of a sweep, beyond the variants and lengths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Interleaved rounds per cell.
+    pub rounds: usize,
+    /// Unmeasured calls before the first round.
+    pub warmup: usize,
+    /// Timed calls per cell, at least (spread over the rounds).
+    pub min_repeats: usize,
+    /// Timed seconds per cell, at least (spread over the rounds).
+    pub min_time_s: f64,
+    /// Timed calls per cell, at most.
+    pub max_repeats: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head dimension (Gaussian workload).
+    pub head_dim: usize,
+    /// Causal masking.
+    pub causal: bool,
+    /// Score modifiers, as in [`Record::modifiers`].
+    pub modifiers: String,
+    /// Decoding queries, when a decode sweep.
+    pub n_q: Option<usize>,
+    /// Layer sweeps: the model width.
+    pub d_model: Option<usize>,
+    /// Memory budget, bytes.
+    pub max_memory: u64,
+    /// Time budget of one call, seconds.
+    pub max_seconds: f64,
+    /// The dense oracle covers every row up to this length.
+    pub dense_oracle_max: usize,
+    /// Oracle rows sampled per (batch, head) beyond it.
+    pub sampled_rows: usize,
+    /// Seeds the error of random-feature variants is measured over.
+    pub error_seeds: usize,
+}
+
+impl Limits {
+    /// The FMA peak of `threads` worker threads: the one-core figure for one thread, the
+    /// all-threads figure otherwise.
+    pub fn peak_for(&self, threads: usize) -> f64 {
+        if threads <= 1 {
+            self.fma_gflops_one_core
+        } else {
+            self.fma_gflops_all_threads
+        }
+    }
+
+    /// FMA instructions per cycle the one-core peak implies at the reported clock (1 or 2
+    /// on current x86 cores; more means the clock runs above the reported one).
+    pub fn fma_per_cycle(&self) -> Option<f64> {
+        let (mhz, lanes) = (self.clock_mhz?, self.lanes?);
+        Some(self.fma_gflops_one_core * 1e3 / (mhz * 2.0 * lanes as f64))
+    }
 }
 
 /// The machine's own limits, measured in the run: what fraction of the hardware each result
@@ -218,6 +369,20 @@ pub struct Limits {
     pub fma_gflops_one_core: f64,
     /// The same on every worker thread at once, GFLOP/s.
     pub fma_gflops_all_threads: f64,
+    /// Every one-core trial, GFLOP/s (the peak is their maximum; their spread is the probe's
+    /// own noise).
+    #[serde(default)]
+    pub fma_trials_one_core: Vec<f64>,
+    /// Every all-threads trial, GFLOP/s.
+    #[serde(default)]
+    pub fma_trials_all_threads: Vec<f64>,
+    /// The clock `/proc/cpuinfo` reports, MHz, when readable: with `lanes` it gives the
+    /// FMA instructions per cycle the one-core peak implies (1 or 2 on current x86 cores).
+    #[serde(default)]
+    pub clock_mhz: Option<f64>,
+    /// f32 lanes of one FMA instruction at `isa` (16 for AVX-512), when known.
+    #[serde(default)]
+    pub lanes: Option<usize>,
     /// Worker threads of the all-threads figure.
     pub threads: usize,
     /// Sustained read bandwidth over a 256 MiB buffer (far beyond the last-level cache),

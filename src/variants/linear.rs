@@ -181,6 +181,20 @@ impl Attention for Linear {
         }
     }
 
+    fn with_seed(&self, seed: u64) -> Option<Box<dyn Attention>> {
+        match self.phi {
+            Phi::Favor { m, orthogonal, .. } => Some(Box::new(Linear::new(
+                Phi::Favor {
+                    m,
+                    seed,
+                    orthogonal,
+                },
+                self.chunk,
+            ))),
+            Phi::Elu1 | Phi::Relu => None,
+        }
+    }
+
     fn unsupported(&self, _shape: &Shape, opts: &Options) -> Vec<String> {
         match (&self.phi, opts.scale) {
             (Phi::Favor { .. }, Some(scale)) if scale <= 0.0 => vec![format!(
