@@ -27,3 +27,33 @@ fn readme_variant_table_is_generated() {
         );
     }
 }
+
+/// Every figure README.md quotes from a run sits between
+/// `<!-- quoted from reports/<run>/report.md ... -->` and `<!-- end of quote -->`, and every
+/// line of it appears verbatim in that committed report: README numbers cannot drift from
+/// the committed results.
+#[test]
+fn readme_quotes_committed_reports_verbatim() {
+    let readme = include_str!("../README.md");
+    let open = "<!-- quoted from ";
+    let close = "<!-- end of quote -->";
+    let mut rest = readme;
+    let mut quotes = 0;
+    while let Some(i) = rest.find(open) {
+        let after = &rest[i + open.len()..];
+        let (marker, body) = after.split_once("-->\n").expect("the marker closes");
+        let path = marker.split_whitespace().next().expect("a report path");
+        let end = body.find(close).expect("every quote ends");
+        let report = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("README quotes {path}, which cannot be read: {e}"));
+        for line in body[..end].lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                report.lines().any(|r| r == line),
+                "README quotes a line that {path} does not have:\n{line}"
+            );
+        }
+        quotes += 1;
+        rest = &body[end..];
+    }
+    assert!(quotes >= 2, "README quotes {quotes} report blocks");
+}

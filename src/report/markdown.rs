@@ -693,3 +693,79 @@ fn core_dominates_from(s: &Series) -> String {
     let (n_last, _) = pts[pts.len() - 1];
     format!("not up to n = {n_last}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::record::{Machine, Probe};
+
+    fn meta(run: &str, probes: &[(usize, [f64; 3])]) -> RunMeta {
+        RunMeta {
+            run_id: run.into(),
+            started_utc: String::new(),
+            duration_s: 0.0,
+            machine: Machine::detect(),
+            command_line: Vec::new(),
+            seed: 0,
+            threads: 2,
+            workload: "gaussian(scale=1)".into(),
+            variants: Vec::new(),
+            lengths: probes.iter().map(|p| p.0).collect(),
+            gemm_gflops: Vec::new(),
+            probes: probes
+                .iter()
+                .map(|&(n, g)| Probe {
+                    n,
+                    gflops: g.to_vec(),
+                })
+                .collect(),
+            settings: None,
+            limits: None,
+        }
+    }
+
+    #[test]
+    fn the_drift_probe_flags_slow_and_unsteady_lengths_only() {
+        let m = meta(
+            "r",
+            &[
+                (256, [200.0, 204.0, 198.0]),
+                (512, [202.0, 199.0, 205.0]),
+                // Slower throughout: a neighbour for the whole length.
+                (1024, [150.0, 152.0, 149.0]),
+                // One slow round.
+                (2048, [201.0, 120.0, 203.0]),
+                // Ordinary 4% jitter is not drift.
+                (4096, [196.0, 204.0, 200.0]),
+            ],
+        );
+        let drift = drifting_lengths(&m);
+        let ns: Vec<usize> = drift.iter().map(|((_, n), _)| *n).collect();
+        assert_eq!(ns, vec![1024, 2048], "{drift:?}");
+        assert!(
+            drift[0].1.contains("25% below the run's median of 200"),
+            "{drift:?}"
+        );
+        assert!(
+            drift[1].1.contains("spread 41% across its rounds"),
+            "{drift:?}"
+        );
+        // No probes (files written before rounds): nothing to say.
+        assert!(drifting_lengths(&meta("old", &[])).is_empty());
+    }
+
+    #[test]
+    fn merged_runs_that_differ_are_warned_about() {
+        let a = meta("a", &[]);
+        let mut b = meta("b", &[]);
+        assert!(merge_warnings(&[a.clone(), b.clone()]).is_empty());
+        b.threads = 1;
+        b.machine.host = "elsewhere".into();
+        let w = merge_warnings(&[a, b]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("machine") && w[1].contains("threads (1 / 2)"),
+            "{w:?}"
+        );
+    }
+}
