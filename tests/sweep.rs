@@ -672,7 +672,7 @@ fn dropped_mass_is_over_the_oracle_rows() {
 #[derive(Debug)]
 struct Logged {
     name: &'static str,
-    log: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, usize)>>>,
     fail_from: usize,
 }
 
@@ -692,10 +692,10 @@ impl Attention for Logged {
     fn cost(&self, _: &Shape, _: &Options, _threads: usize) -> Cost {
         Cost::default()
     }
-    fn forward(&self, _: &Call<'_>, out: Out<'_>) -> attnbench::Result<()> {
+    fn forward(&self, call: &Call<'_>, out: Out<'_>) -> attnbench::Result<()> {
         let mut log = self.log.lock().unwrap();
-        log.push(self.name);
-        if log.iter().filter(|&&n| n == self.name).count() >= self.fail_from {
+        log.push((self.name, call.shape().n_kv()));
+        if log.iter().filter(|c| c.0 == self.name).count() >= self.fail_from {
             return Err(attnbench::Error::bad_spec(
                 self.name,
                 "deliberate late failure",
@@ -725,7 +725,7 @@ fn rounds_rotate_the_order_and_a_late_failure_is_an_error_row() {
         ..small_config(&dir)
     };
     let out = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();
-    let calls = log.lock().unwrap().clone();
+    let calls: Vec<&str> = log.lock().unwrap().iter().map(|c| c.0).collect();
     assert_eq!(&calls[..6], ["a", "a", "b", "b", "c", "c"]);
     // Round 1: a b c; round 2 starts one later: b c (fails) a; round 3, of a and b, starts
     // two later: a b.
@@ -755,5 +755,34 @@ fn random_feature_errors_are_measured_over_seeds() {
     assert!(sd > 0.0 && sd < favor.err_dense_rel.unwrap(), "{favor:?}");
     // A deterministic feature map has one error.
     assert_eq!((elu.err_seeds, elu.err_dense_rel_sd), (None, None));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rounds_span_the_sweep_alternating_the_order_of_lengths() {
+    let dir = temp_dir("rounds-lengths");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let variants: Vec<Box<dyn Attention>> = vec![Box::new(Logged {
+        name: "a",
+        log: log.clone(),
+        fail_from: 99,
+    })];
+    let cfg = SweepConfig {
+        lengths: vec![32, 64, 128],
+        ..small_config(&dir)
+    };
+    let out = run_sweep(&cfg, &variants, &mut |_| {}).unwrap();
+    let lengths: Vec<usize> = log.lock().unwrap().iter().map(|c| c.1).collect();
+    // Untimed calls length by length, then rounds up, down and up again: a slow spell of
+    // the machine falls on different lengths in different rounds.
+    assert_eq!(
+        lengths,
+        [
+            32, 32, 64, 64, 128, 128, 32, 64, 128, 128, 64, 32, 32, 64, 128
+        ]
+    );
+    let ns: Vec<usize> = out.records.iter().map(|r| r.n_kv).collect();
+    assert_eq!(ns, [32, 64, 128], "rows in length order");
+    assert!(out.meta.probes.iter().all(|p| p.gflops.len() == 3));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -86,6 +86,15 @@ pub(super) struct Pending<'v> {
     rounds: Vec<Vec<Duration>>,
     /// Minor page faults during the timed calls, when readable.
     faults: Option<u64>,
+    /// The duration of the peak-heap call (for the time guard of longer lengths).
+    first_call: Duration,
+}
+
+impl Pending<'_> {
+    /// Seconds of the cell's one untimed measured call.
+    pub(super) fn first_call_seconds(&self) -> f64 {
+        self.first_call.as_secs_f64()
+    }
 }
 
 /// What [`Cell::prepare`] leaves: a finished row (skipped, failed) or a cell to time.
@@ -197,7 +206,9 @@ impl Cell<'_> {
                 return Err(fail(r, e));
             }
         }
+        let started = std::time::Instant::now();
         let (res, peak) = memory::measure(|| self.run(v, &mut out));
+        let first_call = started.elapsed();
         if let Err(e) = res {
             return Err(fail(r, e));
         }
@@ -221,6 +232,7 @@ impl Cell<'_> {
             out,
             rounds: Vec::new(),
             faults: Some(0),
+            first_call,
         })
     }
 

@@ -44,9 +44,9 @@ pub struct SweepConfig {
     pub seed: u64,
     /// Warm-up (once per cell) and repeats (per cell, spread over the rounds).
     pub timing: TimingConfig,
-    /// Interleaved rounds: each length's cells are timed `rounds` times, the variants in a
-    /// rotating order, so that drift of the machine hits all of them alike and every cell
-    /// gets an interval.
+    /// Interleaved rounds over the whole sweep: every cell is timed `rounds` times, the lengths
+    /// in alternating order and each length's variants in a rotating order, so that drift of
+    /// the machine hits all of them alike and every cell gets an interval.
     pub rounds: usize,
     /// Random-feature variants ([`Attention::with_seed`](crate::Attention::with_seed)): seeds
     /// their error is measured over (the run's seed and the next ones).

@@ -1,26 +1,33 @@
 //! The sweep: every variant at every length, measured for time, peak memory and error, one
-//! CSV row per cell, written a length at a time.
+//! CSV row per cell.
 //!
-//! Per length: inputs are made (or cut from the `.npy` workload), the same-run GEMM reference
-//! rate is measured, and the f64 oracle of dense attention is computed once (all rows up to
-//! [`SweepConfig::dense_oracle_max`], else a seeded sample of rows, first and last always
-//! included). Per variant: guard rails first (unsupported shape, analytic memory above the
-//! budget, previous length over the time budget: `skipped`), then a warm-up call, one call
-//! under the counting allocator (peak heap bytes), and the error against the oracle of dense
-//! attention and, for exact variants, of their own pattern (`flagged` above twice a plain f32
-//! implementation's error plus [`FLAG_FLOOR`]). Then [`SweepConfig::rounds`] rounds: each
-//! starts with the drift probe and times every variant's share of the repeats, the variants
-//! in an order rotated by one each round. A variant that errors or panics is recorded as
-//! `error`; the sweep goes on.
+//! First, per length: inputs are made (or cut from the `.npy` workload), the same-run GEMM
+//! reference rate is measured, and the f64 oracle of dense attention is computed once (all
+//! rows up to [`SweepConfig::dense_oracle_max`], else a seeded sample of rows, first and last
+//! always included). Per variant: guard rails (unsupported shape, analytic memory above the
+//! budget, a call at a shorter length over the time budget: `skipped`), then a warm-up call,
+//! one call under the counting allocator (peak heap bytes), and the error against the oracle
+//! of dense attention and, for exact variants, of their own pattern (`flagged` above twice a
+//! plain f32 implementation's error plus [`FLAG_FLOOR`]).
+//!
+//! Then [`SweepConfig::rounds`] rounds over the whole sweep, the lengths ascending in even
+//! rounds and descending in odd ones; at each length the round starts with the drift probe and
+//! times every variant's share of the repeats, the variants in an order rotated by one each
+//! round. A slow spell of the machine thus falls on different lengths and variants in
+//! different rounds, where the intervals see it, instead of biasing one length's slope. The
+//! rows are written when the last round ends (the JSON with every setting is written first).
+//! A variant that errors or panics is recorded as `error`; the sweep goes on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
+use ndarray::Array4;
+
 use super::artefacts::write_gallery;
 use super::cell::{Cell, Prepared, failed, panic_message, spec_of, too_big};
 pub use super::config::{FLAG_FLOOR, SweepConfig};
-use super::inputs::{input_bytes, input_shape, inputs, layer_inputs};
+use super::inputs::{LayerInputs, input_bytes, input_shape, inputs, layer_inputs};
 use super::machine::{measure_gemm, probe_gflops};
 use super::runfiles::{create_run_files, utc_iso, utc_stamp};
 use super::timing::TimingConfig;
@@ -133,7 +140,6 @@ pub fn run_sweep(
         cells: cfg.lengths.len() * variants.len(),
     });
     let mut records = Vec::new();
-    let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
     pool.install(|| -> Result<()> {
         progress(Event::Note(
             "measuring the machine's FMA peak and read bandwidth",
@@ -147,17 +153,20 @@ pub fn run_sweep(
             min_time: cfg.timing.min_time / cfg.rounds as u32,
             max_repeats: (cfg.timing.max_repeats / cfg.rounds).max(1),
         };
+        // Inputs of every length first: the rounds revisit every length, so they stay alive
+        // (the memory guard counts one length's inputs, as before; the default sweep holds
+        // ~100 MB of inputs at once).
+        let mut too_big_rows: Vec<(usize, Vec<Record>)> = Vec::new();
+        let mut held = Vec::new();
         for &n in &cfg.lengths {
             let shape = input_shape(cfg, npy.as_ref(), n)?;
             let io = input_bytes(&shape);
             if io > cfg.max_memory {
-                for v in variants {
-                    let r = too_big(&run_id, cfg, v.as_ref(), &shape, io);
-                    writer.serialize(&r).map_err(|e| Error::io(&csv_path, e))?;
-                    writer.flush().map_err(|e| Error::io(&csv_path, e))?;
-                    progress(Event::Done(&r));
-                    records.push(r);
-                }
+                let rows = variants
+                    .iter()
+                    .map(|v| too_big(&run_id, cfg, v.as_ref(), &shape, io))
+                    .collect();
+                too_big_rows.push((n, rows));
                 continue;
             }
             let layer = layer_inputs(cfg, n)?;
@@ -165,98 +174,122 @@ pub fn run_sweep(
                 Some(l) => l.qkv()?,
                 None => inputs(cfg, npy.as_ref(), n),
             };
+            held.push((n, qkv, layer));
+        }
+        let mut lengths = Vec::with_capacity(held.len());
+        for (n, qkv, layer) in &held {
             let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), cfg.opts)?;
             let shape = problem.shape();
             let gemm_rate = measure_gemm(shape.n_q(), shape.n_kv(), shape.head_dim());
-            meta.gemm_gflops.push((n, gemm_rate));
-            let n_q = shape.n_q();
-            let rows = if n_q <= cfg.dense_oracle_max {
-                (0..n_q).collect()
+            meta.gemm_gflops.push((*n, gemm_rate));
+            let rows = if shape.n_q() <= cfg.dense_oracle_max {
+                (0..shape.n_q()).collect()
             } else {
-                sample_rows(n_q, cfg.sampled_rows, cfg.seed)
+                sample_rows(shape.n_q(), cfg.sampled_rows, cfg.seed)
             };
             let dense = oracle_rows(&problem, None, &rows);
-            let cell = Cell {
+            lengths.push(Length {
+                n: *n,
+                problem,
+                rows,
+                dense,
+                gemm_rate,
+                layer: layer.as_ref(),
+            });
+        }
+        let cells: Vec<Cell<'_>> = lengths
+            .iter()
+            .map(|l| Cell {
                 cfg,
                 run_id: &run_id,
-                problem: &problem,
-                rows: &rows,
-                dense: &dense,
-                gemm_rate,
+                problem: &l.problem,
+                rows: &l.rows,
+                dense: &l.dense,
+                gemm_rate: l.gemm_rate,
                 peak: limits.peak_for(cfg.threads),
                 bandwidth: limits.read_gbytes_per_s,
-                layer: layer.as_ref(),
-            };
-            let mut cells: Vec<Prepared<'_>> = variants
-                .iter()
-                .zip(&last_seconds)
-                .map(|(v, last)| {
-                    let spec = v.to_string();
-                    progress(Event::Cell { variant: &spec, n });
-                    // A variant or pattern that panics anywhere (cost, patterns, forward)
-                    // becomes an error row; the sweep goes on.
-                    catch_unwind(AssertUnwindSafe(|| cell.prepare(v.as_ref(), *last)))
-                        .unwrap_or_else(|panic| {
-                            let mut r = cell.record(v.as_ref());
-                            r.status = Status::Error;
-                            r.note = format!("{spec} panicked: {}", panic_message(&panic));
-                            Prepared::Done(r)
-                        })
-                })
-                .collect();
-            let mut probes = Vec::with_capacity(cfg.rounds);
-            for round in 0..cfg.rounds {
-                probes.push(probe_gflops());
-                // A rotating order: each variant runs first in some round, so that drift
-                // during a round (and the cache state left by the previous cell) falls on
-                // all of them alike.
-                let live: Vec<usize> = (0..cells.len())
-                    .filter(|&i| matches!(cells[i], Prepared::Timing(_)))
-                    .collect();
-                for k in 0..live.len() {
-                    let i = live[(k + round) % live.len()];
-                    let Prepared::Timing(pending) = &mut cells[i] else {
-                        continue;
-                    };
-                    let spec = spec_of(pending);
-                    progress(Event::Cell { variant: &spec, n });
-                    let timed =
-                        catch_unwind(AssertUnwindSafe(|| cell.time_round(pending, &per_round)))
-                            .unwrap_or_else(|panic| {
-                                Err(Error::new(ErrorKind::Panicked {
-                                    variant: spec.clone(),
-                                    message: panic_message(&panic),
-                                }))
-                            });
-                    if let Err(e) = timed {
-                        let Prepared::Timing(pending) =
-                            std::mem::replace(&mut cells[i], Prepared::Done(Record::default()))
-                        else {
-                            unreachable!("matched above");
-                        };
-                        cells[i] = Prepared::Done(failed(pending, e));
-                    }
+                layer: l.layer,
+            })
+            .collect();
+        // Untimed measurements, length by length; the slowest single call at a shorter
+        // length decides the time guard.
+        let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
+        let mut prepared: Vec<Vec<Prepared<'_>>> = Vec::with_capacity(cells.len());
+        for (cell, l) in cells.iter().zip(&lengths) {
+            let mut row = Vec::with_capacity(variants.len());
+            for (v, last) in variants.iter().zip(last_seconds.iter_mut()) {
+                let spec = v.to_string();
+                progress(Event::Cell {
+                    variant: &spec,
+                    n: l.n,
+                });
+                // A variant or pattern that panics anywhere (cost, patterns, forward)
+                // becomes an error row; the sweep goes on.
+                let p = catch_unwind(AssertUnwindSafe(|| cell.prepare(v.as_ref(), *last)))
+                    .unwrap_or_else(|panic| {
+                        let mut r = cell.record(v.as_ref());
+                        r.status = Status::Error;
+                        r.note = format!("{spec} panicked: {}", panic_message(&panic));
+                        Prepared::Done(r)
+                    });
+                if let Prepared::Timing(pending) = &p {
+                    let t = pending.first_call_seconds();
+                    *last = Some(last.map_or(
+                        (l.n, t),
+                        |(ln, lt)| {
+                            if t > lt { (l.n, t) } else { (ln, lt) }
+                        },
+                    ));
                 }
+                row.push(p);
             }
-            meta.probes.push(Probe { n, gflops: probes });
-            for (prepared, last) in cells.into_iter().zip(last_seconds.iter_mut()) {
-                let record = match prepared {
+            prepared.push(row);
+        }
+        // The rounds span the whole sweep, lengths ascending in even rounds and descending
+        // in odd ones, so a slow spell of the machine falls on different lengths in
+        // different rounds (and shows in the intervals) instead of biasing one length.
+        let mut probes: Vec<Vec<f64>> = vec![Vec::new(); lengths.len()];
+        for round in 0..cfg.rounds {
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..lengths.len()).collect()
+            } else {
+                (0..lengths.len()).rev().collect()
+            };
+            for li in order {
+                probes[li].push(probe_gflops());
+                time_round(
+                    &cells[li],
+                    &mut prepared[li],
+                    round,
+                    &per_round,
+                    lengths[li].n,
+                    progress,
+                );
+            }
+        }
+        for (l, p) in lengths.iter().zip(probes) {
+            meta.probes.push(Probe { n: l.n, gflops: p });
+        }
+        // Rows in length order, then variant order.
+        let mut finished: Vec<(usize, Vec<Record>)> = too_big_rows;
+        for ((cell, l), row) in cells.iter().zip(&lengths).zip(prepared) {
+            let rows = row
+                .into_iter()
+                .map(|p| match p {
                     Prepared::Done(r) => r,
                     Prepared::Timing(pending) => cell.finish(pending),
-                };
-                if let Some(t) = record.time_median_ms {
-                    // The slowest call at a shorter length decides the time guard.
-                    *last = Some(last.map_or((n, t / 1e3), |(ln, lt)| {
-                        if t / 1e3 > lt { (n, t / 1e3) } else { (ln, lt) }
-                    }));
-                }
-                writer
-                    .serialize(&record)
-                    .map_err(|e| Error::io(&csv_path, e))?;
-                writer.flush().map_err(|e| Error::io(&csv_path, e))?;
-                progress(Event::Done(&record));
-                records.push(record);
-            }
+                })
+                .collect();
+            finished.push((l.n, rows));
+        }
+        finished.sort_by_key(|(n, _)| cfg.lengths.iter().position(|m| m == n));
+        for record in finished.into_iter().flat_map(|(_, rows)| rows) {
+            writer
+                .serialize(&record)
+                .map_err(|e| Error::io(&csv_path, e))?;
+            writer.flush().map_err(|e| Error::io(&csv_path, e))?;
+            progress(Event::Done(&record));
+            records.push(record);
         }
         Ok(())
     })?;
@@ -299,6 +332,52 @@ fn settings(cfg: &SweepConfig) -> Settings {
         dense_oracle_max: cfg.dense_oracle_max,
         sampled_rows: cfg.sampled_rows,
         error_seeds: cfg.error_seeds,
+    }
+}
+
+/// One length's problem and what its cells are measured against.
+struct Length<'a> {
+    n: usize,
+    problem: Problem<'a>,
+    rows: Vec<usize>,
+    dense: Array4<f64>,
+    gemm_rate: f64,
+    layer: Option<&'a LayerInputs>,
+}
+
+/// One round of one length: every cell still timing, in an order rotated by `round`; a cell
+/// whose timing fails or panics becomes an error row.
+fn time_round(
+    cell: &Cell<'_>,
+    cells: &mut [Prepared<'_>],
+    round: usize,
+    timing: &TimingConfig,
+    n: usize,
+    progress: &mut (dyn FnMut(Event<'_>) + Send),
+) {
+    let live: Vec<usize> = (0..cells.len())
+        .filter(|&i| matches!(cells[i], Prepared::Timing(_)))
+        .collect();
+    for k in 0..live.len() {
+        let i = live[(k + round) % live.len()];
+        let Prepared::Timing(pending) = &mut cells[i] else {
+            continue;
+        };
+        let spec = spec_of(pending);
+        progress(Event::Cell { variant: &spec, n });
+        let timed = catch_unwind(AssertUnwindSafe(|| cell.time_round(pending, timing)))
+            .unwrap_or_else(|panic| {
+                Err(Error::new(ErrorKind::Panicked {
+                    variant: spec.clone(),
+                    message: panic_message(&panic),
+                }))
+            });
+        if let Err(e) = timed {
+            let done = Prepared::Done(Record::default());
+            if let Prepared::Timing(pending) = std::mem::replace(&mut cells[i], done) {
+                cells[i] = Prepared::Done(failed(pending, e));
+            }
+        }
     }
 }
 
