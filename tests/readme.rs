@@ -42,7 +42,11 @@ fn readme_quotes_committed_reports_verbatim() {
     while let Some(i) = rest.find(open) {
         let after = &rest[i + open.len()..];
         let (marker, body) = after.split_once("-->\n").expect("the marker closes");
-        let path = marker.split_whitespace().next().expect("a report path");
+        let path = marker
+            .split_whitespace()
+            .next()
+            .expect("a report path")
+            .trim_end_matches(';');
         let end = body.find(close).expect("every quote ends");
         let report = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("README quotes {path}, which cannot be read: {e}"));

@@ -143,7 +143,9 @@ fn a_report_has_every_chart_and_the_fits() {
     );
     // window: 4x vs 10x^2 crosses at x = 0.4 (n ~ 410); vs 5x^2 at x = 0.8 (n ~ 819).
     assert!(
-        md.contains("| n ~ 410 (between 256 and 512) | n ~ 819 (between 512 and 1024) |"),
+        md.contains(
+            "| crosses at n ~ 410 (between 256 and 512) | crosses at n ~ 819 (between 512 and 1024) |"
+        ),
         "{md}"
     );
     assert!(

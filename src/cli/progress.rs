@@ -18,11 +18,11 @@ pub(super) fn run_with_progress(
     let mut done = 0usize;
     let mut total = 0usize;
     let mut progress = |event: Event<'_>| match event {
-        Event::Start { cells } => {
+        Event::Start { cells, steps } => {
             total = cells;
             if terminal {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_length(cells as u64);
+                bar.set_length(steps as u64);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
                         "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
@@ -34,14 +34,22 @@ pub(super) fn run_with_progress(
         }
         Event::Cell { variant, n } => {
             if terminal {
+                bar.inc(1);
                 bar.set_message(format!("{variant} n={n}"));
+            }
+        }
+        Event::Round { round, rounds, n } => {
+            if !terminal {
+                eprintln!(
+                    "[{:6.1}s] round {}/{rounds} at n={n}",
+                    started.elapsed().as_secs_f64(),
+                    round + 1
+                );
             }
         }
         Event::Done(r) => {
             done += 1;
-            if terminal {
-                bar.inc(1);
-            } else {
+            if !terminal {
                 eprintln!(
                     "[{done}/{total} {:6.1}s] {} n_kv={}: {}",
                     started.elapsed().as_secs_f64(),

@@ -47,8 +47,19 @@ pub enum Event<'a> {
     Start {
         /// Number of (variant, length) cells.
         cells: usize,
+        /// Steps of work: each cell's untimed measurements and each of its rounds.
+        steps: usize,
     },
-    /// A cell starts.
+    /// A round of one length starts.
+    Round {
+        /// The round, from 0.
+        round: usize,
+        /// Rounds in all.
+        rounds: usize,
+        /// The length.
+        n: usize,
+    },
+    /// A step of a cell starts (its untimed measurements, or one round of its timing).
     Cell {
         /// The variant spec.
         variant: &'a str,
@@ -138,6 +149,7 @@ pub fn run_sweep(
     let clock = Instant::now();
     progress(Event::Start {
         cells: cfg.lengths.len() * variants.len(),
+        steps: cfg.lengths.len() * variants.len() * (1 + cfg.rounds),
     });
     let mut records = Vec::new();
     pool.install(|| -> Result<()> {
@@ -256,6 +268,11 @@ pub fn run_sweep(
                 (0..lengths.len()).rev().collect()
             };
             for li in order {
+                progress(Event::Round {
+                    round,
+                    rounds: cfg.rounds,
+                    n: lengths[li].n,
+                });
                 probes[li].push(probe_gflops());
                 time_round(
                     &cells[li],

@@ -180,9 +180,14 @@ impl Comparison {
 
     /// The lengths where the two are indistinguishable.
     pub fn indistinguishable(&self) -> Vec<usize> {
+        self.of(Order::Indistinguishable)
+    }
+
+    /// The lengths of order `o`.
+    pub fn of(&self, o: Order) -> Vec<usize> {
         self.ratios
             .iter()
-            .filter(|r| r.order() == Order::Indistinguishable)
+            .filter(|r| r.order() == o)
             .map(|r| r.n)
             .collect()
     }
@@ -248,38 +253,30 @@ impl std::fmt::Display for Comparison {
             Verdict::Indistinguishable => {
                 return write!(f, "indistinguishable at every n ({})", list(&ties));
             }
-            Verdict::Faster { from } => write!(f, "faster from n={from}")?,
-            Verdict::Slower => f.write_str("not faster")?,
+            Verdict::Faster { .. } => write!(f, "faster at n = {}", list(&self.of(Order::Faster)))?,
+            Verdict::Slower => write!(f, "slower at n = {}", list(&self.of(Order::Slower)))?,
             Verdict::CrossesAt {
                 slower_at,
                 faster_at,
                 n,
-            } => write!(f, "n ~ {n:.0} (between {slower_at} and {faster_at})")?,
+            } => write!(
+                f,
+                "crosses at n ~ {n:.0} (between {slower_at} and {faster_at})"
+            )?,
             Verdict::FasterBelow {
                 faster_at,
                 slower_at,
                 n,
             } => write!(
                 f,
-                "only below n ~ {n:.0} (between {faster_at} and {slower_at})"
+                "faster only below n ~ {n:.0} (between {faster_at} and {slower_at})"
             )?,
-            Verdict::Mixed => {
-                let of = |o: Order| {
-                    let ns: Vec<usize> = self
-                        .ratios
-                        .iter()
-                        .filter(|r| r.order() == o)
-                        .map(|r| r.n)
-                        .collect();
-                    list(&ns)
-                };
-                write!(
-                    f,
-                    "order changes more than once: faster at n = {}; slower at n = {}",
-                    of(Order::Faster),
-                    of(Order::Slower)
-                )?;
-            }
+            Verdict::Mixed => write!(
+                f,
+                "order changes more than once: faster at n = {}; slower at n = {}",
+                list(&self.of(Order::Faster)),
+                list(&self.of(Order::Slower))
+            )?,
         }
         if !ties.is_empty() {
             write!(f, "; indistinguishable at n = {}", list(&ties))?;
@@ -371,7 +368,7 @@ mod tests {
         }
         assert_eq!(
             c.to_string(),
-            "n ~ 1024 (between 512 and 2048); indistinguishable at n = 1024"
+            "crosses at n ~ 1024 (between 512 and 2048); indistinguishable at n = 1024"
         );
         // ... and the other way round.
         let c = compare(&reference, &linear);
