@@ -36,6 +36,7 @@ fn small_config(out: &Path) -> SweepConfig {
             min_time: Duration::ZERO,
             max_repeats: 1,
         },
+        rounds: 3,
         out_dir: out.to_path_buf(),
         label: "test".into(),
         ..SweepConfig::default()
@@ -81,7 +82,7 @@ fn writes_the_documented_schema_and_metadata() {
         assert_eq!(r.status, Status::Ok, "{r:?}");
         assert!(r.time_median_ms.unwrap() > 0.0);
         assert!(r.executed_gflops.unwrap() > 0.0 && r.gemm_gflops.unwrap() > 0.0);
-        // Three rounds (the default), each with its median, and an interval around them.
+        // Three rounds, each with its median, and an interval around them.
         assert_eq!(r.rounds, Some(3));
         let rounds: Vec<f64> = r
             .round_medians_ms
@@ -504,6 +505,11 @@ fn cli_rejects_bad_sweep_arguments() {
     for (args, needle) in [
         (vec!["sweep", "--lengths", "0"], "at least 1"),
         (vec!["sweep", "--rounds", "0"], "rounds: must be at least 1"),
+        (vec!["sweep", "--min-time=-1"], "not a number of seconds"),
+        (
+            vec!["sweep", "--min-time", "nan"],
+            "not a number of seconds",
+        ),
         (
             vec!["sweep", "--error-seeds", "0"],
             "error-seeds: must be at least 1",

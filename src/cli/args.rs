@@ -142,7 +142,7 @@ pub(super) struct SweepArgs {
     pub(super) seed: Option<u64>,
     /// Interleaved rounds per cell: each length's variants are timed this many times in a
     /// rotating order, and every time, ratio and slope gets a 95% interval from them (at least
-    /// 2 for intervals). Default: 3.
+    /// 2 for intervals). Default: 5 (3 with --quick).
     #[arg(long)]
     pub(super) rounds: Option<usize>,
     /// Seeds the error of random-feature variants (FAVOR) is measured over. Default: 5.
@@ -152,7 +152,7 @@ pub(super) struct SweepArgs {
     #[arg(long)]
     pub(super) repeats: Option<usize>,
     /// Minimum total timed seconds per cell, over all rounds (default 0.3; 0 with --quick).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub(super) min_time: Option<f64>,
     /// Skip cells whose analytic memory exceeds this many bytes (suffixes K, M, G);
     /// default: half the machine's RAM.
@@ -209,6 +209,15 @@ fn parse_workload(text: &str) -> Result<Workload, String> {
     text.parse().map_err(|e: crate::Error| e.to_string())
 }
 
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.0..1e6).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "'{text}' is not a number of seconds (0 or more, below 1e6)"
+        )),
+    }
+}
+
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (digits, mult) = match t.chars().last() {
@@ -238,7 +247,7 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
         timing.min_repeats = r;
     }
     if let Some(t) = args.min_time {
-        timing.min_time = Duration::from_secs_f64(t.max(0.0));
+        timing.min_time = Duration::from_secs_f64(t);
     }
     let mut opts = Options::new().causal(args.causal).alibi(args.alibi);
     opts.softcap = args.softcap;

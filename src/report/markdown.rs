@@ -279,7 +279,7 @@ pub(super) fn markdown_report(
         if let Some(st) = &meta.settings {
             let _ = writeln!(
                 md,
-                "- timing: {} interleaved rounds per cell (variants in a rotating order), at least {} calls and {:.2} s per cell over all rounds, {} warm-up call(s); random-feature errors over {} seeds",
+                "- timing: {} interleaved rounds over the whole sweep (lengths ascending and descending in turn, each length's variants in a rotating order), at least {} calls and {:.2} s per cell over all rounds, {} warm-up call(s); random-feature errors over {} seeds",
                 st.rounds,
                 st.min_repeats,
                 st.min_time_s,
