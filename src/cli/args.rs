@@ -142,7 +142,7 @@ pub(super) struct SweepArgs {
     pub(super) seed: Option<u64>,
     /// Interleaved rounds per cell: each length's variants are timed this many times in a
     /// rotating order, and every time, ratio and slope gets a 95% interval from them (at least
-    /// 2 for intervals). Default: 5 (3 with --quick).
+    /// 2 for intervals). Default: 3.
     #[arg(long)]
     pub(super) rounds: Option<usize>,
     /// Seeds the error of random-feature variants (FAVOR) is measured over. Default: 5.

@@ -87,10 +87,7 @@ impl Default for SweepConfig {
             workload: Workload::Gaussian { scale: 1.0 },
             seed: 0,
             timing: TimingConfig::default(),
-            // 5, not 3: two back-to-back default runs with 3 rounds disagreed on 4 of 12 slope
-            // intervals, with 5 on 1 of 12, for 6% more time (most cells' repeats are spread
-            // over the rounds; only cells of 1-2 calls make more).
-            rounds: 5,
+            rounds: 3,
             error_seeds: 5,
             max_memory: super::machine::total_memory().map_or(8 << 30, |m| m / 2),
             max_seconds: 30.0,
@@ -105,12 +102,11 @@ impl Default for SweepConfig {
 }
 
 impl SweepConfig {
-    /// A smoke run: [`SweepConfig::default`] at n = 256, 512, 1024 with 3 rounds of one
-    /// timed call each (`attnbench run --quick`).
+    /// A smoke run: [`SweepConfig::default`] at n = 256, 512, 1024 with one timed call per
+    /// round (`attnbench run --quick`).
     pub fn quick() -> Self {
         Self {
             lengths: vec![256, 512, 1024],
-            rounds: 3,
             timing: TimingConfig {
                 min_repeats: 3,
                 min_time: Duration::ZERO,
