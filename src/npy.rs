@@ -1,5 +1,6 @@
-//! A reader for NumPy `.npy` files of little-endian `float32` in C order (format versions
-//! 1.0, 2.0 and 3.0), the format of the real Q/K/V activations used as workloads.
+//! A reader for NumPy `.npy` files of little-endian `float32` or `float16` in C order (format
+//! versions 1.0, 2.0 and 3.0), the format of the real Q/K/V activations used as workloads
+//! (activations are often stored in half precision; they are widened to `f32` exactly).
 //!
 //! Every malformed case is an [`ErrorKind::Format`] error naming the file and the problem.
 
@@ -11,7 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Reads a `float32` array of any rank.
+/// Reads a `float32` or `float16` array of any rank as `f32`.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_f32(&bytes).map_err(|message| {
@@ -53,36 +54,66 @@ pub fn parse_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
         .map_err(|_| "the header is not valid text".to_string())?;
     let descr = dict_value(header, "descr").ok_or("the header has no 'descr'")?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    if descr != "<f4" && descr != "=f4" {
-        return Err(format!(
-            "dtype is '{descr}', expected little-endian float32 ('<f4')"
-        ));
-    }
+    let width = match descr {
+        "<f4" | "=f4" => 4,
+        "<f2" | "=f2" => 2,
+        _ => {
+            return Err(format!(
+                "dtype is '{descr}', expected little-endian float32 ('<f4') or float16 ('<f2')"
+            ));
+        }
+    };
     let fortran = dict_value(header, "fortran_order").ok_or("the header has no 'fortran_order'")?;
     if fortran.trim() != "False" {
         return Err("Fortran-ordered arrays are not supported; save in C order".into());
     }
     let shape_text = dict_value(header, "shape").ok_or("the header has no 'shape'")?;
     let shape = parse_shape(shape_text)?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|c| c.checked_mul(width))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
     let data = &bytes[end..];
-    if data.len() != count * 4 {
+    if data.len() != count {
         return Err(format!(
-            "data holds {} bytes, but shape {shape:?} of float32 needs {}{}",
+            "data holds {} bytes, but shape {shape:?} of {} needs {count}{}",
             data.len(),
-            count * 4,
-            if data.len() < count * 4 {
+            if width == 4 { "float32" } else { "float16" },
+            if data.len() < count {
                 " (truncated file)"
             } else {
                 ""
             }
         ));
     }
-    let values: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let values: Vec<f32> = if width == 4 {
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        data.chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect()
+    };
     ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| e.to_string())
+}
+
+/// The IEEE 754 half-precision value with bits `h`, exactly, as `f32` (every half is an
+/// `f32`; NaN payloads are kept).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let magnitude = match exp {
+        // Zero and subnormals: frac * 2^-24, exact in f32.
+        0 => (frac as f32) * f32::from_bits(0x3380_0000),
+        // Infinity and NaN.
+        0x1f => f32::from_bits(0x7f80_0000 | (frac << 13)),
+        // Normal: rebias the exponent from 15 to 127.
+        e => f32::from_bits(((e + 112) << 23) | (frac << 13)),
+    };
+    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 /// The text of `key`'s value in a Python dict literal (up to the next top-level comma).
@@ -167,6 +198,67 @@ mod tests {
     }
 
     #[test]
+    fn halves_widen_exactly() {
+        for (bits, value) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0400, 2f32.powi(-14)),
+            (0x0001, 2f32.powi(-24)),
+            (0x8001, -(2f32.powi(-24))),
+            (0x3555, 0.333_251_95),
+            (0x0000, 0.0),
+            (0x7c00, f32::INFINITY),
+            (0xfc00, f32::NEG_INFINITY),
+        ] {
+            assert_eq!(f16_to_f32(bits), value, "{bits:#06x}");
+        }
+        assert!(f16_to_f32(0x8000).is_sign_negative() && f16_to_f32(0x8000) == 0.0);
+        assert!(f16_to_f32(0x7e00).is_nan());
+        // Every finite half against Python's own conversion (struct format 'e'): the sum of
+        // |v|, of v^2 and of bits * v over all 63488 finite halves.
+        let (mut abs, mut sq, mut weighted, mut finite) = (0f64, 0f64, 0f64, 0);
+        for h in 0..=u16::MAX {
+            let v = f64::from(f16_to_f32(h));
+            if v.is_finite() {
+                abs += v.abs();
+                sq += v * v;
+                weighted += f64::from(h) * v;
+                finite += 1;
+            }
+        }
+        assert_eq!(finite, 63488);
+        assert_eq!(abs, 201261055.875);
+        assert!((sq / 6837111182676.966 - 1.0).abs() < 1e-12, "{sq}");
+        assert!(
+            (weighted / -3297461139455.7676 - 1.0).abs() < 1e-12,
+            "{weighted}"
+        );
+    }
+
+    #[test]
+    fn float16_files_read_as_f32() {
+        let halves: [u16; 4] = [0x3c00, 0xc000, 0x3555, 0x0001];
+        let mut bytes = encode_f32(&[2, 2], &[0.0; 4]);
+        // Re-encode as '<f2': the same header with the dtype swapped, two bytes a value.
+        let header_end = bytes.len() - 16;
+        bytes.truncate(header_end);
+        let mut bytes = patch(&bytes, "<f4", "<f2");
+        for h in halves {
+            bytes.extend_from_slice(&h.to_le_bytes());
+        }
+        let a = parse_f32(&bytes).unwrap();
+        assert_eq!(a.shape(), &[2, 2]);
+        assert_eq!(
+            a.iter().copied().collect::<Vec<_>>(),
+            vec![1.0, -2.0, 0.333_251_95, 2f32.powi(-24)]
+        );
+        // A float16 file with a float32 byte count is truncated... or too long.
+        bytes.push(0);
+        assert!(parse_f32(&bytes).unwrap_err().contains("float16 needs 8"));
+    }
+
+    #[test]
     fn round_trips() {
         let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5).collect();
         let a = parse_f32(&encode_f32(&[2, 3, 4], &data)).unwrap();
@@ -184,6 +276,7 @@ mod tests {
         assert!(err(&good[..good.len() - 3]).contains("truncated"));
         assert!(err(&good[..20]).contains("truncated header"));
         assert!(err(&patch(&good, "<f4", "<f8")).contains("'<f8'"));
+        assert!(err(&patch(&good, "<f4", ">f2")).contains("'>f2'"));
         assert!(err(&patch(&good, "False", "True ")).contains("Fortran"));
         assert!(err(&patch(&good, "(2, 2)", "(2, x)")).contains("malformed shape"));
         let mut v9 = good.clone();

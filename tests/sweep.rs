@@ -792,3 +792,40 @@ fn rounds_span_the_sweep_alternating_the_order_of_lengths() {
     assert!(out.meta.probes.iter().all(|p| p.gflops.len() == 3));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn grouped_query_and_float16_npy_triples_run() {
+    // An LLM's layout: 4 query heads reading 2 KV heads, K and V stored in float16.
+    let dir = temp_dir("npy-gqa");
+    write_npy(&dir, "l0_q.npy", &[4, 48, 8]);
+    for r in ["k", "v"] {
+        let halves: Vec<u8> = (0..2 * 48 * 8)
+            .flat_map(|i| {
+                // Halves of small values: sign, exponent 13..16, a varying mantissa.
+                let bits: u16 = (((i % 2) << 15) | ((13 + i % 4) << 10) | ((i * 7) % 1024)) as u16;
+                bits.to_le_bytes()
+            })
+            .collect();
+        let mut bytes = encode_f32(&[2, 48, 8], &[]);
+        let at = bytes.windows(3).position(|w| w == b"<f4").unwrap();
+        bytes[at..at + 3].copy_from_slice(b"<f2");
+        bytes.extend_from_slice(&halves);
+        std::fs::write(dir.join(format!("l0_{r}.npy")), bytes).unwrap();
+    }
+    let data = load_npy_dir(&dir).unwrap();
+    assert_eq!(data.qkv.q.shape(), &[1, 4, 48, 8]);
+    assert_eq!(data.qkv.k.shape(), &[1, 2, 48, 8]);
+    assert_eq!(data.qkv.k[[0, 0, 0, 1]], -(0.5 * (1.0 + 7.0 / 1024.0)));
+    let out_dir = temp_dir("npy-gqa-out");
+    let mut cfg = small_config(&out_dir);
+    cfg.workload = Workload::Npy { dir: dir.clone() };
+    cfg.lengths = vec![48];
+    cfg.opts = Options::new().causal(true);
+    let out = sweep(&cfg, "full,flash,window(w=8)");
+    for r in &out.records {
+        assert_eq!((r.status, r.heads, r.kv_heads), (Status::Ok, 4, 2), "{r:?}");
+        assert!(r.err_own_rel.unwrap() < r.tolerance.unwrap(), "{r:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
