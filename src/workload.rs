@@ -46,12 +46,28 @@ pub enum Workload {
         scale: f32,
     },
     /// Real activations: every `<prefix>_q.npy`, `<prefix>_k.npy`, `<prefix>_v.npy` triple in
-    /// a directory, each `[heads, n, d]` or `[batch, heads, n, d]` float32, stacked along the
-    /// batch axis in file-name order. Lengths up to the files' `n` are taken as prefixes.
+    /// a directory, each `[heads, n, d]` or `[batch, heads, n, d]` float32 or float16 (K and V
+    /// may have fewer heads than Q), stacked along the batch axis in file-name order, with an
+    /// optional [`NpyMeta`] in `workload.json`. Lengths up to the files' `n` are taken as
+    /// prefixes.
     Npy {
         /// The directory.
         dir: std::path::PathBuf,
     },
+}
+
+impl Workload {
+    /// Whether an npy workload's `workload.json` says the activations were computed causally
+    /// (the CLI then sweeps causally by default). `false` for Gaussian inputs, and when the
+    /// file is missing or malformed (loading the workload reports the latter).
+    pub fn is_causal_data(&self) -> bool {
+        match self {
+            Workload::Npy { dir } => {
+                NpyMeta::read(dir).is_ok_and(|m| m.is_some_and(|m| m.causal == Some(true)))
+            }
+            Workload::Gaussian { .. } => false,
+        }
+    }
 }
 
 impl std::fmt::Display for Workload {
@@ -110,6 +126,71 @@ impl std::str::FromStr for Workload {
     }
 }
 
+/// What `workload.json` beside a directory's `.npy` files says about how the activations
+/// were made, so a sweep computes what the model computed. Every field is optional; unknown
+/// fields are an error (a misspelt `causal` must not pass silently).
+///
+/// ```json
+/// {"causal": true, "rope_applied": true, "description": "SmolLM2-135M layer 15"}
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NpyMeta {
+    /// The model computed causal attention on these: a sweep on them is causal by default
+    /// (the CLI), and a bidirectional sweep is refused.
+    #[serde(default)]
+    pub causal: Option<bool>,
+    /// Q and K are already rotated (RoPE applied): `--rope` would rotate them twice and is
+    /// refused.
+    #[serde(default)]
+    pub rope_applied: bool,
+    /// Free text: the model, layer, text, provenance.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl NpyMeta {
+    /// The file name beside the arrays.
+    pub const FILE: &'static str = "workload.json";
+
+    /// Reads `dir/workload.json`; `None` when there is none.
+    pub fn read(dir: &std::path::Path) -> crate::Result<Option<NpyMeta>> {
+        let path = dir.join(Self::FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(crate::Error::io(&path, e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| crate::Error::format(&path, e.to_string(), e))
+    }
+
+    /// Refuses options that would compute something the model did not: bidirectional
+    /// attention on causal activations, RoPE on already rotated ones.
+    pub fn check(&self, opts: &crate::Options) -> crate::Result<()> {
+        let bad = |option: &'static str, message: &str| {
+            Err(crate::Error::new(crate::error::ErrorKind::BadOption {
+                option,
+                message: message.into(),
+            }))
+        };
+        if self.causal == Some(true) && !opts.causal {
+            return bad(
+                "causal",
+                "workload.json says these activations were computed causally; a bidirectional sweep is not what the model computed (use --causal, the CLI's default for this workload)",
+            );
+        }
+        if self.rope_applied && opts.rope.is_some() {
+            return bad(
+                "rope",
+                "workload.json says Q and K are already rotated (rope_applied); --rope would rotate them twice",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Q, K and V loaded from a directory of `.npy` files (see [`Workload::Npy`]).
 #[derive(Debug, Clone)]
 pub struct NpyData {
@@ -117,6 +198,8 @@ pub struct NpyData {
     pub qkv: Qkv,
     /// The file-name prefixes, one per batch entry.
     pub prefixes: Vec<String>,
+    /// `workload.json`, or the default (nothing known) without one.
+    pub meta: NpyMeta,
 }
 
 impl NpyData {
@@ -245,5 +328,6 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
             v: stack(|t| &t.v),
         },
         prefixes,
+        meta: NpyMeta::read(dir)?.unwrap_or_default(),
     })
 }

@@ -826,6 +826,52 @@ fn grouped_query_and_float16_npy_triples_run() {
         assert_eq!((r.status, r.heads, r.kv_heads), (Status::Ok, 4, 2), "{r:?}");
         assert!(r.err_own_rel.unwrap() < r.tolerance.unwrap(), "{r:?}");
     }
+
+    // workload.json: the model computed these causally, with RoPE applied.
+    std::fs::write(
+        dir.join("workload.json"),
+        r#"{"causal": true, "rope_applied": true, "description": "test LLM"}"#,
+    )
+    .unwrap();
+    let variants = Registry::builtin().build_list("flash").unwrap();
+    let refused = |opts: Options| {
+        let cfg = SweepConfig {
+            opts,
+            ..cfg.clone()
+        };
+        run_sweep(&cfg, &variants, &mut |_| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused(Options::new());
+    assert!(e.contains("computed causally"), "{e}");
+    let e = refused(Options::new().causal(true).rope(10000.0));
+    assert!(e.contains("rotate them twice"), "{e}");
+    // The CLI sweeps such data causally without being told.
+    let (code, _, err) = attnbench(&[
+        "sweep",
+        "--workload",
+        &format!("npy:{}", dir.display()),
+        "--lengths",
+        "48",
+        "--variants",
+        "flash",
+        "--quick",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let newest = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .max()
+        .unwrap();
+    assert!(read_csv(&newest).iter().all(|r| r.causal), "{newest:?}");
+    // A misspelt field is an error naming the file, not a silent default.
+    std::fs::write(dir.join("workload.json"), r#"{"casual": true}"#).unwrap();
+    let e = load_npy_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("workload.json") && e.contains("casual"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&out_dir).unwrap();
 }

@@ -73,7 +73,7 @@ pub(super) struct MapsArgs {
     /// Sequence length (a prefix); default: the workload's length, up to 512.
     #[arg(long)]
     pub(super) n: Option<usize>,
-    /// Causal masking.
+    /// Causal masking (the default for npy workloads whose workload.json says causal).
     #[arg(long)]
     pub(super) causal: bool,
     /// Log colour scale (four decades), which shows the tails of the weights.
@@ -107,7 +107,8 @@ pub(super) struct SweepArgs {
     /// Head dimension (Gaussian workload). Default: 64.
     #[arg(long)]
     pub(super) head_dim: Option<usize>,
-    /// Causal masking (bottom-right aligned).
+    /// Causal masking (bottom-right aligned); the default for npy workloads whose
+    /// workload.json says they were computed causally.
     #[arg(long)]
     pub(super) causal: bool,
     /// ALiBi position biases (per-head slopes 2^(-8k/h)).
@@ -249,7 +250,11 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
     if let Some(t) = args.min_time {
         timing.min_time = Duration::from_secs_f64(t);
     }
-    let mut opts = Options::new().causal(args.causal).alibi(args.alibi);
+    let workload = args.workload.clone().unwrap_or(base.workload.clone());
+    // Activations a model computed causally (workload.json) are swept causally by default.
+    let mut opts = Options::new()
+        .causal(args.causal || workload.is_causal_data())
+        .alibi(args.alibi);
     opts.softcap = args.softcap;
     opts.rope = args.rope;
     SweepConfig {
@@ -265,7 +270,7 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
         n_q: args.n_q,
         layer: args.layer.then_some(args.d_model),
         threads: args.threads.unwrap_or(base.threads),
-        workload: args.workload.clone().unwrap_or(base.workload.clone()),
+        workload,
         seed: args.seed.unwrap_or(base.seed),
         timing,
         rounds: args.rounds.unwrap_or(base.rounds),

@@ -116,12 +116,13 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
         let stamp = crate::harness::runfiles::utc_stamp(std::time::SystemTime::now());
         PathBuf::from("reports").join(format!("maps-{stamp}"))
     });
+    let causal = args.causal || args.workload.is_causal_data();
     let cfg = crate::harness::maps::MapsConfig {
         workload: args.workload,
         variants: variants.iter().map(|v| v.as_ref()).collect(),
         heads: args.heads,
         n: args.n,
-        opts: Options::new().causal(args.causal),
+        opts: Options::new().causal(causal),
         log: args.log,
         out_dir,
         seed: 0,

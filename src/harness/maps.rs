@@ -62,6 +62,7 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
     let (qkv, names) = match &cfg.workload {
         Workload::Npy { dir } => {
             let data = load_npy_dir(dir)?;
+            data.meta.check(&cfg.opts)?;
             (data.qkv, data.prefixes)
         }
         Workload::Gaussian { scale } => {

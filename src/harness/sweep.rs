@@ -115,6 +115,9 @@ pub fn run_sweep(
         (None, None) => cfg.head_dim,
     };
     cfg.opts.check(head_dim)?;
+    if let Some(data) = &npy {
+        data.meta.check(&cfg.opts)?;
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()
