@@ -147,6 +147,7 @@ impl Cell<'_> {
         r.density = Some(density);
         let cost = v.cost(&shape, &p.opts(), self.cfg.threads);
         r.workspace_bytes = Some(cost.workspace_bytes);
+        r.executed_flops = Some(cost.flops);
 
         let skip = |mut r: Record, note: String| {
             r.status = Status::Skipped;
@@ -276,10 +277,9 @@ impl Cell<'_> {
             r.err_seeds = Some(errs.len());
         }
         if v.fidelity() == Fidelity::Exact {
-            let reference = match v.pattern() {
-                None => self.dense.clone(),
-                Some(pat) => oracle_rows(p, Some(pat), self.rows),
-            };
+            // The dense oracle is the own one for dense variants; a pattern needs its own.
+            let own_oracle = v.pattern().map(|pat| oracle_rows(p, Some(pat), self.rows));
+            let reference = own_oracle.as_ref().unwrap_or(self.dense);
             let own = compare(got.view(), reference.view());
             let plain = compare(
                 plain_f32_rows(p, v.pattern(), self.rows).view(),
@@ -362,8 +362,8 @@ impl Cell<'_> {
         }
         r.page_faults = faults.map(|f| f as f64 / t.repeats as f64);
         let density = r.density.unwrap_or(1.0);
-        let executed = v.cost(&shape, &self.problem.opts(), self.cfg.threads).flops;
-        r.executed_flops = Some(executed);
+        // From `cost()` in `prepare`.
+        let executed = r.executed_flops.unwrap_or(0.0);
         r.executed_gflops = Some(executed / secs / 1e9);
         if v.fidelity() == Fidelity::Exact {
             let per_pair = 2.0 * (shape.head_dim() + shape.v_dim()) as f64;
