@@ -196,8 +196,11 @@ impl NpyMeta {
 pub struct NpyData {
     /// All triples stacked: `[batch, heads, n, d]` etc.
     pub qkv: Qkv,
-    /// The file-name prefixes, one per batch entry.
+    /// The file-name prefixes, one per triple.
     pub prefixes: Vec<String>,
+    /// A name per batch entry: the triple's prefix, with `[i]` appended for the entries of a
+    /// triple that has a batch axis of its own.
+    pub inputs: Vec<String>,
     /// `workload.json`, or the default (nothing known) without one.
     pub meta: NpyMeta,
 }
@@ -241,6 +244,12 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
         })
         .collect();
     prefixes.sort();
+    if let Some(bad) = prefixes.iter().find(|p| p.contains([';', '='])) {
+        return Err(format(
+            &dir.join(format!("{bad}_q.npy")),
+            "file names may not contain ';' or '=' (they name the inputs in the results' err_by_input column)".into(),
+        ));
+    }
     if prefixes.is_empty() {
         return Err(format(dir, "no *_q.npy files in this directory".into()));
     }
@@ -317,6 +326,19 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
             }
         }
     }
+    let inputs = triples
+        .iter()
+        .flat_map(|(prefix, t)| {
+            let b = t.q.shape()[0];
+            (0..b).map(move |i| {
+                if b == 1 {
+                    prefix.clone()
+                } else {
+                    format!("{prefix}[{i}]")
+                }
+            })
+        })
+        .collect();
     let stack = |pick: fn(&Qkv) -> &ndarray::Array4<f32>| {
         let views: Vec<_> = triples.iter().map(|(_, t)| pick(t).view()).collect();
         ndarray::concatenate(ndarray::Axis(0), &views).expect("shapes checked above")
@@ -328,6 +350,7 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
             v: stack(|t| &t.v),
         },
         prefixes,
+        inputs,
         meta: NpyMeta::read(dir)?.unwrap_or_default(),
     })
 }

@@ -71,6 +71,8 @@ fn run_sweeps_then_reports() {
             "--quick",
             "--variants",
             "full,flash,window(w=64)",
+            "--workload",
+            "gaussian",
             "--heads",
             "2",
         ])
@@ -105,5 +107,50 @@ fn run_sweeps_then_reports() {
     assert!(dir.join("again/report.md").exists());
     let (code, _, stderr) = attnbench(&["report"]);
     assert_eq!(code, 2, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_defaults_to_the_bundled_llm_data_and_says_so_where_it_is_missing() {
+    let dir = std::env::temp_dir().join(format!("attnbench-cli-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Away from the repository the default inputs are missing: a clear error, no files.
+    let (code, err) = run(&["run", "--quick"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("npy:tests/data/lm") && err.contains("--workload"),
+        "{err}"
+    );
+    // Shape flags would be ignored on npy data: refused, naming the flag and the way out.
+    for flag in ["--heads", "--head-dim", "--batch", "--kv-heads"] {
+        let (code, err) = run(&["run", "--quick", flag, "2"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(flag) && err.contains("--workload gaussian"),
+            "{err}"
+        );
+    }
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/qkv");
+    let (code, err) = run(&[
+        "sweep",
+        "--workload",
+        &format!("npy:{data}"),
+        "--heads",
+        "4",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--heads"), "{err}");
+    assert!(!dir.join("results").exists() && !dir.join("reports").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -71,7 +71,7 @@ fn writes_the_documented_schema_and_metadata() {
          workload,time_median_ms,time_min_ms,time_max_ms,repeats,rounds,round_medians_ms,\
          time_ci_lo_ms,time_ci_hi_ms,page_faults,useful_flops,executed_flops,useful_gflops,\
          executed_gflops,gemm_gflops,pct_of_gemm,pct_of_peak,peak_bytes,workspace_bytes,density,\
-         err_dense_rel,err_dense_rel_sd,err_seeds,err_dense_max_abs,err_dense_cosine,err_own_rel,\
+         err_dense_rel,err_dense_rel_sd,err_seeds,err_by_input,err_dense_max_abs,err_dense_cosine,err_own_rel,\
          err_own_max_abs,tolerance,err_f32_plain,dropped_mass,oracle_rows,modifiers,\
          pct_of_bandwidth,d_model,layer_ms,proj_ms,core_ms,status,note"
     );
@@ -390,6 +390,84 @@ fn the_bundled_real_activations_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qkv");
     let data = load_npy_dir(&dir).unwrap();
     assert_eq!(data.qkv.q.shape(), &[2, 12, 512, 32]);
+}
+
+#[test]
+fn the_bundled_llm_layer_loads_as_causal_rotated_gqa() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lm");
+    let data = load_npy_dir(&dir).unwrap();
+    assert_eq!(data.qkv.q.shape(), &[1, 9, 8192, 64]);
+    assert_eq!(data.qkv.k.shape(), &[1, 3, 8192, 64]);
+    assert_eq!(data.qkv.v.shape(), &[1, 3, 8192, 64]);
+    assert_eq!(data.inputs, vec!["smollm2_licenses_L15".to_string()]);
+    assert_eq!(
+        (data.meta.causal, data.meta.rope_applied),
+        (Some(true), true)
+    );
+}
+
+#[test]
+fn several_inputs_get_an_error_each_equal_to_sweeping_them_alone() {
+    // The two bundled MiniLM triples: a batch of 2 with a per-input error ...
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qkv");
+    let out_dir = temp_dir("by-input");
+    let mut cfg = small_config(&out_dir);
+    cfg.workload = Workload::Npy { dir: src.clone() };
+    cfg.lengths = vec![128];
+    cfg.rounds = 1;
+    let specs = "full,window(w=16),linear(phi=elu1)";
+    let both = sweep(&cfg, specs);
+    // ... each equal to the error of a sweep of that triple alone.
+    let mut alone = Vec::new();
+    for prefix in ["minilm-l6_arch_L2", "minilm-l6_story_L5"] {
+        let dir = temp_dir(&format!("by-input-{prefix}"));
+        for role in ["q", "k", "v"] {
+            let name = format!("{prefix}_{role}.npy");
+            std::fs::copy(src.join(&name), dir.join(&name)).unwrap();
+        }
+        cfg.workload = Workload::Npy { dir: dir.clone() };
+        alone.push(sweep(&cfg, specs).records);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    for (i, r) in both.records.iter().enumerate() {
+        let pairs: Vec<(&str, f64)> = r
+            .err_by_input
+            .split(';')
+            .map(|p| {
+                let (name, e) = p.rsplit_once('=').unwrap();
+                (name, e.parse().unwrap())
+            })
+            .collect();
+        let names: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+        assert_eq!(names, ["minilm-l6_arch_L2", "minilm-l6_story_L5"], "{r:?}");
+        for ((_, e), one) in pairs.iter().zip(&alone) {
+            let want = one[i].err_dense_rel.unwrap();
+            assert!(
+                (e - want).abs() <= 1e-6 * want,
+                "{} {e} vs {want}",
+                r.variant
+            );
+            assert!(
+                one[i].err_by_input.is_empty(),
+                "a single input has no breakdown"
+            );
+        }
+        // The pooled error is a weighted mean of the two, so between them.
+        let (lo, hi) = (pairs[0].1.min(pairs[1].1), pairs[0].1.max(pairs[1].1));
+        let pooled = r.err_dense_rel.unwrap();
+        assert!(
+            lo * (1.0 - 1e-9) <= pooled && pooled <= hi * (1.0 + 1e-9),
+            "{r:?}"
+        );
+    }
+    // The report tables them by input, with the names' common part dropped.
+    let report_dir = out_dir.join("report");
+    attnbench::report::write_report(std::slice::from_ref(&both.csv), Some(&report_dir)).unwrap();
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("## Error by input"), "{md}");
+    assert!(md.contains("| variant | arch_L2 | story_L5 |"), "{md}");
+    assert!(md.contains("| `window(w=16)` | "), "{md}");
+    std::fs::remove_dir_all(&out_dir).unwrap();
 }
 
 /// Writes a directory's worth of (bad) files.

@@ -135,12 +135,19 @@ pub(super) struct SweepArgs {
     #[arg(long)]
     pub(super) threads: Option<usize>,
     /// Inputs: `gaussian`, `gaussian(scale=2)` or `npy:DIR` (real activations, e.g.
-    /// npy:tests/data/qkv; shape taken from the files). Default: gaussian.
+    /// npy:tests/data/qkv; shape taken from the files). Default: for `run`, the bundled LLM
+    /// activations npy:tests/data/lm (causal, GQA 9/3, d = 64, n up to 8192); for `sweep`,
+    /// gaussian.
     #[arg(long, value_parser = parse_workload)]
     pub(super) workload: Option<Workload>,
     /// Seed of the inputs and of the oracle's row sample. Default: 0.
     #[arg(long)]
     pub(super) seed: Option<u64>,
+    /// Query rows (per batch entry and head) the errors are measured on beyond n = 1024: a
+    /// seeded sample of N rows including the first and last, or `all` for every row at every
+    /// length. Default: 64.
+    #[arg(long, value_name = "N|all", value_parser = parse_oracle_rows)]
+    pub(super) oracle_rows: Option<OracleRows>,
     /// Interleaved rounds per cell: each length's variants are timed this many times in a
     /// rotating order, and every time, ratio and slope gets a 95% interval from them (at least
     /// 2 for intervals). Default: 3.
@@ -206,6 +213,26 @@ fn parse_lengths(text: &str) -> Result<Lengths, String> {
     Ok(Lengths(v))
 }
 
+/// `--oracle-rows`: a sample size, or every row.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OracleRows {
+    Sample(usize),
+    All,
+}
+
+fn parse_oracle_rows(text: &str) -> Result<OracleRows, String> {
+    match text.trim() {
+        "all" => Ok(OracleRows::All),
+        t => match t.parse::<usize>() {
+            Ok(n) if n >= 2 => Ok(OracleRows::Sample(n)),
+            _ => Err(format!("'{text}' is not a row count (2 or more) or 'all'")),
+        },
+    }
+}
+
+/// The workload `run` measures when none is given: the bundled SmolLM2 layer.
+pub(super) const RUN_WORKLOAD: &str = "npy:tests/data/lm";
+
 fn parse_workload(text: &str) -> Result<Workload, String> {
     text.parse().map_err(|e: crate::Error| e.to_string())
 }
@@ -236,13 +263,45 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 /// The sweep configuration of `args`: every flag given overlaid on
-/// [`SweepConfig::quick`] (with `--quick`) or [`SweepConfig::default`].
-pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
+/// [`SweepConfig::quick`] (with `--quick`) or [`SweepConfig::default`]; `run` (the main job)
+/// defaults to the bundled LLM activations ([`RUN_WORKLOAD`]). Shape flags that an npy
+/// workload would ignore (its shape comes from the files) are an error.
+pub(super) fn sweep_config(args: &SweepArgs, run: bool) -> Result<SweepConfig, String> {
     let base = if args.quick {
         SweepConfig::quick()
     } else {
         SweepConfig::default()
     };
+    let workload = match &args.workload {
+        Some(w) => w.clone(),
+        None if run => parse_workload(RUN_WORKLOAD)?,
+        None => base.workload.clone(),
+    };
+    if let Workload::Npy { dir } = &workload {
+        let given = [
+            ("--batch", args.batch.is_some()),
+            ("--heads", args.heads.is_some()),
+            ("--kv-heads", args.kv_heads.is_some()),
+            ("--head-dim", args.head_dim.is_some()),
+            ("--layer", args.layer),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            let default = if args.workload.is_none() {
+                " (the default workload of `run`)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "{flag} sets the shape of Gaussian inputs, but the workload is {workload}{default}, whose shape comes from its files; add --workload gaussian to sweep Gaussian inputs"
+            ));
+        }
+        if args.workload.is_none() && !dir.is_dir() {
+            return Err(format!(
+                "the default workload of `run` is {workload}, the LLM activations bundled with the repository, and {} is not a directory here: run from the repository's root, or choose inputs with --workload (e.g. --workload gaussian)",
+                dir.display()
+            ));
+        }
+    }
     let mut timing = base.timing;
     if let Some(r) = args.repeats {
         timing.min_repeats = r;
@@ -250,14 +309,18 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
     if let Some(t) = args.min_time {
         timing.min_time = Duration::from_secs_f64(t);
     }
-    let workload = args.workload.clone().unwrap_or(base.workload.clone());
+    let (dense_oracle_max, sampled_rows) = match args.oracle_rows {
+        None => (base.dense_oracle_max, base.sampled_rows),
+        Some(OracleRows::Sample(n)) => (base.dense_oracle_max, n),
+        Some(OracleRows::All) => (usize::MAX, base.sampled_rows),
+    };
     // Activations a model computed causally (workload.json) are swept causally by default.
     let mut opts = Options::new()
         .causal(args.causal || workload.is_causal_data())
         .alibi(args.alibi);
     opts.softcap = args.softcap;
     opts.rope = args.rope;
-    SweepConfig {
+    Ok(SweepConfig {
         lengths: args
             .lengths
             .as_ref()
@@ -279,6 +342,55 @@ pub(super) fn sweep_config(args: &SweepArgs) -> SweepConfig {
         max_seconds: args.max_seconds.unwrap_or(base.max_seconds),
         out_dir: args.out.clone().unwrap_or(base.out_dir.clone()),
         label: args.label.clone().unwrap_or(base.label.clone()),
+        dense_oracle_max,
+        sampled_rows,
         ..base
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<SweepConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("attnbench").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Run(a) => sweep_config(&a, true),
+            Command::Sweep(a) => sweep_config(&a, false),
+            _ => unreachable!("a sweep command"),
+        }
+    }
+
+    #[test]
+    fn run_measures_the_bundled_llm_layer_causally_and_sweep_stays_gaussian() {
+        // Unit tests run in the package root, where the bundled data is.
+        let run = config(&["run"]).unwrap();
+        assert_eq!(run.workload, parse_workload(RUN_WORKLOAD).unwrap());
+        assert!(run.opts.causal, "workload.json says causal");
+        assert_eq!(run.lengths, vec![256, 512, 1024, 2048, 4096, 8192]);
+        let sweep = config(&["sweep"]).unwrap();
+        assert_eq!(sweep.workload, Workload::Gaussian { scale: 1.0 });
+        assert!(!sweep.opts.causal);
+        let gaussian = config(&["run", "--workload", "gaussian", "--heads", "4"]).unwrap();
+        assert_eq!((gaussian.heads, gaussian.opts.causal), (4, false));
+        assert!(config(&["run", "--layer"]).unwrap_err().contains("--layer"));
+    }
+
+    #[test]
+    fn oracle_rows_sets_the_sample_or_every_row() {
+        let d = SweepConfig::default();
+        let c = config(&["sweep", "--oracle-rows", "256"]).unwrap();
+        assert_eq!(
+            (c.dense_oracle_max, c.sampled_rows),
+            (d.dense_oracle_max, 256)
+        );
+        let c = config(&["sweep", "--oracle-rows", "all"]).unwrap();
+        assert_eq!(c.dense_oracle_max, usize::MAX);
+        for bad in ["0", "1", "some", "2.5"] {
+            let e = config(&["sweep", "--oracle-rows", bad]).unwrap_err();
+            assert!(e.contains("row count"), "{bad}: {e}");
+        }
     }
 }

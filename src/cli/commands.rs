@@ -188,7 +188,13 @@ pub(super) fn sweep(
         eprintln!("error: --min-time must be a non-negative number of seconds");
         return Ok(ExitCode::from(2));
     }
-    let mut cfg = sweep_config(&args);
+    let mut cfg = match sweep_config(&args, then_report) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     cfg.previews = registry.previews(&variants);
     match run_with_progress(&cfg, &variants) {
         Ok(output) => {

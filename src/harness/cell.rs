@@ -68,6 +68,9 @@ pub(super) struct Cell<'a> {
     pub(super) problem: &'a Problem<'a>,
     pub(super) rows: &'a [usize],
     pub(super) dense: &'a Array4<f64>,
+    /// The names of the batch entries when the workload stacks several inputs (an `npy:`
+    /// directory's triples), for the per-input errors; empty otherwise.
+    pub(super) inputs: &'a [String],
     /// The GEMM reference rate at this shape, GFLOP/s.
     pub(super) gemm_rate: f64,
     /// The FMA peak of the run's threads, GFLOP/s.
@@ -247,6 +250,7 @@ impl Cell<'_> {
         r.err_dense_max_abs = Some(dense.max_abs);
         r.err_dense_cosine = Some(dense.mean_cosine);
         r.oracle_rows = Some(self.rows.len());
+        let mut by_input = self.errors_by_input(got.view());
         if self.cfg.error_seeds > 1 && v.with_seed(0).is_some() {
             let mut errs = vec![dense.rel_frobenius];
             let mut max_abs = dense.max_abs;
@@ -262,7 +266,11 @@ impl Cell<'_> {
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let seeded = v.with_seed(seed).expect("a seeded variant reseeds");
                 self.run(seeded.as_ref(), &mut other)?;
-                let e = compare(other.select(Axis(2), self.rows).view(), self.dense.view());
+                let other = other.select(Axis(2), self.rows);
+                let e = compare(other.view(), self.dense.view());
+                for (sum, e) in by_input.iter_mut().zip(self.errors_by_input(other.view())) {
+                    *sum += e;
+                }
                 errs.push(e.rel_frobenius);
                 max_abs = max_abs.max(e.max_abs);
                 cosine.push(e.mean_cosine);
@@ -275,7 +283,15 @@ impl Cell<'_> {
             r.err_dense_max_abs = Some(max_abs);
             r.err_dense_cosine = Some(cosine.iter().sum::<f64>() / n);
             r.err_seeds = Some(errs.len());
+            by_input.iter_mut().for_each(|e| *e /= n);
         }
+        r.err_by_input = self
+            .inputs
+            .iter()
+            .zip(&by_input)
+            .map(|(name, e)| format!("{name}={e:.6e}"))
+            .collect::<Vec<_>>()
+            .join(";");
         if v.fidelity() == Fidelity::Exact {
             // The dense oracle is the own one for dense variants; a pattern needs its own.
             let own_oracle = v.pattern().map(|pat| oracle_rows(p, Some(pat), self.rows));
@@ -303,6 +319,20 @@ impl Cell<'_> {
             r.dropped_mass = Some(dropped_mass(p, pat as &dyn Pattern, self.rows));
         }
         Ok(())
+    }
+
+    /// The relative error against the dense oracle of each batch entry of `got` (the oracle
+    /// rows of the output), when the batch entries are named inputs; empty otherwise.
+    fn errors_by_input(&self, got: ndarray::ArrayView4<f32>) -> Vec<f64> {
+        if self.inputs.len() < 2 || self.inputs.len() != got.shape()[0] {
+            return Vec::new();
+        }
+        (0..self.inputs.len())
+            .map(|b| {
+                let one = ndarray::s![b..b + 1, .., .., ..];
+                compare(got.slice(one), self.dense.slice(one)).rel_frobenius
+            })
+            .collect()
     }
 
     /// One round of timed calls of a pending cell, under `timing` (the cell's share of the

@@ -220,6 +220,7 @@ pub fn run_sweep(
                 problem: &l.problem,
                 rows: &l.rows,
                 dense: &l.dense,
+                inputs: npy.as_ref().map_or(&[], |d| &d.inputs[..]),
                 gemm_rate: l.gemm_rate,
                 peak: limits.peak_for(cfg.threads),
                 bandwidth: limits.read_gbytes_per_s,

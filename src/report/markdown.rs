@@ -382,6 +382,8 @@ pub(super) fn markdown_report(
         );
     }
 
+    md.push_str(&error_by_input(recs));
+
     // Fits.
     let _ = writeln!(md, "## Scaling fits and crossovers\n");
     let _ = writeln!(
@@ -570,6 +572,81 @@ pub(super) fn markdown_report(
             );
         }
     }
+    md
+}
+
+/// The per-input errors of a record (`err_by_input`), in batch order.
+pub(super) fn inputs_of(r: &Record) -> Vec<(&str, f64)> {
+    r.err_by_input
+        .split(';')
+        .filter_map(|pair| pair.rsplit_once('='))
+        .filter_map(|(name, e)| Some((name, e.parse().ok()?)))
+        .collect()
+}
+
+/// Short column names for inputs: the names without their common leading part up to an
+/// underscore (`smollm2_licenses_L0`, `smollm2_licenses_L15` -> `L0`, `L15`).
+pub(super) fn short_names(names: &[&str]) -> Vec<String> {
+    let first = names.first().copied().unwrap_or_default();
+    let mut common = first.len();
+    for n in names {
+        common = common.min(
+            first
+                .bytes()
+                .zip(n.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    let cut = first[..common].rfind('_').map_or(0, |i| i + 1);
+    names
+        .iter()
+        .map(|n| {
+            let short = &n[cut.min(n.len())..];
+            if short.is_empty() { n } else { short }.to_string()
+        })
+        .collect()
+}
+
+/// `## Error by input`: where a workload stacks several inputs (an npy directory's layers),
+/// every variant's error against dense attention on each input at the longest length that
+/// has them; empty when no record has per-input errors.
+fn error_by_input(recs: &[Record]) -> String {
+    let mut md = String::new();
+    let with: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.status.is_measured() && !inputs_of(r).is_empty())
+        .collect();
+    let Some(n) = with.iter().map(|r| r.n_kv).max() else {
+        return md;
+    };
+    let at_n: Vec<&Record> = with.into_iter().filter(|r| r.n_kv == n).collect();
+    let names: Vec<&str> = inputs_of(at_n[0])
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let _ = writeln!(
+        md,
+        "## Error by input
+"
+    );
+    let _ = writeln!(
+        md,
+        "Relative error against dense attention on each input of `{}` separately at n = {n} (the summary and charts pool them): a variant that is fine on one layer can fail on another.\n",
+        at_n[0].workload
+    );
+    let short = short_names(&names);
+    let _ = writeln!(md, "| variant | {} |", short.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(short.len()));
+    for r in at_n {
+        let errs = inputs_of(r);
+        if errs.iter().map(|(name, _)| *name).ne(names.iter().copied()) {
+            continue; // a merged run over other inputs
+        }
+        let cells: Vec<String> = errs.iter().map(|&(_, e)| fmt_err(e)).collect();
+        let _ = writeln!(md, "| `{}` | {} |", r.variant, cells.join(" | "));
+    }
+    let _ = writeln!(md);
     md
 }
 

@@ -109,6 +109,12 @@ pub struct Record {
     /// Random-feature variants: seeds the error was measured over (the time is one seed's).
     #[serde(default)]
     pub err_seeds: Option<usize>,
+    /// `err_dense_rel` of each input separately when the workload stacks several (the
+    /// triples of an `npy:` directory, e.g. layers): `name=error` pairs joined by `;`, in the
+    /// batch order; empty for a single input. A window that is fine on one layer and fails
+    /// on a sink layer shows here, where the pooled error hides it.
+    #[serde(default)]
+    pub err_by_input: String,
     /// Largest absolute error against dense attention.
     pub err_dense_max_abs: Option<f64>,
     /// Mean row cosine similarity with dense attention.
