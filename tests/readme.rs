@@ -61,3 +61,20 @@ fn readme_quotes_committed_reports_verbatim() {
     }
     assert!(quotes >= 2, "README quotes {quotes} report blocks");
 }
+
+#[test]
+fn readme_structured_table_is_the_calibration() {
+    let readme = include_str!("../README.md");
+    let start = "<!-- structured: generated from src/workload/structured.json; tests/readme.rs checks it -->\n";
+    let end = "<!-- end of structured -->";
+    let a = readme
+        .find(start)
+        .expect("README has the structured marker")
+        + start.len();
+    let b = a + readme[a..].find(end).expect("README has the end marker");
+    assert_eq!(
+        &readme[a..b],
+        attnbench::workload::structured::Calibration::builtin().markdown(),
+        "README's structured table differs from src/workload/structured.json: regenerate it"
+    );
+}

@@ -135,7 +135,8 @@ pub(super) struct SweepArgs {
     #[arg(long)]
     pub(super) threads: Option<usize>,
     /// Inputs: `gaussian`, `gaussian(scale=2)` or `npy:DIR` (real activations, e.g.
-    /// npy:tests/data/qkv; shape taken from the files). Default: for `run`, the bundled LLM
+    /// npy:tests/data/qkv; shape taken from the files) or `structured(layer=15)` (synthetic,
+    /// calibrated to an LLM layer: 0, 15 or 29; any length). Default: for `run`, the bundled LLM
     /// activations npy:tests/data/lm (causal, GQA 9/3, d = 64, n up to 8192); for `sweep`,
     /// gaussian.
     #[arg(long, value_parser = parse_workload)]
@@ -277,7 +278,7 @@ pub(super) fn sweep_config(args: &SweepArgs, run: bool) -> Result<SweepConfig, S
         None if run => parse_workload(RUN_WORKLOAD)?,
         None => base.workload.clone(),
     };
-    if let Workload::Npy { dir } = &workload {
+    if !matches!(workload, Workload::Gaussian { .. }) {
         let given = [
             ("--batch", args.batch.is_some()),
             ("--heads", args.heads.is_some()),
@@ -292,10 +293,13 @@ pub(super) fn sweep_config(args: &SweepArgs, run: bool) -> Result<SweepConfig, S
                 ""
             };
             return Err(format!(
-                "{flag} sets the shape of Gaussian inputs, but the workload is {workload}{default}, whose shape comes from its files; add --workload gaussian to sweep Gaussian inputs"
+                "{flag} sets the shape of Gaussian inputs, but the workload is {workload}{default}, whose shape is its own; add --workload gaussian to sweep Gaussian inputs"
             ));
         }
-        if args.workload.is_none() && !dir.is_dir() {
+        if let Workload::Npy { dir } = &workload
+            && args.workload.is_none()
+            && !dir.is_dir()
+        {
             return Err(format!(
                 "the default workload of `run` is {workload}, the LLM activations bundled with the repository, and {} is not a directory here: run from the repository's root, or choose inputs with --workload (e.g. --workload gaussian)",
                 dir.display()

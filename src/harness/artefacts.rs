@@ -29,7 +29,7 @@ pub fn write_gallery(
     let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
     let mut picked: Vec<(String, usize)> = Vec::new();
     for kind in HeadKind::ALL {
-        'search: for (b, name) in data.prefixes.iter().enumerate() {
+        'search: for (b, name) in data.inputs.iter().enumerate() {
             for h in 0..qkv.q.shape()[1] {
                 let w = oracle::weights(&problem, None, b, h);
                 if MapStats::of(&w).kind() == kind {

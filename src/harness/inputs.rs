@@ -31,6 +31,13 @@ pub(super) fn inputs(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Qkv 
             .expect("validated in run_sweep");
             gaussian(&shape, *scale, cfg.seed ^ n as u64)
         }
+        (None, Workload::Structured { layer }) => {
+            // One sequence for every length (each a prefix of the longest), as real data.
+            crate::workload::structured::Calibration::builtin()
+                .layer(*layer)
+                .expect("validated when parsed")
+                .generate(n, n_q, cfg.seed)
+        }
         (None, Workload::Npy { .. }) => unreachable!("run_sweep loads npy workloads first"),
     }
 }
@@ -60,7 +67,9 @@ pub(super) fn layer_inputs(cfg: &SweepConfig, n: usize) -> Result<Option<LayerIn
     let layer = MultiHeadAttention::new(lc, Weights::xavier(&lc, cfg.seed))?;
     let scale = match cfg.workload {
         Workload::Gaussian { scale } => scale,
-        Workload::Npy { .. } => unreachable!("validated: layer sweeps use the Gaussian workload"),
+        Workload::Npy { .. } | Workload::Structured { .. } => {
+            unreachable!("validated: layer sweeps use the Gaussian workload")
+        }
     };
     let x = |len: usize, seed: u64| {
         let shape = Shape::new(cfg.batch, 1, 1, 1, len, d_model, d_model).expect("validated");
@@ -85,18 +94,29 @@ pub(super) fn layer_inputs(cfg: &SweepConfig, n: usize) -> Result<Option<LayerIn
 /// The shape of the sweep's inputs at length `n`: the npy workload's own heads and head
 /// dimension when there is one, `d_model / heads` for a layer sweep, else the Gaussian flags.
 pub(super) fn input_shape(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) -> Result<Shape> {
-    let (b, h, h_kv, d) = match (npy, cfg.layer) {
-        (Some(data), _) => {
+    let (b, h, h_kv, d) = match (npy, cfg.layer, &cfg.workload) {
+        (Some(data), ..) => {
             let s = data.qkv.q.shape();
             (s[0], s[1], data.qkv.k.shape()[1], s[3])
         }
-        (None, Some(d_model)) => (
+        (None, _, Workload::Structured { layer }) => {
+            let cal = crate::workload::structured::Calibration::builtin()
+                .layer(*layer)
+                .expect("validated when parsed");
+            (
+                1,
+                cal.heads(),
+                cal.kv_heads(),
+                crate::workload::structured::HEAD_DIM,
+            )
+        }
+        (None, Some(d_model), _) => (
             cfg.batch,
             cfg.heads,
             cfg.kv_heads,
             d_model / cfg.heads.max(1),
         ),
-        (None, None) => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
+        (None, None, _) => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
     };
     Shape::new(b, h, h_kv, cfg.n_q.unwrap_or(n), n, d, d)
 }

@@ -63,7 +63,21 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
         Workload::Npy { dir } => {
             let data = load_npy_dir(dir)?;
             data.meta.check(&cfg.opts)?;
-            (data.qkv, data.prefixes)
+            (data.qkv, data.inputs)
+        }
+        Workload::Structured { layer } => {
+            let n = cfg.n.unwrap_or(512);
+            if n == 0 {
+                return Err(bad("n", "must be at least 1".into()));
+            }
+            cfg.workload.meta()?.check(&cfg.opts)?;
+            let cal = crate::workload::structured::Calibration::builtin()
+                .layer(*layer)
+                .expect("validated when parsed");
+            (
+                cal.generate(n, n, cfg.seed),
+                vec![format!("structured_L{layer}")],
+            )
         }
         Workload::Gaussian { scale } => {
             let n = cfg.n.unwrap_or(256);
@@ -206,7 +220,7 @@ fn maps_markdown(cfg: &MapsConfig<'_>, n: usize, rows: &[MapRow]) -> String {
     let _ = writeln!(md, "# Attention maps: {}\n", cfg.workload);
     let _ = writeln!(
         md,
-        "n = {n}{}. Each image: full softmax attention, then per variant its effective weights and |variant - full|, all on the scale of full attention's largest weight. Statistics are means over query rows; kinds, checked in this order: previous-token (> 0.3 of the weight on j = i - 1), first-token (> 0.3 on j = 0), local (> 0.6 within ±{LOCAL_BAND}; uniform weights would put (2 x {LOCAL_BAND} + 1) / n there), else broad.\n",
+        "n = {n}{}. Each image: full softmax attention, then per variant its effective weights and |variant - full|, all on the scale of full attention's largest weight (maps of more than 256 positions are down-sampled, each pixel the largest weight it covers, with a strip on the left of each panel repeating the first key's column, where attention sinks are). Statistics are means over query rows; kinds, checked in this order: previous-token (> 0.3 of the weight on j = i - 1), first-token (> 0.3 on j = 0), local (> 0.6 within ±{LOCAL_BAND}; uniform weights would put (2 x {LOCAL_BAND} + 1) / n there), else broad.\n",
         if cfg.opts.causal { ", causal" } else { "" }
     );
     md.push_str(&maps_table(rows, ""));

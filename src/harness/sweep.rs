@@ -95,7 +95,7 @@ pub fn run_sweep(
     validate(cfg, variants)?;
     let npy = match &cfg.workload {
         Workload::Npy { dir } => Some(load_npy_dir(dir)?),
-        Workload::Gaussian { .. } => None,
+        Workload::Gaussian { .. } | Workload::Structured { .. } => None,
     };
     if let Some(data) = &npy
         && let Some(&n) = cfg.lengths.iter().find(|&&n| n > data.max_len())
@@ -109,14 +109,16 @@ pub fn run_sweep(
         }));
     }
     // Options are checked before any file is created.
-    let head_dim = match (&npy, cfg.layer) {
-        (Some(data), _) => data.qkv.q.shape()[3],
-        (None, Some(d_model)) => d_model / cfg.heads,
-        (None, None) => cfg.head_dim,
+    let head_dim = match (&npy, cfg.layer, &cfg.workload) {
+        (Some(data), ..) => data.qkv.q.shape()[3],
+        (None, _, Workload::Structured { .. }) => crate::workload::structured::HEAD_DIM,
+        (None, Some(d_model), _) => d_model / cfg.heads,
+        (None, None, _) => cfg.head_dim,
     };
     cfg.opts.check(head_dim)?;
-    if let Some(data) = &npy {
-        data.meta.check(&cfg.opts)?;
+    match &npy {
+        Some(data) => data.meta.check(&cfg.opts)?,
+        None => cfg.workload.meta()?.check(&cfg.opts)?,
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
@@ -446,11 +448,13 @@ fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
         );
     }
     if let Some(d_model) = cfg.layer {
-        if matches!(cfg.workload, Workload::Npy { .. }) {
+        if !matches!(cfg.workload, Workload::Gaussian { .. }) {
             return bad(
                 "layer",
-                "a layer sweep projects Gaussian X; the npy workload holds Q, K and V already"
-                    .into(),
+                format!(
+                    "a layer sweep projects Gaussian X; the {} workload holds Q, K and V already",
+                    cfg.workload
+                ),
             );
         }
         LayerConfig::new(d_model, cfg.heads)?.with_kv_heads(cfg.kv_heads)?;

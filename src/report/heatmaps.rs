@@ -124,10 +124,21 @@ fn ramp(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
+/// The colour ramp position of weight `w` on a panel whose brightest value is `max`.
+fn shade(w: f64, max: f64, log: bool) -> f64 {
+    if max <= 0.0 || w <= 0.0 {
+        0.0
+    } else if log {
+        1.0 + (w / max).log10() / 4.0
+    } else {
+        w / max
+    }
+}
+
 /// Writes `panels` side by side as `<dir>/<stem>.png` (PNG only: an n x n map as SVG
 /// rectangles would be megabytes). Each pixel shows the largest weight of the cells it
 /// covers, on a linear scale from 0 to the panel's `max`, or with `log` over four decades
-/// below it.
+/// below it; a down-sampled panel has a strip on its left repeating the first key's column.
 pub fn save_weight_maps(
     panels: &[WeightPanel],
     title: &str,
@@ -175,8 +186,18 @@ pub fn save_weight_maps(
                 let b = ((px + 1) as usize * n).div_ceil(side as usize).max(a + 1);
                 a..b.min(n)
             };
+            // Down-sampled, the first key's column (an attention sink) is one pixel wide:
+            // a strip left of the panel repeats it four pixels wide.
+            let strip = cols > side as usize;
             for py in 0..side {
                 let r = span(py, rows);
+                if strip {
+                    let w = r.clone().map(|i| p.weights[[i, 0]]).fold(0.0f64, f64::max);
+                    let colour = ramp(shade(w, p.max, log));
+                    for sx in x0 - 7..x0 - 3 {
+                        root.draw_pixel((sx, y0 + py), &colour).map_err(e)?;
+                    }
+                }
                 for px in 0..side {
                     let c = span(px, cols);
                     let mut w = 0.0f64;
@@ -185,14 +206,8 @@ pub fn save_weight_maps(
                             w = w.max(p.weights[[i, j]]);
                         }
                     }
-                    let t = if p.max <= 0.0 || w <= 0.0 {
-                        0.0
-                    } else if log {
-                        1.0 + (w / p.max).log10() / 4.0
-                    } else {
-                        w / p.max
-                    };
-                    root.draw_pixel((x0 + px, y0 + py), &ramp(t)).map_err(e)?;
+                    root.draw_pixel((x0 + px, y0 + py), &ramp(shade(w, p.max, log)))
+                        .map_err(e)?;
                 }
             }
         }

@@ -734,6 +734,21 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
                 .into(),
         );
     }
+    let mut structured: Vec<(&str, usize, usize)> = Vec::new();
+    for r in recs.iter().filter(|r| r.workload.starts_with("structured")) {
+        match structured.iter_mut().find(|s| s.0 == r.workload) {
+            Some(s) => {
+                s.1 = s.1.min(r.n_kv);
+                s.2 = s.2.max(r.n_kv);
+            }
+            None => structured.push((&r.workload, r.n_kv, r.n_kv)),
+        }
+    }
+    for (workload, lo, hi) in structured {
+        lines.push(format!(
+            "n = {lo} to {hi} use **synthetic** `{workload}` inputs, not real activations: generated to reproduce a real LLM layer's per-head sink mass, locality profile and entropy (fitted at n = 8192; README, *Structured inputs*), so their errors are an extrapolation of that layer's character, not a measurement on a model"
+        ));
+    }
     let flagged = recs.iter().filter(|r| r.status == Status::Flagged).count();
     let skipped = recs.iter().filter(|r| r.status == Status::Skipped).count();
     let errors = recs.iter().filter(|r| r.status == Status::Error).count();

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 pub const PREVIEW_N: usize = 64;
 
 /// At most this many positions of a real-activation workload are drawn in the gallery.
-pub const GALLERY_MAX_N: usize = 256;
+pub const GALLERY_MAX_N: usize = 2048;
 
 /// `<run>.patterns.json` beside the results CSV `csv`.
 pub fn patterns_path(csv: &Path) -> PathBuf {

@@ -4,6 +4,8 @@
 //! so the logits `q . k / sqrt(d)` have standard deviation `scale^2`: larger scales give more
 //! peaked attention.
 
+pub mod structured;
+
 use ndarray::Array4;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -54,6 +56,13 @@ pub enum Workload {
         /// The directory.
         dir: std::path::PathBuf,
     },
+    /// Synthetic inputs calibrated to a layer of a trained LLM (sink, locality and entropy
+    /// per head, GQA 9/3, d = 64; see [`structured`]), at any length: causal and rotated like
+    /// the real activations, for lengths beyond them.
+    Structured {
+        /// The calibrated layer of SmolLM2-135M (0, 15 or 29).
+        layer: u32,
+    },
 }
 
 impl Workload {
@@ -65,8 +74,25 @@ impl Workload {
             Workload::Npy { dir } => {
                 NpyMeta::read(dir).is_ok_and(|m| m.is_some_and(|m| m.causal == Some(true)))
             }
+            Workload::Structured { .. } => true,
             Workload::Gaussian { .. } => false,
         }
+    }
+
+    /// What the inputs' maker says about them: the npy workload's `workload.json`; the
+    /// structured workload is causal and rotated by construction; nothing for Gaussian.
+    pub fn meta(&self) -> crate::Result<NpyMeta> {
+        Ok(match self {
+            Workload::Npy { dir } => NpyMeta::read(dir)?.unwrap_or_default(),
+            Workload::Structured { layer } => NpyMeta {
+                causal: Some(true),
+                rope_applied: true,
+                description: format!(
+                    "structured: synthetic, calibrated to SmolLM2-135M layer {layer}"
+                ),
+            },
+            Workload::Gaussian { .. } => NpyMeta::default(),
+        })
     }
 }
 
@@ -75,6 +101,7 @@ impl std::fmt::Display for Workload {
         match self {
             Workload::Gaussian { scale } => write!(f, "gaussian(scale={scale})"),
             Workload::Npy { dir } => write!(f, "npy:{}", dir.display()),
+            Workload::Structured { layer } => write!(f, "structured(layer={layer})"),
         }
     }
 }
@@ -93,10 +120,37 @@ impl std::str::FromStr for Workload {
             return Ok(Workload::Npy { dir: dir.into() });
         }
         let spec: crate::spec::Spec = text.parse()?;
+        if spec.name == "structured" {
+            let layers = structured::Calibration::builtin().layer_ids();
+            let mut layer = 15;
+            for (k, v) in &spec.params {
+                match k.as_str() {
+                    "layer" => layer = v.parse().ok().filter(|l| layers.contains(l)).ok_or_else(
+                        || {
+                            crate::Error::bad_spec(
+                                text,
+                                format!(
+                                    "layer must be a calibrated layer, one of {layers:?}; got '{v}'"
+                                ),
+                            )
+                        },
+                    )?,
+                    other => {
+                        return Err(crate::Error::bad_spec(
+                            text,
+                            format!(
+                                "unknown parameter '{other}' of structured; its parameter is layer"
+                            ),
+                        ));
+                    }
+                }
+            }
+            return Ok(Workload::Structured { layer });
+        }
         if spec.name != "gaussian" {
             return Err(crate::Error::bad_spec(
                 text,
-                "expected gaussian, gaussian(scale=S) or npy:DIR",
+                "expected gaussian, gaussian(scale=S), structured(layer=L) or npy:DIR",
             ));
         }
         let mut scale = 1.0f32;
