@@ -746,7 +746,7 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
     }
     for (workload, lo, hi) in structured {
         lines.push(format!(
-            "n = {lo} to {hi} use **synthetic** `{workload}` inputs, not real activations: generated to reproduce a real LLM layer's per-head sink mass, locality profile and entropy (fitted at n = 8192; README, *Structured inputs*), so their errors are an extrapolation of that layer's character, not a measurement on a model"
+            "n = {lo} to {hi} use **synthetic** `{workload}` inputs, not real activations: generated to reproduce a real LLM layer's per-head sink mass, locality profile and entropy (fitted at n = 8192; README, *Workloads*), so their errors are an extrapolation of that layer's character, not a measurement on a model"
         ));
     }
     let flagged = recs.iter().filter(|r| r.status == Status::Flagged).count();
