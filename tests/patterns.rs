@@ -326,6 +326,59 @@ fn classification_row_masks_and_counts_match_brute_force() {
 }
 
 #[test]
+fn key_ranges_cover_every_allowed_key_and_are_tight_for_windows() {
+    // The engine visits only the tiles meeting a query block's key ranges: a range that
+    // misses an allowed key would silently drop it, so every registered pattern, with and
+    // without causal masking, must cover every allowed pair of every block of rows.
+    let reg = Registry::builtin();
+    let names = pattern_variants(&reg);
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut narrowed = 0usize;
+    for round in 0..60 * names.len() {
+        let variant = random_variant(&reg, names[round % names.len()], &mut rng);
+        let pattern = variant.pattern().expect("a pattern variant");
+        let g = Geometry::new(rng.random_range(1..96), rng.random_range(1..96));
+        let mask = Mask::new(Some(pattern), rng.random_bool(0.5));
+        let bq = rng.random_range(1..12);
+        for r0 in (0..g.n_q).step_by(bq) {
+            let rows = r0..(r0 + bq).min(g.n_q);
+            for p in [pattern, &mask as &dyn Pattern] {
+                let ranges = p.key_ranges(g, rows.clone());
+                for w in ranges.windows(2) {
+                    assert!(
+                        w[0].end < w[1].start,
+                        "{p:?}: {ranges:?} not sorted and disjoint"
+                    );
+                }
+                assert!(
+                    ranges.iter().all(|r| !r.is_empty() && r.end <= g.n_kv),
+                    "{ranges:?}"
+                );
+                for i in rows.clone() {
+                    for j in (0..g.n_kv).filter(|&j| p.allows(g, i, j)) {
+                        assert!(
+                            ranges.iter().any(|r| r.contains(&j)),
+                            "{p:?} {g:?} rows {rows:?}: allowed ({i}, {j}) outside {ranges:?}"
+                        );
+                    }
+                }
+                narrowed += usize::from(ranges.iter().map(|r| r.len()).sum::<usize>() < g.n_kv);
+            }
+        }
+    }
+    assert!(narrowed > 0, "no pattern narrowed its key ranges");
+    // A window's ranges are its reach: 2w + bq keys for a block away from the edges.
+    let w = Window { w: 16 };
+    let g = sq(1 << 20);
+    assert_eq!(w.key_ranges(g, 500_000..500_064), vec![499_984..500_080]);
+    assert_eq!(
+        causal(w).key_ranges(g, 500_000..500_064),
+        vec![499_984..500_064]
+    );
+    assert_eq!(Causal.key_ranges(g, 0..64), vec![0..64]);
+}
+
+#[test]
 fn interval_patterns_classify_exactly() {
     let mut rng = StdRng::seed_from_u64(7);
     for _ in 0..300 {

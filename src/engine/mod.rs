@@ -57,6 +57,35 @@ impl Default for Tiling {
     }
 }
 
+/// The starts of the key tiles of `keys` (steps of `bk` from `keys.start`) that meet the
+/// mask's [`key_ranges`](Pattern::key_ranges) for the query rows `rows`, in order: the only
+/// tiles the engine classifies, so the work per query block follows the pattern's reach
+/// rather than the sequence length.
+pub(crate) fn tile_starts(
+    mask: &Mask<'_>,
+    g: crate::pattern::Geometry,
+    rows: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+    bk: usize,
+) -> Vec<usize> {
+    let mut starts = Vec::new();
+    // The first tile start not yet emitted (ranges are sorted; several may meet one tile).
+    let mut next = keys.start;
+    for r in mask.key_ranges(g, rows) {
+        let (lo, hi) = (r.start.max(keys.start), r.end.min(keys.end));
+        if lo >= hi {
+            continue;
+        }
+        let mut c0 = (keys.start + (lo - keys.start) / bk * bk).max(next);
+        while c0 < hi {
+            starts.push(c0);
+            c0 += bk;
+        }
+        next = next.max(c0);
+    }
+    starts
+}
+
 /// The analytic cost of [`tiled_forward`] under `mask`: the flops of every non-empty tile and
 /// the workspace of the busy workers.
 pub fn tiled_cost(shape: &Shape, mask: Mask<'_>, tiling: Tiling, threads: usize) -> Cost {
@@ -66,7 +95,7 @@ pub fn tiled_cost(shape: &Shape, mask: Mask<'_>, tiling: Tiling, threads: usize)
     for r0 in (0..g.n_q).step_by(tiling.bq) {
         let rows = r0..(r0 + tiling.bq).min(g.n_q);
         blocks += 1;
-        for c0 in (0..g.n_kv).step_by(tiling.bk) {
+        for c0 in tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk) {
             let cols = c0..(c0 + tiling.bk).min(g.n_kv);
             if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
                 pairs += rows.len() * cols.len();
@@ -172,4 +201,31 @@ pub fn tiled_forward(
             task.run(ws, block_out);
         },
     );
+}
+
+#[cfg(test)]
+mod tile_tests {
+    use super::*;
+    use crate::pattern::{Geometry, Window};
+
+    #[test]
+    fn tile_starts_follow_the_key_ranges_on_the_task_grid() {
+        let g = Geometry::new(200, 200);
+        // A window of 3 around rows 100..104: keys 97..107, the tiles of 16 from 0 that meet
+        // them, each once.
+        let w = Window { w: 3 };
+        let mask = Mask::new(Some(&w), false);
+        assert_eq!(tile_starts(&mask, g, 100..104, 0..200, 16), vec![96]);
+        assert_eq!(tile_starts(&mask, g, 100..120, 0..200, 16), vec![96, 112]);
+        // A split task's keys start its own grid.
+        assert_eq!(
+            tile_starts(&mask, g, 100..120, 90..200, 16),
+            vec![90, 106, 122]
+        );
+        // Dense: every tile.
+        let all: Vec<usize> = (0..200).step_by(16).collect();
+        assert_eq!(tile_starts(&Mask::Dense, g, 0..4, 0..200, 16), all);
+        // Causal, first rows: only the first tile.
+        assert_eq!(tile_starts(&Mask::Causal, g, 0..4, 0..200, 16), vec![0]);
+    }
 }

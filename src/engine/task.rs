@@ -117,7 +117,9 @@ impl<'a> Task<'a> {
         &self,
         rows: std::ops::Range<usize>,
     ) -> impl Iterator<Item = (usize, usize, Tile)> + '_ {
-        self.keys.clone().step_by(self.bk).filter_map(move |c0| {
+        let starts =
+            super::tile_starts(&self.mask, self.g, rows.clone(), self.keys.clone(), self.bk);
+        starts.into_iter().filter_map(move |c0| {
             let c1 = (c0 + self.bk).min(self.keys.end);
             let tile = self.mask.classify(self.g, rows.clone(), c0..c1);
             (tile != Tile::Empty).then_some((c0, c1, tile))

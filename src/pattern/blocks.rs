@@ -75,6 +75,12 @@ pub fn first_last(g: Geometry, rows: &Range<usize>) -> (isize, isize) {
 /// are the interval `self.interval(p)` (see [`interval_tile`] for the conditions).
 macro_rules! interval_pattern_methods {
     () => {
+        fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+            // Intervals non-decreasing in p: the hull of the first and last rows'.
+            let (p0, p1) = first_last(g, &rows);
+            $crate::pattern::clipped_range(self.interval(p0).0, self.interval(p1).1, g.n_kv)
+        }
+
         fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
             let (p0, p1) = first_last(g, &rows);
             interval_tile(self.interval(p0), self.interval(p1), &cols)
@@ -210,6 +216,16 @@ impl Pattern for Global {
     fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
         if !self.is_global_row(g.pos(i)) {
             fill_outside(row, c0, 0, self.g as isize - 1);
+        }
+    }
+
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        let (p0, p1) = first_last(g, &rows);
+        let any_global_row = p0.max(0) < (p1 + 1).min(self.g as isize);
+        if any_global_row {
+            super::all_keys(g.n_kv)
+        } else {
+            super::clipped_range(0, self.g as isize - 1, g.n_kv)
         }
     }
 

@@ -103,6 +103,13 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// Key ranges (sorted, disjoint, within `0..n_kv`) outside which no query of `rows` may
+    /// attend: the engine classifies only the tiles that meet them, so a window over 1M keys
+    /// never visits its empty tiles. A superset is always correct; the default is every key.
+    fn key_ranges(&self, g: Geometry, _rows: Range<usize>) -> Vec<Range<usize>> {
+        all_keys(g.n_kv)
+    }
+
     /// The number of keys query `i` may attend.
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (0..g.n_kv).filter(|&j| self.allows(g, i, j)).count()
@@ -113,6 +120,60 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         let allowed: usize = (0..g.n_q).map(|i| self.keys_in_row(g, i)).sum();
         allowed as f64 / (g.n_q as f64 * g.n_kv as f64)
     }
+}
+
+/// Every key, as a key-range list.
+pub fn all_keys(n_kv: usize) -> Vec<Range<usize>> {
+    let every = 0..n_kv;
+    vec![every]
+}
+
+/// The key range `lo..=hi` clipped to `0..n_kv`, as a list of at most one range.
+pub fn clipped_range(lo: isize, hi: isize, n_kv: usize) -> Vec<Range<usize>> {
+    let (lo, hi) = (lo.max(0), hi.min(n_kv as isize - 1));
+    if lo > hi {
+        Vec::new()
+    } else {
+        let range = lo as usize..hi as usize + 1;
+        vec![range]
+    }
+}
+
+/// The union of two sorted, disjoint range lists (sorted and disjoint, touching ranges merged).
+pub fn union_ranges(a: &[Range<usize>], b: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut all: Vec<Range<usize>> = a
+        .iter()
+        .chain(b)
+        .filter(|r| !r.is_empty())
+        .cloned()
+        .collect();
+    all.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(all.len());
+    for r in all {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The intersection of two sorted, disjoint range lists.
+pub fn intersect_ranges(a: &[Range<usize>], b: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].start.max(b[j].start), a[i].end.min(b[j].end));
+        if lo < hi {
+            out.push(lo..hi);
+        }
+        if a[i].end < b[j].end {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 /// Sets `row[j - c0]` to `-inf` for every `j` outside `lo..=hi`.
@@ -186,6 +247,10 @@ impl Pattern for Causal {
         fill_outside(row, c0, isize::MIN, g.pos(i));
     }
 
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        clipped_range(0, g.pos(rows.end - 1), g.n_kv)
+    }
+
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (g.pos(i) + 1).clamp(0, g.n_kv as isize) as usize
     }
@@ -222,6 +287,13 @@ impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
         self.1.mask_row(g, i, c0, row);
     }
 
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        intersect_ranges(
+            &self.0.key_ranges(g, rows.clone()),
+            &self.1.key_ranges(g, rows),
+        )
+    }
+
     fn unsupported(&self, g: Geometry) -> Vec<String> {
         let mut r = self.0.unsupported(g);
         r.extend(self.1.unsupported(g));
@@ -249,6 +321,13 @@ impl<A: Pattern, B: Pattern> Pattern for Union<A, B> {
         }
     }
 
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        union_ranges(
+            &self.0.key_ranges(g, rows.clone()),
+            &self.1.key_ranges(g, rows),
+        )
+    }
+
     fn unsupported(&self, g: Geometry) -> Vec<String> {
         let mut r = self.0.unsupported(g);
         r.extend(self.1.unsupported(g));
@@ -271,6 +350,9 @@ macro_rules! forward_pattern {
             }
             fn unsupported(&self, g: Geometry) -> Vec<String> {
                 (**self).unsupported(g)
+            }
+            fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+                (**self).key_ranges(g, rows)
             }
             fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
                 (**self).keys_in_row(g, i)
@@ -335,6 +417,15 @@ impl Pattern for Mask<'_> {
             Mask::Causal => Causal.mask_row(g, i, c0, row),
             Mask::Pattern(p) => p.mask_row(g, i, c0, row),
             Mask::CausalPattern(p) => Intersection(Causal, p).mask_row(g, i, c0, row),
+        }
+    }
+
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        match *self {
+            Mask::Dense => all_keys(g.n_kv),
+            Mask::Causal => Causal.key_ranges(g, rows),
+            Mask::Pattern(p) => p.key_ranges(g, rows),
+            Mask::CausalPattern(p) => Intersection(Causal, p).key_ranges(g, rows),
         }
     }
 

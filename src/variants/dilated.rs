@@ -94,6 +94,11 @@ impl Pattern for Dilated {
         }
     }
 
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        // Within the reach of the dilated window.
+        self.parts().0.key_ranges(g, rows)
+    }
+
     fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
         let (w, s) = self.parts();
         w.mask_row(g, i, c0, row);

@@ -86,6 +86,10 @@ impl Pattern for Longformer {
         row[w_end..].fill(f32::NEG_INFINITY);
     }
 
+    fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
+        Union(self.window(), self.global()).key_ranges(g, rows)
+    }
+
     fn unsupported(&self, g: Geometry) -> Vec<String> {
         self.global().unsupported(g)
     }
