@@ -953,3 +953,27 @@ fn grouped_query_and_float16_npy_triples_run() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&out_dir).unwrap();
 }
+
+#[test]
+fn long_key_ranges_split_only_where_a_block_visits_many_keys() {
+    // n = 20000 > SPLIT_KEYS: dense blocks are split and merged, a window's blocks visit a
+    // few tiles and run unsplit; both must match the oracle under their own pattern, with
+    // and without causal masking.
+    let out_dir = temp_dir("long-split");
+    let mut cfg = small_config(&out_dir);
+    cfg.lengths = vec![20000];
+    (cfg.heads, cfg.kv_heads, cfg.head_dim) = (1, 1, 8);
+    cfg.rounds = 1;
+    for causal in [false, true] {
+        cfg.opts = Options::new().causal(causal);
+        let out = sweep(
+            &cfg,
+            "flash,window(w=64),longformer(w=64,g=4),local(block=128)",
+        );
+        for r in &out.records {
+            assert_eq!(r.status, Status::Ok, "{r:?}");
+            assert!(r.err_own_rel.unwrap() <= r.tolerance.unwrap(), "{r:?}");
+        }
+    }
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}

@@ -150,16 +150,21 @@ pub const SPLIT_KEYS: usize = 16384;
 /// busy when there are fewer query blocks than threads (decoding, b = h = 1), and ranges of
 /// at most [`SPLIT_KEYS`] keys; always whole tiles, so at most one range per tile.
 fn kv_splits(shape: &Shape, tiling: Tiling, threads: usize) -> usize {
+    let for_accuracy = shape.n_kv().div_ceil(SPLIT_KEYS);
+    splits_for_threads(shape, tiling, threads)
+        .max(for_accuracy)
+        .min(shape.n_kv().div_ceil(tiling.bk))
+}
+
+/// The key ranges per query block that keep every thread busy when there are fewer query
+/// blocks than threads (decoding, b = h = 1); 1 otherwise.
+fn splits_for_threads(shape: &Shape, tiling: Tiling, threads: usize) -> usize {
     let tasks = shape.batch() * shape.heads() * shape.n_q().div_ceil(tiling.bq);
-    let for_threads = if tasks < threads {
+    if tasks < threads {
         (2 * threads).div_ceil(tasks)
     } else {
         1
-    };
-    let for_accuracy = shape.n_kv().div_ceil(SPLIT_KEYS);
-    for_threads
-        .max(for_accuracy)
-        .min(shape.n_kv().div_ceil(tiling.bk))
+    }
 }
 
 /// Runs exact softmax attention restricted to `mask` on the tiled engine, writing every row
@@ -172,9 +177,9 @@ pub fn tiled_forward(
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
     let shape = p.shape();
-    let splits = kv_splits(&shape, tiling, p.threads());
-    if splits > 1 {
-        split_kv_forward(p, mask, tiling, isa, splits, out);
+    if kv_splits(&shape, tiling, p.threads()) > 1 {
+        let for_threads = splits_for_threads(&shape, tiling, p.threads());
+        split_kv_forward(p, mask, tiling, isa, for_threads, out);
         return;
     }
     for_each_row_block(
