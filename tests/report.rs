@@ -51,7 +51,12 @@ fn rec(variant: &str, name: &str, n: usize, time_ms: Option<f64>, status: &str) 
             }
         }),
         workspace_bytes: Some(90_000),
-        density: Some(1.0),
+        // A window of 256 allows 2 * 256 + 1 keys per row (away from the edges).
+        density: Some(if name == "window" {
+            (513.0 / n as f64).min(1.0)
+        } else {
+            1.0
+        }),
         err_dense_rel: time_ms.map(|_| if name == "window" { 0.3 } else { 2e-7 }),
         err_dense_max_abs: Some(1e-6),
         err_dense_cosine: Some(1.0),
@@ -134,11 +139,11 @@ fn a_report_has_every_chart_and_the_fits() {
     // Power laws with +-1% round noise: slopes 2 and 1 over the upper 3 lengths (9 points),
     // with intervals around them.
     assert!(
-        md.contains("| `full` | exact | 2.00 [1.99, 2.01] (9 pts) | 2.00 | - |"),
+        md.contains("| `full` | exact | 2.00 [1.99, 2.01] (9 pts) | 2.00 | 2.00 | - |"),
         "{md}"
     );
     assert!(
-        md.contains("| `window(w=256)` | exact | 1.00 [0.99, 1.01] (9 pts) | 0.00 |"),
+        md.contains("| `window(w=256)` | exact | 1.00 [0.99, 1.01] (9 pts) | 1.00 | 0.00 |"),
         "{md}"
     );
     // window: 4x vs 10x^2 crosses at x = 0.4 (n ~ 410); vs 5x^2 at x = 0.8 (n ~ 819).

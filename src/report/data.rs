@@ -81,6 +81,9 @@ pub struct Point {
     pub gemm_gflops: Option<f64>,
     /// Layer sweeps: median ms of the whole layer, its projections and its core.
     pub layer: Option<(f64, f64, f64)>,
+    /// Exact variants: the (query, key) pairs their mask allows (density x n_q x n_kv), the
+    /// work their time should follow.
+    pub pairs: Option<f64>,
 }
 
 /// One line of the charts: a variant (per run, causal flag and workload where these vary).
@@ -206,6 +209,10 @@ pub fn series(records: &[Record]) -> Vec<Series> {
                     (Some(l), Some(p), Some(c)) => Some((l, p, c)),
                     _ => None,
                 },
+                pairs: r
+                    .density
+                    .filter(|_| r.fidelity == crate::attention::Fidelity::Exact)
+                    .map(|d| d * r.n_q as f64 * r.n_kv as f64),
             });
         }
     }

@@ -14,6 +14,8 @@ use crate::results::record::{Record, RunMeta, Status};
 struct Scaling {
     time: Option<fit::Fit>,
     memory: Option<fit::Fit>,
+    /// Exact variants: the slope of their allowed pairs, the time slope their pattern implies.
+    pairs: Option<fit::Fit>,
     vs_full: Option<Comparison>,
     vs_flash: Option<Comparison>,
     /// Drifting lengths among those the time fit uses.
@@ -50,6 +52,11 @@ fn scaling(s: &Series, all: &[Series], drifting: &[(String, usize)]) -> Scaling 
         .iter()
         .filter_map(|p| p.peak_bytes.map(|b| (p.n as f64, b)))
         .collect();
+    let pairs: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .filter_map(|p| p.pairs.map(|x| (p.n as f64, x)))
+        .collect();
     let compare = |name: &str| match data::reference(all, name, &s.group) {
         Some(r) if r.label != s.label => Some(Comparison::new(&timings(s), &timings(r))),
         _ => None,
@@ -63,6 +70,7 @@ fn scaling(s: &Series, all: &[Series], drifting: &[(String, usize)]) -> Scaling 
     Scaling {
         time: upper_half_fit(&times),
         memory: upper_half_fit(&mems),
+        pairs: upper_half_fit(&pairs),
         vs_full: compare("full"),
         vs_flash: compare("flash"),
         drift,
@@ -388,7 +396,7 @@ pub(super) fn markdown_report(
     let _ = writeln!(md, "## Scaling fits and crossovers\n");
     let _ = writeln!(
         md,
-        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), every round's median a point, with the slope's 95% interval [lo, hi] (Student t on the fit's residuals). Against `full` and `flash`, each length's time ratio is paired by round (the two ran in the same round, close in time) and has a 95% interval; a variant is faster or slower at a length only where that interval excludes 1, and a crossover is stated only between a length where it is established slower and one where it is established faster (its length interpolated in log space); elsewhere the two are indistinguishable.\n"
+        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), every round's median a point, with the slope's 95% interval [lo, hi] (Student t on the fit's residuals). Pair slope: the same fit of the (query, key) pairs an exact variant's mask allows, the time slope its pattern implies (a time slope well above it is the engine's cost, not the pattern's). Against `full` and `flash`, each length's time ratio is paired by round (the two ran in the same round, close in time) and has a 95% interval; a variant is faster or slower at a length only where that interval excludes 1, and a crossover is stated only between a length where it is established slower and one where it is established faster (its length interpolated in log space); elsewhere the two are indistinguishable.\n"
     );
     if !drifting.is_empty() {
         let _ = writeln!(
@@ -398,9 +406,9 @@ pub(super) fn markdown_report(
     }
     let _ = writeln!(
         md,
-        "| variant | fidelity | time slope [95%] | memory slope | vs full | vs flash |"
+        "| variant | fidelity | time slope [95%] | pair slope | memory slope | vs full | vs flash |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for s in all {
         let sc = scaling(s, all, &drifting);
         let drift = if sc.drift.is_empty() {
@@ -417,10 +425,11 @@ pub(super) fn markdown_report(
         };
         let _ = writeln!(
             md,
-            "| `{}` | {} | {}{drift} | {} | {} | {} |",
+            "| `{}` | {} | {}{drift} | {} | {} | {} | {} |",
             s.label,
             s.fidelity,
             fmt_fit(sc.time),
+            opt(sc.pairs, |f| format!("{:.2}", f.slope)),
             opt(sc.memory, |f| format!("{:.2}", f.slope)),
             same_or(all, s, "full", &sc.vs_full),
             same_or(all, s, "flash", &sc.vs_flash)
