@@ -193,19 +193,24 @@ pub fn tiled_forward(
             };
             Workspace::new(t, shape.head_dim(), shape.v_dim())
         },
-        |ws, b, h, r0, block_out| {
-            let rows = block_out.nrows();
-            let task = Task::new(
-                p,
-                mask,
-                (b, h, r0..r0 + rows),
-                0..shape.n_kv(),
-                tiling.bk,
-                isa,
-            );
-            task.run(ws, block_out);
-        },
+        |ws, b, h, r0, block_out| run_block(p, mask, tiling.bk, isa, ws, (b, h, r0), block_out),
     );
+}
+
+/// One query block of (batch `b`, head `h`) from row `r0` over every key, unsplit, into its
+/// output rows.
+fn run_block(
+    p: &Call<'_>,
+    mask: Mask<'_>,
+    bk: usize,
+    isa: Isa,
+    ws: &mut Workspace,
+    (b, h, r0): (usize, usize, usize),
+    block_out: ndarray::ArrayViewMut2<'_, f32>,
+) {
+    let rows = r0..r0 + block_out.nrows();
+    let task = Task::new(p, mask, (b, h, rows), 0..p.shape().n_kv(), bk, isa);
+    task.run(ws, block_out);
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::task::{Task, Workspace};
-use super::{SPLIT_KEYS, Tiling, tile_starts};
+use super::{SPLIT_KEYS, Tiling, run_block, tile_starts};
 use crate::attention::Call;
 use crate::kernels::dispatch::{self, Isa};
 use crate::parallel::for_each_row_block;
@@ -38,15 +38,7 @@ pub(super) fn split_kv_forward(
             .max((starts.len() * tiling.bk).div_ceil(SPLIT_KEYS))
             .min(starts.len());
         if splits <= 1 {
-            let task = Task::new(
-                p,
-                mask,
-                (b, h, r0..r0 + rows),
-                0..shape.n_kv(),
-                tiling.bk,
-                isa,
-            );
-            task.run(ws, block_out);
+            run_block(p, mask, tiling.bk, isa, ws, (b, h, r0), block_out);
             return;
         }
         let ldv = dispatch::padded(shape.v_dim());

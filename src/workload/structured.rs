@@ -200,14 +200,16 @@ const QUERY: u64 = 2;
 const VALUE: u64 = 3;
 const FIXED: u64 = 4;
 
-fn theta(f: usize) -> f64 {
-    ROPE_BASE.powf(-(f as f64) / PAIRS as f64)
+/// The rotation frequency of each pair, `1e5^(-f/32)`.
+fn thetas() -> &'static [f64; PAIRS] {
+    static THETAS: OnceLock<[f64; PAIRS]> = OnceLock::new();
+    THETAS.get_or_init(|| std::array::from_fn(|f| ROPE_BASE.powf(-(f as f64) / PAIRS as f64)))
 }
 
 /// Rotates `x` (rotate-half layout) to position `p`.
 fn rotate(x: &mut [f32], p: usize) {
-    for f in 0..PAIRS {
-        let (sin, cos) = (p as f64 * theta(f)).sin_cos();
+    for (f, &theta) in thetas().iter().enumerate() {
+        let (sin, cos) = (p as f64 * theta).sin_cos();
         let (a, b) = (x[f] as f64, x[f + PAIRS] as f64);
         x[f] = (a * cos - b * sin) as f32;
         x[f + PAIRS] = (a * sin + b * cos) as f32;
@@ -237,20 +239,46 @@ impl LayerCalibration {
             .collect()
     }
 
-    /// Key `j` of KV head `g`.
-    fn key(&self, phases: &[f64], seed: u64, g: usize, j: usize) -> [f32; HEAD_DIM] {
-        let mut k = [0f32; HEAD_DIM];
+    /// KV head `g`'s unit base vector `b_g` (before rotation), as pair components.
+    fn key_base(&self, seed: u64, g: usize) -> Vec<(f64, f64)> {
         let amp = (1.0 / FREE as f64).sqrt();
+        let phases = self.phases(seed, g);
+        phases
+            .iter()
+            .map(|phi| (amp * phi.cos(), amp * phi.sin()))
+            .collect()
+    }
+
+    /// Head `h`'s query base `lambda a_h` under `p` (before rotation): `b_g`'s phases with
+    /// the tilted amplitudes, normalised so that `a_h . b_g = 1`.
+    fn query_base(&self, p: &HeadParams, seed: u64, h: usize) -> Vec<(f64, f64)> {
+        let amp = (1.0 / FREE as f64).sqrt();
+        let tilt = |f: usize| (p.tilt * (f as f64 / (FREE - 1) as f64 - 0.5)).exp();
+        let norm: f64 = (0..FREE).map(|f| amp * amp * tilt(f)).sum();
+        let phases = self.phases(seed, h / self.group());
+        phases
+            .iter()
+            .enumerate()
+            .map(|(f, phi)| {
+                let c = p.locality * amp * tilt(f) / norm;
+                (c * phi.cos(), c * phi.sin())
+            })
+            .collect()
+    }
+
+    /// Key `j` of KV head `g`, from its base.
+    fn key(&self, base: &[(f64, f64)], seed: u64, g: usize, j: usize) -> [f32; HEAD_DIM] {
+        let mut k = [0f32; HEAD_DIM];
         let noise = (1.0 / (2 * FREE) as f64).sqrt();
         // The first key has no content noise: a fixed draw there would shift the sink logit
         // of every row alike, making the sink mass depend on the seed.
         let noise = if j == 0 { 0.0 } else { noise };
         let mut r = rng(seed, self.layer, KEY, g, j);
-        for (f, &phi) in phases.iter().enumerate() {
+        for (f, &(ba, bb)) in base.iter().enumerate() {
             let (wa, wb): (f64, f64) =
                 (StandardNormal.sample(&mut r), StandardNormal.sample(&mut r));
-            k[f] = (amp * phi.cos() + noise * wa) as f32;
-            k[f + PAIRS] = (amp * phi.sin() + noise * wb) as f32;
+            k[f] = (ba + noise * wa) as f32;
+            k[f + PAIRS] = (bb + noise * wb) as f32;
         }
         rotate(&mut k, j);
         if j == 0 {
@@ -260,26 +288,22 @@ impl LayerCalibration {
     }
 
     /// Query `i` of head `h` under `p` (rather than the calibrated parameters: the fit
-    /// varies them).
+    /// varies them), from its base.
     fn query(
         &self,
         p: &HeadParams,
-        phases: &[f64],
+        base: &[(f64, f64)],
         seed: u64,
         h: usize,
         i: usize,
     ) -> [f32; HEAD_DIM] {
-        let amp = (1.0 / FREE as f64).sqrt();
-        let tilt = |f: usize| (p.tilt * (f as f64 / (FREE - 1) as f64 - 0.5)).exp();
-        let norm: f64 = (0..FREE).map(|f| amp * amp * tilt(f)).sum();
         let mut q = [0f32; HEAD_DIM];
         let mut r = rng(seed, self.layer, QUERY, h, i);
-        for (f, &phi) in phases.iter().enumerate() {
-            let c = p.locality * amp * tilt(f) / norm;
+        for (f, &(ca, cb)) in base.iter().enumerate() {
             let (za, zb): (f64, f64) =
                 (StandardNormal.sample(&mut r), StandardNormal.sample(&mut r));
-            q[f] = (8.0 * (c * phi.cos() + p.content * za)) as f32;
-            q[f + PAIRS] = (8.0 * (c * phi.sin() + p.content * zb)) as f32;
+            q[f] = (8.0 * (ca + p.content * za)) as f32;
+            q[f + PAIRS] = (8.0 * (cb + p.content * zb)) as f32;
         }
         rotate(&mut q, i);
         q[SINK_PAIR] = (8.0 * p.sink) as f32;
@@ -288,21 +312,21 @@ impl LayerCalibration {
 
     /// The keys `0..n` of KV head `g`, `[n, 64]`.
     pub fn keys(&self, seed: u64, g: usize, n: usize) -> Array2<f32> {
-        let phases = self.phases(seed, g);
+        let base = self.key_base(seed, g);
         let mut out = Array2::zeros((n, HEAD_DIM));
         for (j, mut row) in out.outer_iter_mut().enumerate() {
-            row.assign(&ndarray::ArrayView1::from(&self.key(&phases, seed, g, j)));
+            row.assign(&ndarray::ArrayView1::from(&self.key(&base, seed, g, j)));
         }
         out
     }
 
     /// The queries at `rows` of head `h` under parameters `p`, `[rows, 64]`.
     pub fn queries(&self, p: &HeadParams, seed: u64, h: usize, rows: &[usize]) -> Array2<f32> {
-        let phases = self.phases(seed, h / self.group());
+        let base = self.query_base(p, seed, h);
         let mut out = Array2::zeros((rows.len(), HEAD_DIM));
         for (&i, mut row) in rows.iter().zip(out.outer_iter_mut()) {
             row.assign(&ndarray::ArrayView1::from(
-                &self.query(p, &phases, seed, h, i),
+                &self.query(p, &base, seed, h, i),
             ));
         }
         out
