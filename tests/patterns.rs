@@ -286,6 +286,24 @@ fn classification_row_masks_and_counts_match_brute_force() {
                         "{p:?} causal={causal_flag} {g:?} rows {rows:?} cols {cols:?}: {got:?} vs {want:?}"
                     );
                     conservative += usize::from(got != want);
+                    // The key-major mask (the engine's layout: key t's column of queries at
+                    // st[t * ld..], padding lanes past the rows) leaves exactly the allowed
+                    // pairs and never touches the padding.
+                    let ld = rows.len() + 3;
+                    let mut st = vec![1.0f32; cols.len() * ld];
+                    p.mask_key_major(g, rows.clone(), cols.start, cols.len(), &mut st, ld);
+                    for (t, col) in st.chunks(ld).enumerate() {
+                        for (r, &x) in col.iter().enumerate() {
+                            let want = r >= rows.len() || p.allows(g, r0 + r, c0 + t);
+                            assert_eq!(
+                                x == 1.0,
+                                want,
+                                "{p:?} causal={causal_flag} {g:?} key-major rows {rows:?} query {} key {}",
+                                r0 + r,
+                                c0 + t
+                            );
+                        }
+                    }
                 }
             }
         }

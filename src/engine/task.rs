@@ -1,8 +1,6 @@
 //! One query block of one (batch, head): its scratch, its tile loop, and the single-query
 //! (decoding) path.
 
-use std::ops::Range;
-
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
 
 use super::Tiling;
@@ -256,20 +254,9 @@ impl<'a> Task<'a> {
                 self.mods
                     .apply_key_major(t.st, (self.r0, rows), (c0, cols), ldq);
             }
-            if tile == Tile::Partial && matches!(self.mask, Mask::Causal) {
-                causal_key_major(self.g, row_range.clone(), c0, cols, t.st, ldq);
-            } else if tile == Tile::Partial {
-                // Masks work on query rows; the scores are key-major: gather, mask, scatter.
-                let row = &mut ws.row[..cols];
-                for i in 0..rows {
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = t.st[j * ldq + i];
-                    }
-                    self.mask.mask_row(self.g, self.r0 + i, c0, row);
-                    for (j, &x) in row.iter().enumerate() {
-                        t.st[j * ldq + i] = x;
-                    }
-                }
+            if tile == Tile::Partial {
+                self.mask
+                    .mask_key_major(self.g, row_range.clone(), c0, cols, t.st, ldq);
             }
             let mut state = dispatch::OnlineState {
                 m: &mut ws.m,
@@ -286,56 +273,6 @@ impl<'a> Task<'a> {
                 rows,
                 &ws.rescale[..ldq],
             );
-        }
-    }
-}
-
-/// Masks a causal tile stored key-major (`st[j * ld + (i - rows.start)]` is the score of query
-/// `i` and key `c0 + j`): query `i` sees key `k` iff `k <= pos(i)`, and `pos` grows by one per
-/// query, so key `k` hides the block's first `k - pos(rows.start)` queries: one prefix fill
-/// per key instead of a gather, mask and scatter per query.
-fn causal_key_major(
-    g: Geometry,
-    rows: Range<usize>,
-    c0: usize,
-    cols: usize,
-    st: &mut [f32],
-    ld: usize,
-) {
-    let first = g.pos(rows.start);
-    for (j, key_row) in st.chunks_mut(ld).take(cols).enumerate() {
-        let hidden = ((c0 + j) as isize - first).clamp(0, rows.len() as isize) as usize;
-        key_row[..hidden].fill(f32::NEG_INFINITY);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pattern::Causal;
-
-    #[test]
-    fn key_major_causal_masking_matches_allows() {
-        // Square, more keys than queries (decoding-like), more queries than keys; blocks that
-        // start anywhere, and tiles across the diagonal and off it.
-        let square = Geometry::new(37, 37);
-        for g in [square, Geometry::new(9, 40), Geometry::new(40, 9)] {
-            for (r0, r1) in [(0, g.n_q), (3, 11.min(g.n_q)), (g.n_q - 5, g.n_q)] {
-                for (c0, c1) in [(0, g.n_kv), (2, 9), (g.n_kv - 4, g.n_kv)] {
-                    let (rows, cols, ld) = (r1 - r0, c1 - c0, 16.max(r1 - r0));
-                    let mut st = vec![0.0f32; cols * ld];
-                    causal_key_major(g, r0..r1, c0, cols, &mut st, ld);
-                    for j in 0..cols {
-                        for i in 0..rows {
-                            let masked = st[j * ld + i] == f32::NEG_INFINITY;
-                            let allowed = Causal.allows(g, r0 + i, c0 + j);
-                            assert_eq!(masked, !allowed, "{g:?} query {} key {}", r0 + i, c0 + j);
-                        }
-                        // Padding queries beyond the block are never touched.
-                        assert!(st[j * ld + rows..(j + 1) * ld].iter().all(|&x| x == 0.0));
-                    }
-                }
-            }
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use super::{Geometry, Pattern, Tile, fill_outside};
+use super::{Geometry, Pattern, Tile, fill_incongruent, fill_outside, fill_outside_at};
 
 /// Keys within `w` positions: `|p - j| <= w` (so `2w + 1` keys away from the edges).
 /// Under causal masking this becomes `p - w <= j <= p` (`w + 1` keys). `w = 0` is the
@@ -71,8 +71,10 @@ pub fn first_last(g: Geometry, rows: &Range<usize>) -> (isize, isize) {
     (g.pos(rows.start), g.pos(rows.end - 1))
 }
 
-/// The `classify`, `mask_row` and `keys_in_row` of a pattern whose allowed keys in row `p`
-/// are the interval `self.interval(p)` (see [`interval_tile`] for the conditions).
+/// The `key_ranges`, `classify`, `mask_row`, `keys_in_row` and `mask_key_major` of a pattern
+/// whose allowed keys in row `p` are the interval `self.interval(p)` (see [`interval_tile`]
+/// for the conditions) and whose queries allowed to see key `j` are the positions
+/// `self.queries_of(j)`.
 macro_rules! interval_pattern_methods {
     () => {
         fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
@@ -94,6 +96,22 @@ macro_rules! interval_pattern_methods {
         fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
             let (lo, hi) = self.interval(g.pos(i));
             clipped_len(lo, hi, g.n_kv)
+        }
+
+        fn mask_key_major(
+            &self,
+            g: Geometry,
+            rows: Range<usize>,
+            c0: usize,
+            cols: usize,
+            st: &mut [f32],
+            ld: usize,
+        ) {
+            let first = g.pos(rows.start);
+            for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+                let (lo, hi) = self.queries_of((c0 + t) as isize);
+                fill_outside_at(&mut col[..rows.len()], first, lo, hi);
+            }
         }
     };
 }
@@ -128,16 +146,21 @@ impl Pattern for Stripes {
     }
 
     fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
-        let s = self.s as isize;
-        let mut phase = (g.pos(i) - c0 as isize).rem_euclid(s) as usize;
-        // `phase` counts down to the next allowed key.
-        for x in row.iter_mut() {
-            if phase != 0 {
-                *x = f32::NEG_INFINITY;
-                phase -= 1;
-            } else {
-                phase = self.s - 1;
-            }
+        fill_incongruent(row, c0 as isize, g.pos(i), self.s);
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        let first = g.pos(rows.start);
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            fill_incongruent(&mut col[..rows.len()], first, (c0 + t) as isize, self.s);
         }
     }
 
@@ -153,6 +176,11 @@ impl Window {
     /// The allowed keys of aligned position `p`: `lo..=hi` (unclipped).
     pub fn interval(&self, p: isize) -> (isize, isize) {
         (p - self.w as isize, p + self.w as isize)
+    }
+
+    /// The positions that may attend key `j`: `j - w..=j + w` (unclipped).
+    pub fn queries_of(&self, j: isize) -> (isize, isize) {
+        self.interval(j)
     }
 }
 
@@ -173,6 +201,11 @@ impl Local {
         let b = self.block as isize;
         let start = p.div_euclid(b) * b;
         (start, start + b - 1)
+    }
+
+    /// The positions that may attend key `j`: those of its block.
+    pub fn queries_of(&self, j: isize) -> (isize, isize) {
+        self.interval(j)
     }
 }
 
@@ -216,6 +249,24 @@ impl Pattern for Global {
     fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
         if !self.is_global_row(g.pos(i)) {
             fill_outside(row, c0, 0, self.g as isize - 1);
+        }
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        // Keys past the prefix are seen by the global rows only.
+        let first = g.pos(rows.start);
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            if c0 + t >= self.g {
+                fill_outside_at(&mut col[..rows.len()], first, 0, self.g as isize - 1);
+            }
         }
     }
 

@@ -97,6 +97,30 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         }
     }
 
+    /// Sets to `-inf` the score of every pair the pattern does not allow in the key-major tile
+    /// `st`, where `st[t * ld + r]` is query `rows.start + r` against key `c0 + t` (`t <
+    /// cols`), leaving allowed pairs and the padding lanes `r >= rows.len()` untouched: the
+    /// engine's layout, masked without transposing. The provided version calls
+    /// [`allows`](Pattern::allows) per pair; built-in patterns override it with interval fills
+    /// per key.
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            for (r, x) in col[..rows.len()].iter_mut().enumerate() {
+                if !self.allows(g, rows.start + r, c0 + t) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
     /// Reasons this pattern is not meaningful for geometry `g` (e.g. more global tokens than
     /// keys); empty when it is.
     fn unsupported(&self, _g: Geometry) -> Vec<String> {
@@ -178,15 +202,54 @@ pub fn intersect_ranges(a: &[Range<usize>], b: &[Range<usize>]) -> Vec<Range<usi
 
 /// Sets `row[j - c0]` to `-inf` for every `j` outside `lo..=hi`.
 pub fn fill_outside(row: &mut [f32], c0: usize, lo: isize, hi: isize) {
+    fill_outside_at(row, c0 as isize, lo, hi);
+}
+
+/// Sets `row[t]` to `-inf` for every `t` whose index `first + t` lies outside `lo..=hi`: a
+/// row of keys from key `first`, or a key-major column of queries from position `first`.
+pub fn fill_outside_at(row: &mut [f32], first: isize, lo: isize, hi: isize) {
     let len = row.len() as isize;
-    let c0 = c0 as isize;
-    let start = lo.saturating_sub(c0).clamp(0, len) as usize;
+    let start = lo.saturating_sub(first).clamp(0, len) as usize;
     let end = hi
-        .saturating_sub(c0)
+        .saturating_sub(first)
         .saturating_add(1)
         .clamp(start as isize, len) as usize;
     row[..start].fill(f32::NEG_INFINITY);
     row[end..].fill(f32::NEG_INFINITY);
+}
+
+/// Sets `row[t]` to `-inf` for every `t` whose index `first + t` lies outside the union of
+/// the inclusive intervals `keep` (sorted by start; they may overlap).
+pub fn fill_outside_union(row: &mut [f32], first: isize, keep: &[(isize, isize)]) {
+    let len = row.len() as isize;
+    let idx = |x: isize| x.saturating_sub(first).clamp(0, len) as usize;
+    let mut cursor = 0;
+    for &(lo, hi) in keep {
+        if hi < lo {
+            continue;
+        }
+        let (start, end) = (idx(lo), idx(hi.saturating_add(1)));
+        if start > cursor {
+            row[cursor..start].fill(f32::NEG_INFINITY);
+        }
+        cursor = cursor.max(end);
+    }
+    row[cursor..].fill(f32::NEG_INFINITY);
+}
+
+/// Sets `row[t]` to `-inf` for every `t` with `first + t` not congruent to `target` modulo
+/// `s`: the stripes of a strided pattern along a row of keys or a column of queries.
+pub fn fill_incongruent(row: &mut [f32], first: isize, target: isize, s: usize) {
+    // `phase` counts down to the next congruent index.
+    let mut phase = (target - first).rem_euclid(s as isize) as usize;
+    for x in row.iter_mut() {
+        if phase != 0 {
+            *x = f32::NEG_INFINITY;
+            phase -= 1;
+        } else {
+            phase = s - 1;
+        }
+    }
 }
 
 fn tile_from(any: bool, all: bool) -> Tile {
@@ -211,6 +274,17 @@ impl Pattern for Dense {
     }
 
     fn mask_row(&self, _g: Geometry, _i: usize, _c0: usize, _row: &mut [f32]) {}
+
+    fn mask_key_major(
+        &self,
+        _g: Geometry,
+        _rows: Range<usize>,
+        _c0: usize,
+        _cols: usize,
+        _st: &mut [f32],
+        _ld: usize,
+    ) {
+    }
 
     fn keys_in_row(&self, g: Geometry, _i: usize) -> usize {
         g.n_kv
@@ -251,6 +325,22 @@ impl Pattern for Causal {
         clipped_range(0, g.pos(rows.end - 1), g.n_kv)
     }
 
+    /// Key `j` hides the queries before position `j`: one prefix fill per key.
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        let first = g.pos(rows.start);
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            fill_outside_at(&mut col[..rows.len()], first, (c0 + t) as isize, isize::MAX);
+        }
+    }
+
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         (g.pos(i) + 1).clamp(0, g.n_kv as isize) as usize
     }
@@ -285,6 +375,19 @@ impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
         // Masking is idempotent: applying both masks leaves exactly the intersection.
         self.0.mask_row(g, i, c0, row);
         self.1.mask_row(g, i, c0, row);
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        self.0.mask_key_major(g, rows.clone(), c0, cols, st, ld);
+        self.1.mask_key_major(g, rows, c0, cols, st, ld);
     }
 
     fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
@@ -347,6 +450,17 @@ macro_rules! forward_pattern {
             }
             fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
                 (**self).mask_row(g, i, c0, row)
+            }
+            fn mask_key_major(
+                &self,
+                g: Geometry,
+                rows: Range<usize>,
+                c0: usize,
+                cols: usize,
+                st: &mut [f32],
+                ld: usize,
+            ) {
+                (**self).mask_key_major(g, rows, c0, cols, st, ld)
             }
             fn unsupported(&self, g: Geometry) -> Vec<String> {
                 (**self).unsupported(g)
@@ -417,6 +531,25 @@ impl Pattern for Mask<'_> {
             Mask::Causal => Causal.mask_row(g, i, c0, row),
             Mask::Pattern(p) => p.mask_row(g, i, c0, row),
             Mask::CausalPattern(p) => Intersection(Causal, p).mask_row(g, i, c0, row),
+        }
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        match *self {
+            Mask::Dense => {}
+            Mask::Causal => Causal.mask_key_major(g, rows, c0, cols, st, ld),
+            Mask::Pattern(p) => p.mask_key_major(g, rows, c0, cols, st, ld),
+            Mask::CausalPattern(p) => {
+                Intersection(Causal, p).mask_key_major(g, rows, c0, cols, st, ld)
+            }
         }
     }
 

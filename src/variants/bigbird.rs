@@ -170,6 +170,36 @@ impl Pattern for BigBird {
         }
     }
 
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        // Walk the column one query block at a time.
+        let nkb = self.key_blocks(g);
+        let b = self.block as isize;
+        let first = g.pos(rows.start);
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            let kb = (c0 + t) / self.block;
+            let col = &mut col[..rows.len()];
+            let mut start = 0;
+            while start < col.len() {
+                let p = first + start as isize;
+                let qb = p.div_euclid(b);
+                let end = ((qb + 1) * b - first).clamp(start as isize + 1, col.len() as isize);
+                let end = end as usize;
+                if !self.block_allowed(qb, kb, nkb) {
+                    col[start..end].fill(f32::NEG_INFINITY);
+                }
+                start = end;
+            }
+        }
+    }
+
     fn unsupported(&self, g: Geometry) -> Vec<String> {
         let nkb = self.key_blocks(g);
         if self.g > nkb {

@@ -105,6 +105,20 @@ impl Pattern for Dilated {
         s.mask_row(g, i, c0, row);
     }
 
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        let (w, s) = self.parts();
+        w.mask_key_major(g, rows.clone(), c0, cols, st, ld);
+        s.mask_key_major(g, rows, c0, cols, st, ld);
+    }
+
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
         let p = g.pos(i);
         let (lo, hi) = self.parts().0.interval(p);

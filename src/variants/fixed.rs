@@ -8,7 +8,7 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::clipped_len;
-use crate::pattern::{Geometry, Local, Pattern, Tile};
+use crate::pattern::{Geometry, Local, Pattern, Tile, fill_outside_at};
 
 /// `fixed(block=128,c=32)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -99,6 +99,26 @@ impl Pattern for Fixed {
             let in_block = (lo..=hi).contains(&(j as isize));
             if !in_block && !self.is_summary(j) {
                 *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        // A summary key is seen by every query, any other key by its own block.
+        let first = g.pos(rows.start);
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            let j = c0 + t;
+            if !self.is_summary(j) {
+                let (lo, hi) = self.local().queries_of(j as isize);
+                fill_outside_at(&mut col[..rows.len()], first, lo, hi);
             }
         }
     }

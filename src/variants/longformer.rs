@@ -8,7 +8,7 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::clipped_len;
-use crate::pattern::{Geometry, Global, Pattern, Tile, Union, Window};
+use crate::pattern::{Geometry, Global, Pattern, Tile, Union, Window, fill_outside_union};
 
 /// `longformer(w=256,g=16)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -84,6 +84,28 @@ impl Pattern for Longformer {
         let (w_start, w_end) = (idx(lo).max(g_end), idx(hi + 1).max(g_end));
         row[g_end..w_start].fill(f32::NEG_INFINITY);
         row[w_end..].fill(f32::NEG_INFINITY);
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        // A key past the prefix is seen by the global rows and by its window.
+        let first = g.pos(rows.start);
+        let last_global = self.g as isize - 1;
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            let j = c0 + t;
+            if j >= self.g {
+                let mut keep = [(0, last_global), self.window().queries_of(j as isize)];
+                keep.sort_unstable();
+                fill_outside_union(&mut col[..rows.len()], first, &keep);
+            }
+        }
     }
 
     fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {

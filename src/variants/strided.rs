@@ -8,7 +8,7 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::{clipped_len, count_congruent};
-use crate::pattern::{Geometry, Pattern, Stripes, Tile, Union, Window};
+use crate::pattern::{Geometry, Pattern, Stripes, Tile, Union, Window, fill_incongruent};
 
 /// `strided(stride=128)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -71,6 +71,30 @@ impl Pattern for Strided {
         let stripes = Stripes { s: self.stride };
         stripes.mask_row(g, i, c0, before);
         stripes.mask_row(g, i, c0 + end, after);
+    }
+
+    fn mask_key_major(
+        &self,
+        g: Geometry,
+        rows: Range<usize>,
+        c0: usize,
+        cols: usize,
+        st: &mut [f32],
+        ld: usize,
+    ) {
+        // Key j is seen by the positions of its window and by its residue class.
+        let first = g.pos(rows.start);
+        let (w, _) = self.parts();
+        let len = rows.len() as isize;
+        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
+            let j = (c0 + t) as isize;
+            let (lo, hi) = w.queries_of(j);
+            let start = (lo - first).clamp(0, len) as usize;
+            let end = (hi - first + 1).clamp(start as isize, len) as usize;
+            let (before, rest) = col[..rows.len()].split_at_mut(start);
+            fill_incongruent(before, first, j, self.stride);
+            fill_incongruent(&mut rest[end - start..], first + end as isize, j, self.stride);
+        }
     }
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {
