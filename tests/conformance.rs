@@ -168,3 +168,48 @@ fn heads_sharing_a_kv_head_differ_only_by_their_queries() {
         assert!(!close(1, 2), "{v}: heads 1 and 2 read different kv heads");
     }
 }
+
+#[test]
+fn gathered_parts_match_the_oracle_where_the_engine_takes_them() {
+    // The stride-like patterns run on gathered parts when there are at least as many
+    // (batch, head) pairs as threads and no ALiBi; with ALiBi they keep the tile path. Both
+    // paths against the oracle: lengths that are no multiple of any block or stride, GQA,
+    // key padding, causal or not, one and two threads.
+    let reg = Registry::builtin();
+    let specs = "strided(stride=7),strided(stride=64),dilated(w=9,dilation=3),\
+                 dilated(w=40,dilation=2),fixed(block=16,c=4),fixed(block=64,c=7)";
+    let shape = Shape::new(2, 4, 2, 333, 333, 16, 8).unwrap();
+    let qkv = gaussian(&shape, 1.0, 11);
+    let lengths = [333, 250];
+    for v in reg.build_list(specs).unwrap() {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (causal, alibi) in [(false, false), (true, false), (false, true)] {
+                let opts = Options::new().causal(causal).alibi(alibi);
+                let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)
+                    .unwrap()
+                    .with_key_lengths(&lengths)
+                    .unwrap();
+                let mut out = Array4::from_elem(shape.out_dims(), f32::NAN);
+                pool.install(|| attnbench::attention::run(v.as_ref(), &p, out.view_mut()))
+                    .unwrap();
+                let e = compare(out.view(), oracle(&p, v.pattern()).view()).rel_frobenius;
+                assert!(
+                    e <= EXACT_TOLERANCE,
+                    "{v} threads={threads} causal={causal} alibi={alibi}: {e:e}"
+                );
+            }
+        }
+        // The parts path computes fewer pairs than the tile path on the same mask.
+        let opts = Options::new();
+        let parts = v.cost(&shape, &opts, 1).flops;
+        let tiles = v.cost(&shape, &opts.alibi(true), 1).flops;
+        assert!(
+            parts < tiles,
+            "{v}: parts {parts:e} vs tiles {tiles:e} flops"
+        );
+    }
+}

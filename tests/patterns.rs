@@ -3,7 +3,7 @@
 //! counts, user patterns with empty rows, and parameter errors.
 
 use attnbench::oracle::{compare, oracle};
-use attnbench::pattern::{Causal, Global, Intersection, Local, Mask, Window};
+use attnbench::pattern::{Causal, Global, Intersection, Local, Mask, OtherBlocks, Window};
 use attnbench::variants::bigbird::BigBird;
 use attnbench::variants::dilated::Dilated;
 use attnbench::variants::fixed::Fixed;
@@ -513,4 +513,104 @@ fn bad_parameters_name_the_parameter() {
     .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Unsupported { .. }));
     assert!(e.to_string().contains("g=16"), "{e}");
+}
+
+#[test]
+fn gathered_parts_are_disjoint_and_cover_exactly_the_pattern() {
+    // Every pattern offering parts: over all parts, groups and local pairs, each allowed
+    // pair of the (causal or not) mask is counted exactly once and no other pair at all.
+    let reg = Registry::builtin();
+    let names = pattern_variants(&reg);
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut with_parts = std::collections::BTreeSet::new();
+    for round in 0..80 * names.len() {
+        let variant = random_variant(&reg, names[round % names.len()], &mut rng);
+        let pattern = variant.pattern().expect("a pattern variant");
+        let n = rng.random_range(1..60);
+        let g = Geometry::new(n, n);
+        for causal in [false, true] {
+            let mask = Mask::new(Some(pattern), causal);
+            let Some(parts) = mask.parts(g, causal) else {
+                continue;
+            };
+            with_parts.insert(variant.name());
+            let mut count = vec![0u32; n * n];
+            for part in &parts {
+                let mut seen = vec![false; n];
+                for group in &part.groups {
+                    let lg = group.geometry();
+                    for a in 0..lg.n_q {
+                        let q = group.queries.index(a);
+                        assert!(!seen[q], "{pattern:?}: query {q} in two groups of a part");
+                        seen[q] = true;
+                        for b in 0..lg.n_kv {
+                            if part.pattern.allows(lg, a, b) {
+                                count[q * n + group.keys.index(b)] += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            for i in 0..n {
+                for j in 0..n {
+                    assert_eq!(
+                        count[i * n + j],
+                        u32::from(mask.allows(g, i, j)),
+                        "{pattern:?} causal={causal} n={n} pair ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+    // The stride-like patterns offer parts; the others keep the tile path.
+    for name in ["strided", "dilated", "fixed"] {
+        assert!(with_parts.contains(name), "{name}: {with_parts:?}");
+    }
+}
+
+#[test]
+fn other_blocks_classify_and_mask_like_brute_force() {
+    // The local pattern of the gathered parts, on its own.
+    let mut rng = StdRng::seed_from_u64(5);
+    for _ in 0..300 {
+        let p = OtherBlocks {
+            qb: rng.random_range(1..6),
+            kb: rng.random_range(1..6),
+            before: rng.random_bool(0.5),
+        };
+        let g = Geometry::new(rng.random_range(1..40), rng.random_range(1..40));
+        let (bq, bk) = (rng.random_range(1..9), rng.random_range(1..9));
+        for r0 in (0..g.n_q).step_by(bq) {
+            let rows = r0..(r0 + bq).min(g.n_q);
+            let ranges = p.key_ranges(g, rows.clone());
+            for c0 in (0..g.n_kv).step_by(bk) {
+                let cols = c0..(c0 + bk).min(g.n_kv);
+                assert_eq!(
+                    p.classify(g, rows.clone(), cols.clone()),
+                    brute(&p, g, rows.clone(), cols.clone()),
+                    "{p:?} {rows:?} {cols:?}"
+                );
+                let ld = rows.len() + 2;
+                let mut st = vec![1.0f32; cols.len() * ld];
+                p.mask_key_major(g, rows.clone(), c0, cols.len(), &mut st, ld);
+                for (t, col) in st.chunks(ld).enumerate() {
+                    for (r, &x) in col.iter().enumerate() {
+                        let want = r >= rows.len() || p.allows(g, r0 + r, c0 + t);
+                        assert_eq!(x == 1.0, want, "{p:?} query {} key {}", r0 + r, c0 + t);
+                    }
+                }
+            }
+            for i in rows.clone() {
+                let mut row = vec![1.0f32; g.n_kv];
+                p.mask_row(g, i, 0, &mut row);
+                for (j, &x) in row.iter().enumerate() {
+                    let allowed = p.allows(g, i, j);
+                    assert_eq!(x == 1.0, allowed, "{p:?} row {i} key {j}");
+                    if allowed {
+                        assert!(ranges.iter().any(|r| r.contains(&j)), "{p:?} {i} {j}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -21,12 +21,16 @@
 //! - this file: [`Tiling`], [`tiled_cost`], [`tiled_forward`] and how keys are split;
 //! - `task`: one query block (its `Workspace` and tile loop), the
 //!   single-query (decoding) path, and the engine's key-major causal mask;
-//! - `split`: key ranges processed in parallel and merged exactly in `f64`.
+//! - `split`: key ranges processed in parallel and merged exactly in `f64`;
+//! - `parts`: a pattern's gathered [`Part`](crate::pattern::Part)s (strided's stripes per
+//!   residue class, dilated's steps, fixed's summary columns) run as dense tasks on gathered
+//!   rows and merged per query, where the pattern offers them.
 
+mod parts;
 mod split;
 mod task;
 
-use crate::attention::{Call, Cost};
+use crate::attention::{Call, Cost, Options};
 use crate::kernels::dispatch::{self, Isa};
 use crate::kernels::gemm::gemm_flops;
 use crate::parallel::for_each_row_block;
@@ -86,10 +90,21 @@ pub(crate) fn tile_starts(
     starts
 }
 
-/// The analytic cost of [`tiled_forward`] under `mask`: the flops of every non-empty tile and
-/// the workspace of the busy workers.
-pub fn tiled_cost(shape: &Shape, mask: Mask<'_>, tiling: Tiling, threads: usize) -> Cost {
+/// The analytic cost of [`tiled_forward`] under `mask` (on the parts path where it takes it):
+/// the flops of every non-empty tile and the workspace of the busy workers.
+pub fn tiled_cost(
+    shape: &Shape,
+    opts: &Options,
+    mask: Mask<'_>,
+    tiling: Tiling,
+    threads: usize,
+) -> Cost {
     let g = shape.geometry();
+    if parts::use_parts(shape, opts.alibi, threads)
+        && let Some(parts) = mask.parts(g, opts.causal)
+    {
+        return parts::parts_cost(shape, &parts, tiling, threads);
+    }
     let mut pairs = 0usize;
     let mut blocks = 0usize;
     for r0 in (0..g.n_q).step_by(tiling.bq) {
@@ -177,6 +192,12 @@ pub fn tiled_forward(
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
     let shape = p.shape();
+    if parts::use_parts(&shape, p.opts().alibi, p.threads())
+        && let Some(parts) = mask.parts(shape.geometry(), p.opts().causal)
+    {
+        parts::parts_forward(p, &parts, tiling, isa, out);
+        return;
+    }
     if kv_splits(&shape, tiling, p.threads()) > 1 {
         let for_threads = splits_for_threads(&shape, tiling, p.threads());
         split_kv_forward(p, mask, tiling, isa, for_threads, out);

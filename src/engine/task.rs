@@ -7,7 +7,7 @@ use super::Tiling;
 use crate::attention::Call;
 use crate::kernels::dispatch::{self, Isa};
 use crate::modifier::ScoreMods;
-use crate::pattern::{Geometry, Mask, Pattern, Tile};
+use crate::pattern::{Gather, Geometry, Group, Mask, Pattern, Tile};
 
 /// Per-worker scratch, in the transposed layout of [`dispatch::Tile`]: the query block
 /// transposed, one key tile, one padded value tile, the key-major score tile, the accumulator
@@ -45,17 +45,25 @@ impl Workspace {
     }
 }
 
-/// One query block of one (batch, head).
+/// One query block of one (batch, head), in local coordinates: local query `a` is row
+/// `qmap.index(a)` of the head's queries and local key `b` is row `kmap.index(b)` of its keys
+/// (the identity on the tile path; a gathered [`Group`] on the parts path).
 pub(super) struct Task<'a> {
+    /// The head's queries, `[n_q, d]`.
     q: ArrayView2<'a, f32>,
     k: ArrayView2<'a, f32>,
     v: ArrayView2<'a, f32>,
+    qmap: Gather,
+    kmap: Gather,
+    /// The block's first local query row, and its number of rows.
     r0: usize,
+    rows: usize,
+    /// The (local) geometry the mask is stated on.
     g: Geometry,
     scale: f32,
     mask: Mask<'a>,
     bk: usize,
-    /// The keys this task covers (all valid keys unless the keys are split).
+    /// The local keys this task covers (all valid keys unless the keys are split).
     keys: std::ops::Range<usize>,
     isa: Isa,
     mods: ScoreMods,
@@ -72,20 +80,45 @@ impl<'a> Task<'a> {
         isa: Isa,
     ) -> Self {
         let shape = p.shape();
+        let group = Group {
+            queries: Gather::contiguous(0, shape.n_q()),
+            keys: Gather::contiguous(0, shape.n_kv()),
+        };
+        Self::gathered(p, mask, group, (b, h, rows), keys, bk, isa)
+    }
+
+    /// The local query rows `rows` of `group` (of batch `b`, head `h`) against its local keys
+    /// `keys`, under `mask` stated on the group's geometry. Score modifiers see local
+    /// positions: the caller gathers only without position-dependent ones (ALiBi).
+    pub(super) fn gathered<'p: 'a>(
+        p: &Call<'p>,
+        mask: Mask<'a>,
+        group: Group,
+        (b, h, rows): (usize, usize, std::ops::Range<usize>),
+        keys: std::ops::Range<usize>,
+        bk: usize,
+        isa: Isa,
+    ) -> Self {
+        let shape = p.shape();
         let kvh = shape.kv_head_of(h);
         // Key padding: keys at or past the batch element's length are never visited.
-        let valid = p.key_len(b);
+        let valid = group.keys.count_below(p.key_len(b));
         let keys = keys.start.min(valid)..keys.end.min(valid);
         Task {
             r0: rows.start,
-            q: p.q().slice_move(s![b, h, rows, ..]),
+            rows: rows.len(),
+            q: p.q()
+                .index_axis_move(Axis(0), b)
+                .index_axis_move(Axis(0), h),
             k: p.k()
                 .index_axis_move(Axis(0), b)
                 .index_axis_move(Axis(0), kvh),
             v: p.v()
                 .index_axis_move(Axis(0), b)
                 .index_axis_move(Axis(0), kvh),
-            g: shape.geometry(),
+            qmap: group.queries,
+            kmap: group.keys,
+            g: group.geometry(),
             scale: p.scale(),
             mask,
             bk,
@@ -93,6 +126,11 @@ impl<'a> Task<'a> {
             isa,
             mods: p.score_mods(h),
         }
+    }
+
+    /// The block's `a`-th query row.
+    fn q_row(&self, a: usize) -> ndarray::ArrayView1<'_, f32> {
+        self.q.row(self.qmap.index(self.r0 + a))
     }
 
     /// Runs the block over its keys and writes the normalized output rows.
@@ -134,24 +172,30 @@ impl<'a> Task<'a> {
     ) -> (&'b [f32], &'b [f32]) {
         let (cols, d, dv) = (keys.len(), self.k.ncols(), self.v.ncols());
         let ldv = dispatch::padded(dv);
-        let k_tile = self.k.slice(s![keys.clone(), ..]);
-        let k: &[f32] = match k_tile.to_slice() {
+        let span = self.kmap.as_range(keys.clone());
+        let k_tile = span.clone().map(|r| self.k.slice_move(s![r, ..]));
+        let k: &[f32] = match k_tile.as_ref().and_then(|t| t.to_slice()) {
             Some(k) => k,
             None => {
-                for (j, krow) in k_tile.outer_iter().enumerate() {
-                    for (dst, &x) in kbuf[j * d..(j + 1) * d].iter_mut().zip(krow.iter()) {
+                for (j, dst) in kbuf.chunks_mut(d).take(cols).enumerate() {
+                    let krow = self.k.row(self.kmap.index(keys.start + j));
+                    for (dst, &x) in dst.iter_mut().zip(krow.iter()) {
                         *dst = x;
                     }
                 }
                 &kbuf[..cols * d]
             }
         };
-        let v_tile = self.v.slice(s![keys, ..]);
-        let v: &[f32] = match v_tile.to_slice().filter(|_| ldv == dv) {
+        let v_tile = span.map(|r| self.v.slice_move(s![r, ..]));
+        let v: &[f32] = match v_tile
+            .as_ref()
+            .and_then(|t| t.to_slice())
+            .filter(|_| ldv == dv)
+        {
             Some(v) => v,
             None => {
-                for (j, vrow) in v_tile.outer_iter().enumerate() {
-                    let dst = &mut vbuf[j * ldv..(j + 1) * ldv];
+                for (j, dst) in vbuf.chunks_mut(ldv).take(cols).enumerate() {
+                    let vrow = self.v.row(self.kmap.index(keys.start + j));
                     for (d, &x) in dst.iter_mut().zip(vrow.iter()) {
                         *d = x;
                     }
@@ -170,7 +214,7 @@ impl<'a> Task<'a> {
         let (d, dv) = (self.q.ncols(), self.v.ncols());
         let (ldq, ldv) = (dispatch::padded(1), dispatch::padded(dv));
         let q = &mut ws.qt[..d];
-        for (dst, &x) in q.iter_mut().zip(self.q.row(0)) {
+        for (dst, &x) in q.iter_mut().zip(self.q_row(0)) {
             *dst = x;
         }
         let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
@@ -217,18 +261,18 @@ impl<'a> Task<'a> {
     /// Leaves the running maxima, sums and unnormalized accumulator of the block's rows over
     /// its keys in `ws`.
     pub(super) fn accumulate(&self, ws: &mut Workspace) {
-        if self.q.nrows() == 1 {
+        if self.rows == 1 {
             return self.accumulate_one(ws);
         }
-        let (rows, d) = self.q.dim();
+        let (rows, d) = (self.rows, self.q.ncols());
         let dv = self.v.ncols();
         let (ldq, ldv) = (dispatch::padded(rows), dispatch::padded(dv));
         let row_range = self.r0..self.r0 + rows;
         // The query block, transposed; padding queries are zero.
         let qt = &mut ws.qt[..d * ldq];
         qt.fill(0.0);
-        for (i, qrow) in self.q.outer_iter().enumerate() {
-            for (p, &x) in qrow.iter().enumerate() {
+        for i in 0..rows {
+            for (p, &x) in self.q_row(i).iter().enumerate() {
                 qt[p * ldq + i] = x;
             }
         }

@@ -18,8 +18,10 @@ use std::fmt;
 use std::ops::Range;
 
 pub mod blocks;
+pub mod parts;
 
 pub use blocks::{Global, Local, Stripes, Window};
+pub use parts::{Gather, Group, OtherBlocks, Part};
 
 /// The sequence lengths a pattern is evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,6 +121,15 @@ pub trait Pattern: fmt::Debug + Send + Sync {
                 }
             }
         }
+    }
+
+    /// The pattern restated as gathered [`Part`]s for geometry `g` (under causal masking when
+    /// `causal`; see [`parts`]): disjoint pair sets, on gathered queries and keys, whose
+    /// union is exactly the pattern's pairs. The engine runs them instead of the tile path
+    /// where the pattern's pairs are spread over every tile. `None` (provided) keeps the tile
+    /// path.
+    fn parts(&self, _g: Geometry, _causal: bool) -> Option<Vec<Part>> {
+        None
     }
 
     /// Reasons this pattern is not meaningful for geometry `g` (e.g. more global tokens than
@@ -465,6 +476,9 @@ macro_rules! forward_pattern {
             fn unsupported(&self, g: Geometry) -> Vec<String> {
                 (**self).unsupported(g)
             }
+            fn parts(&self, g: Geometry, causal: bool) -> Option<Vec<Part>> {
+                (**self).parts(g, causal)
+            }
             fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
                 (**self).key_ranges(g, rows)
             }
@@ -559,6 +573,14 @@ impl Pattern for Mask<'_> {
             Mask::Causal => Causal.key_ranges(g, rows),
             Mask::Pattern(p) => p.key_ranges(g, rows),
             Mask::CausalPattern(p) => Intersection(Causal, p).key_ranges(g, rows),
+        }
+    }
+
+    fn parts(&self, g: Geometry, _causal: bool) -> Option<Vec<Part>> {
+        match *self {
+            Mask::Dense | Mask::Causal => None,
+            Mask::Pattern(p) => p.parts(g, false),
+            Mask::CausalPattern(p) => p.parts(g, true),
         }
     }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::{count_congruent, first_last};
+use crate::pattern::parts::{self, Part};
 use crate::pattern::{Geometry, Pattern, Stripes, Tile, Window};
 
 /// `dilated(w=128,dilation=2)`.
@@ -117,6 +118,18 @@ impl Pattern for Dilated {
         let (w, s) = self.parts();
         w.mask_key_major(g, rows.clone(), c0, cols, st, ld);
         s.mask_key_major(g, rows, c0, cols, st, ld);
+    }
+
+    /// Per residue class modulo the dilation, an ordinary window of `w`: the class's
+    /// queries and keys gathered, dense tiles again.
+    fn parts(&self, g: Geometry, causal: bool) -> Option<Vec<Part>> {
+        if g.n_q != g.n_kv || self.dilation == 1 {
+            return None;
+        }
+        Some(vec![Part {
+            groups: parts::residues(g, self.dilation),
+            pattern: parts::local(Window { w: self.w }, causal),
+        }])
     }
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {

@@ -8,13 +8,14 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::clipped_len;
+use crate::pattern::parts::{self, Gather, Group, OtherBlocks, Part};
 use crate::pattern::{Geometry, Local, Pattern, Tile, fill_outside_at};
 
 /// `fixed(block=128,c=32)`.
 pub const INFO: VariantInfo = VariantInfo {
     name: "fixed",
     summary: "Sparse Transformer fixed: own block + last c positions of every block",
-    time: "O(n^2 d): summary columns touch every key tile",
+    time: "O(n^2 c d / block): own block + summary columns gathered into dense tiles",
     memory: "O(1) in n",
     params: &[
         ParamInfo {
@@ -121,6 +122,33 @@ impl Pattern for Fixed {
                 fill_outside_at(&mut col[..rows.len()], first, lo, hi);
             }
         }
+    }
+
+    /// The own block, and the summary columns of the other blocks (causally of the earlier
+    /// ones) gathered once into dense key tiles shared by every query.
+    fn parts(&self, g: Geometry, causal: bool) -> Option<Vec<Part>> {
+        if g.n_q != g.n_kv || self.c == 0 || self.c == self.block {
+            return None;
+        }
+        let summaries = Group {
+            queries: Gather::contiguous(0, g.n_q),
+            keys: Gather::block_tails(self.block, self.c, g.n_kv),
+        };
+        let others = OtherBlocks {
+            qb: self.block,
+            kb: self.c,
+            before: causal,
+        };
+        Some(vec![
+            Part {
+                groups: parts::whole(g),
+                pattern: parts::local(self.local(), causal),
+            },
+            Part {
+                groups: vec![summaries],
+                pattern: Box::new(others),
+            },
+        ])
     }
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {

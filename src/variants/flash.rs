@@ -106,7 +106,7 @@ impl Attention for Flash {
     }
 
     fn cost(&self, shape: &Shape, opts: &Options, threads: usize) -> Cost {
-        tiled_cost(shape, Mask::new(None, opts.causal), self.tiling, threads)
+        tiled_cost(shape, opts, Mask::new(None, opts.causal), self.tiling, threads)
     }
 
     fn forward(&self, p: &Call<'_>, out: Out<'_>) -> Result<()> {

@@ -77,6 +77,7 @@ impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
     fn cost(&self, shape: &Shape, opts: &Options, threads: usize) -> Cost {
         tiled_cost(
             shape,
+            opts,
             Mask::new(Some(&self.pattern), opts.causal),
             self.tiling,
             threads,

@@ -8,13 +8,14 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::{clipped_len, count_congruent};
+use crate::pattern::parts::{self, OtherBlocks, Part};
 use crate::pattern::{Geometry, Pattern, Stripes, Tile, Union, Window, fill_incongruent};
 
 /// `strided(stride=128)`.
 pub const INFO: VariantInfo = VariantInfo {
     name: "strided",
     summary: "Sparse Transformer strided: previous `stride` positions + every stride-th",
-    time: "O(n^2 d / 2): stripes touch every key tile",
+    time: "O(n (stride + n / stride) d): window tiles + stripes gathered per residue class",
     memory: "O(1) in n",
     params: &[ParamInfo {
         name: "stride",
@@ -95,6 +96,30 @@ impl Pattern for Strided {
             fill_incongruent(before, first, j, self.stride);
             fill_incongruent(&mut rest[end - start..], first + end as isize, j, self.stride);
         }
+    }
+
+    /// The window, and per residue class the stripes outside it (every key of the class but
+    /// the query's own position; causally every earlier one): dense tiles on gathered rows.
+    fn parts(&self, g: Geometry, causal: bool) -> Option<Vec<Part>> {
+        if g.n_q != g.n_kv || self.stride == 1 {
+            return None;
+        }
+        let (w, _) = self.parts();
+        let others = OtherBlocks {
+            qb: 1,
+            kb: 1,
+            before: causal,
+        };
+        Some(vec![
+            Part {
+                groups: parts::whole(g),
+                pattern: parts::local(w, causal),
+            },
+            Part {
+                groups: parts::residues(g, self.stride),
+                pattern: Box::new(others),
+            },
+        ])
     }
 
     fn keys_in_row(&self, g: Geometry, i: usize) -> usize {

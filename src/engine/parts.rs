@@ -1,0 +1,163 @@
+//! The parts path: a pattern's gathered [`Part`]s (see [`crate::pattern::parts`]) run as
+//! ordinary tiled tasks on gathered rows, their softmax states merged exactly per query.
+//!
+//! Each (batch, head) is one unit of parallel work. Within it, every part's groups are cut
+//! into query blocks of `bq` local rows and key ranges of at most [`SPLIT_KEYS`] local keys;
+//! each such task accumulates its running maxima `m_t`, sums `l_t` and accumulator `acc_t`
+//! over its keys (the tile path's kernels and masks, in the group's local coordinates), and
+//! its rows are merged into the head's output: with `M' = max(M, m_t)`,
+//! `a = L e^(M - M')`, `b = l_t e^(m_t - M')`, the normalized row becomes
+//! `(o a + acc_t e^(m_t - M')) / (a + b)` and `L = a + b` (in `f64`). The parts' pair sets
+//! are disjoint, so every allowed pair is counted once.
+
+use ndarray::ArrayViewMut2;
+
+use super::task::{Task, Workspace};
+use super::{SPLIT_KEYS, Tiling, tile_starts, worker_bytes};
+use crate::attention::{Call, Cost};
+use crate::kernels::dispatch::{self, Isa};
+use crate::kernels::gemm::gemm_flops;
+use crate::parallel::for_each_head_with;
+use crate::pattern::{Mask, Part, Pattern, Tile};
+use crate::shape::Shape;
+
+/// Whether a call runs `parts` on the parts path rather than the tile path: the parts
+/// exist, no score modifier depends on positions (a gathered group's local positions are not
+/// the sequence's), and there are at least as many (batch, head) pairs as threads (the path's
+/// unit of parallel work).
+pub(crate) fn use_parts(shape: &Shape, alibi: bool, threads: usize) -> bool {
+    !alibi && shape.batch() * shape.heads() >= threads
+}
+
+/// The per-head merge state and one worker's task scratch.
+struct Scratch {
+    ws: Workspace,
+    /// Each query row's running maximum and (f64) sum over the parts merged so far.
+    m: Vec<f32>,
+    l: Vec<f64>,
+}
+
+/// Runs `parts` (the gathered form of the call's mask) into `out` (`[batch, heads, n_q,
+/// v_dim]`), every row written.
+pub(crate) fn parts_forward(
+    p: &Call<'_>,
+    parts: &[Part],
+    tiling: Tiling,
+    isa: Isa,
+    out: ndarray::ArrayViewMut4<'_, f32>,
+) {
+    let shape = p.shape();
+    let t = Tiling {
+        bq: tiling.bq.min(shape.n_q()),
+        bk: tiling.bk.min(shape.n_kv()),
+    };
+    let scratch = || Scratch {
+        ws: Workspace::new(t, shape.head_dim(), shape.v_dim()),
+        m: vec![f32::NEG_INFINITY; shape.n_q()],
+        l: vec![0.0; shape.n_q()],
+    };
+    for_each_head_with(out, scratch, |sc, b, h, mut slab| {
+        slab.fill(0.0);
+        sc.m.fill(f32::NEG_INFINITY);
+        sc.l.fill(0.0);
+        for part in parts {
+            let mask = Mask::Pattern(part.pattern.as_ref());
+            for &group in &part.groups {
+                let g = group.geometry();
+                for r0 in (0..g.n_q).step_by(t.bq) {
+                    let rows = r0..(r0 + t.bq).min(g.n_q);
+                    for keys in key_ranges(mask, g, rows.clone(), t.bk) {
+                        let task =
+                            Task::gathered(p, mask, group, (b, h, rows.clone()), keys, t.bk, isa);
+                        task.accumulate(&mut sc.ws);
+                        let queries = rows.clone().map(|a| group.queries.index(a));
+                        merge(sc, queries, &mut slab);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The local key ranges of one query block's tasks: its key tiles (those meeting the
+/// mask's key ranges) cut into contiguous groups of at most [`SPLIT_KEYS`] keys.
+fn key_ranges(
+    mask: Mask<'_>,
+    g: crate::pattern::Geometry,
+    rows: std::ops::Range<usize>,
+    bk: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let starts = tile_starts(&mask, g, rows, 0..g.n_kv, bk);
+    if starts.is_empty() {
+        return Vec::new();
+    }
+    let splits = (starts.len() * bk).div_ceil(SPLIT_KEYS);
+    (0..splits)
+        .map(|s| {
+            let (a, z) = (s * starts.len() / splits, (s + 1) * starts.len() / splits);
+            starts[a]..(starts[z - 1] + bk).min(g.n_kv)
+        })
+        .collect()
+}
+
+/// Merges the task state left in `sc.ws` (rows in order of `queries`, the sequence rows of
+/// the block) into the head's normalized output rows and running maxima and sums.
+fn merge(
+    sc: &mut Scratch,
+    queries: impl Iterator<Item = usize>,
+    slab: &mut ArrayViewMut2<'_, f32>,
+) {
+    let ldv = dispatch::padded(slab.ncols());
+    for (i, q) in queries.enumerate() {
+        let (m_t, l_t) = (sc.ws.m[i], sc.ws.l[i] as f64);
+        if m_t == f32::NEG_INFINITY || l_t == 0.0 {
+            continue; // nothing allowed in this task
+        }
+        let acc = &sc.ws.acc[i * ldv..];
+        let mut o = slab.row_mut(q);
+        let m_new = sc.m[q].max(m_t);
+        let a = if sc.l[q] > 0.0 {
+            sc.l[q] * ((sc.m[q] - m_new) as f64).exp()
+        } else {
+            0.0
+        };
+        let w = ((m_t - m_new) as f64).exp();
+        let sum = a + l_t * w;
+        let (keep, add) = (a / sum, w / sum);
+        for (o, &x) in o.iter_mut().zip(acc) {
+            *o = (*o as f64 * keep + x as f64 * add) as f32;
+        }
+        sc.m[q] = m_new;
+        sc.l[q] = sum;
+    }
+}
+
+/// The analytic cost of [`parts_forward`]: the flops of every non-empty tile of every
+/// part's groups, and per busy worker its task scratch and the per-row merge state.
+pub(crate) fn parts_cost(shape: &Shape, parts: &[Part], tiling: Tiling, threads: usize) -> Cost {
+    let mut pairs = 0usize;
+    for part in parts {
+        let mask = Mask::Pattern(part.pattern.as_ref());
+        for group in &part.groups {
+            let g = group.geometry();
+            for r0 in (0..g.n_q).step_by(tiling.bq) {
+                let rows = r0..(r0 + tiling.bq).min(g.n_q);
+                for c0 in tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk) {
+                    let cols = c0..(c0 + tiling.bk).min(g.n_kv);
+                    if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
+                        pairs += rows.len() * cols.len();
+                    }
+                }
+            }
+        }
+    }
+    let heads = (shape.batch() * shape.heads()) as f64;
+    let flops =
+        heads * (gemm_flops(pairs, shape.head_dim(), 1) + gemm_flops(pairs, shape.v_dim(), 1));
+    let busy = (shape.batch() * shape.heads()).min(threads) as u64;
+    let merge_state = shape.n_q() as u64 * (4 + 8);
+    Cost {
+        flops,
+        workspace_bytes: busy * (worker_bytes(tiling, shape) + merge_state),
+    }
+}
