@@ -7,10 +7,11 @@
 //! over its keys (the tile path's kernels and masks, in the group's local coordinates), and
 //! its rows are merged into the head's output: with `M' = max(M, m_t)`,
 //! `a = L e^(M - M')`, `b = l_t e^(m_t - M')`, the normalized row becomes
-//! `(o a + acc_t e^(m_t - M')) / (a + b)` and `L = a + b` (in `f64`). The parts' pair sets
+//! `(o a + acc_t e^(m_t - M')) / (a + b)` (weights in `f64`, the row update in `f32`: a convex
+//! combination) and `L = a + b`. The parts' pair sets
 //! are disjoint, so every allowed pair is counted once.
 
-use ndarray::ArrayViewMut2;
+use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use super::task::{Task, Workspace};
 use super::{SPLIT_KEYS, Tiling, tile_starts, worker_bytes};
@@ -35,7 +36,14 @@ struct Scratch {
     /// Each query row's running maximum and (f64) sum over the parts merged so far.
     m: Vec<f32>,
     l: Vec<f64>,
+    /// A scattered group's keys and values, gathered once per (head, group).
+    kg: Vec<f32>,
+    vg: Vec<f32>,
 }
+
+/// The most keys of a scattered group gathered into contiguous rows once per (head, group)
+/// (the scratch grows with them); a larger group is gathered tile by tile.
+const GATHER_KEYS: usize = SPLIT_KEYS;
 
 /// Runs `parts` (the gathered form of the call's mask) into `out` (`[batch, heads, n_q,
 /// v_dim]`), every row written.
@@ -55,7 +63,10 @@ pub(crate) fn parts_forward(
         ws: Workspace::new(t, shape.head_dim(), shape.v_dim()),
         m: vec![f32::NEG_INFINITY; shape.n_q()],
         l: vec![0.0; shape.n_q()],
+        kg: Vec::new(),
+        vg: Vec::new(),
     };
+    let (d, dv) = (shape.head_dim(), shape.v_dim());
     for_each_head_with(out, scratch, |sc, b, h, mut slab| {
         slab.fill(0.0);
         sc.m.fill(f32::NEG_INFINITY);
@@ -64,11 +75,32 @@ pub(crate) fn parts_forward(
             let mask = Mask::Pattern(part.pattern.as_ref());
             for &group in &part.groups {
                 let g = group.geometry();
+                let gather = g.n_kv <= GATHER_KEYS && group.keys.as_range(0..g.n_kv).is_none();
+                if gather {
+                    let kvh = shape.kv_head_of(h);
+                    let (k, v) = (p.k(), p.v());
+                    let (k, v) = (k.slice(s![b, kvh, .., ..]), v.slice(s![b, kvh, .., ..]));
+                    sc.kg.clear();
+                    sc.vg.clear();
+                    for j in 0..g.n_kv {
+                        sc.kg.extend(k.row(group.keys.index(j)).iter());
+                        sc.vg.extend(v.row(group.keys.index(j)).iter());
+                    }
+                }
                 for r0 in (0..g.n_q).step_by(t.bq) {
                     let rows = r0..(r0 + t.bq).min(g.n_q);
                     for keys in key_ranges(mask, g, rows.clone(), t.bk) {
                         let task =
                             Task::gathered(p, mask, group, (b, h, rows.clone()), keys, t.bk, isa);
+                        let task = if gather {
+                            let k = ArrayView2::from_shape((g.n_kv, d), &sc.kg[..])
+                                .expect("the gathered keys are n_kv x d");
+                            let v = ArrayView2::from_shape((g.n_kv, dv), &sc.vg[..])
+                                .expect("the gathered values are n_kv x d_v");
+                            task.with_gathered_kv(k, v)
+                        } else {
+                            task
+                        };
                         task.accumulate(&mut sc.ws);
                         let queries = rows.clone().map(|a| group.queries.index(a));
                         merge(sc, queries, &mut slab);
@@ -123,9 +155,10 @@ fn merge(
         };
         let w = ((m_t - m_new) as f64).exp();
         let sum = a + l_t * w;
-        let (keep, add) = (a / sum, w / sum);
+        // A convex combination of the normalized rows: f32 loses nothing the tolerance sees.
+        let (keep, add) = ((a / sum) as f32, (w / sum) as f32);
         for (o, &x) in o.iter_mut().zip(acc) {
-            *o = (*o as f64 * keep + x as f64 * add) as f32;
+            *o = *o * keep + x * add;
         }
         sc.m[q] = m_new;
         sc.l[q] = sum;
@@ -155,7 +188,16 @@ pub(crate) fn parts_cost(shape: &Shape, parts: &[Part], tiling: Tiling, threads:
     let flops =
         heads * (gemm_flops(pairs, shape.head_dim(), 1) + gemm_flops(pairs, shape.v_dim(), 1));
     let busy = (shape.batch() * shape.heads()).min(threads) as u64;
-    let merge_state = shape.n_q() as u64 * (4 + 8);
+    let mut gathered = 0;
+    for part in parts {
+        for group in &part.groups {
+            let n = group.keys.len();
+            if n <= GATHER_KEYS && group.keys.as_range(0..n).is_none() {
+                gathered = gathered.max(n * (shape.head_dim() + shape.v_dim()) * 4);
+            }
+        }
+    }
+    let merge_state = shape.n_q() as u64 * (4 + 8) + gathered as u64;
     Cost {
         flops,
         workspace_bytes: busy * (worker_bytes(tiling, shape) + merge_state),

@@ -128,6 +128,19 @@ impl<'a> Task<'a> {
         }
     }
 
+    /// The same task reading its keys and values from `k` and `v` (`[keys, d]`, `[keys,
+    /// d_v]`), the group's keys already gathered in local order.
+    pub(super) fn with_gathered_kv(
+        mut self,
+        k: ArrayView2<'a, f32>,
+        v: ArrayView2<'a, f32>,
+    ) -> Self {
+        debug_assert_eq!(k.nrows(), self.kmap.len());
+        self.kmap = Gather::contiguous(0, k.nrows());
+        (self.k, self.v) = (k, v);
+        self
+    }
+
     /// The block's `a`-th query row.
     fn q_row(&self, a: usize) -> ndarray::ArrayView1<'_, f32> {
         self.q.row(self.qmap.index(self.r0 + a))
