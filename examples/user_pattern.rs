@@ -52,9 +52,8 @@ impl Pattern for BandWithRanges {
     }
 
     fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
-        let lo = rows.start.saturating_sub(self.w);
-        let hi = (rows.end + self.w).min(g.n_kv);
-        vec![lo..hi]
+        let reach = rows.start.saturating_sub(self.w)..(rows.end + self.w).min(g.n_kv);
+        vec![reach]
     }
 }
 
