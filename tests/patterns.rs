@@ -3,7 +3,7 @@
 //! counts, user patterns with empty rows, and parameter errors.
 
 use attnbench::oracle::{compare, oracle};
-use attnbench::pattern::{Causal, Global, Intersection, Local, Mask, OtherBlocks, Window};
+use attnbench::pattern::{Causal, Global, Indexed, Intersection, Local, Mask, OtherBlocks, Window};
 use attnbench::variants::bigbird::BigBird;
 use attnbench::variants::dilated::Dilated;
 use attnbench::variants::fixed::Fixed;
@@ -611,6 +611,113 @@ fn other_blocks_classify_and_mask_like_brute_force() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A user pattern given only `allows`: a band with holes, pairs the built-ins cannot state.
+#[derive(Debug, Clone, Copy)]
+struct Holes {
+    w: usize,
+}
+
+impl Pattern for Holes {
+    fn allows(&self, _g: Geometry, i: usize, j: usize) -> bool {
+        (i.abs_diff(j) <= self.w && !(i + 2 * j).is_multiple_of(5)) || j % 97 == 3
+    }
+}
+
+impl std::fmt::Display for Holes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "holes(w={})", self.w)
+    }
+}
+
+#[test]
+fn an_indexed_pattern_answers_the_grid_exactly_and_falls_back_off_it() {
+    // Registered patterns (random parameters) and a user pattern, wrapped: on the index's
+    // grid, classification is exact (not merely safe), key-major masks and key ranges match
+    // `allows`; off the grid every answer comes from the wrapped pattern.
+    let reg = Registry::builtin();
+    let names = pattern_variants(&reg);
+    let mut rng = StdRng::seed_from_u64(23);
+    for round in 0..30 * (names.len() + 1) {
+        let variant = random_variant(&reg, names[round % names.len()], &mut rng);
+        let holes = Holes {
+            w: rng.random_range(0..9),
+        };
+        let inner: &dyn Pattern = if round % (names.len() + 1) == 0 {
+            &holes
+        } else {
+            variant.pattern().unwrap()
+        };
+        let (bq, bk) = (rng.random_range(1..9), rng.random_range(1..9));
+        let indexed = Indexed::new(inner, bq, bk);
+        let g = Geometry::new(rng.random_range(1..45), rng.random_range(1..45));
+        for causal in [false, true] {
+            let mask = Mask::new(Some(&indexed), causal);
+            for r0 in (0..g.n_q).step_by(bq) {
+                let rows = r0..(r0 + bq).min(g.n_q);
+                let ranges = mask.key_ranges(g, rows.clone());
+                for i in rows.clone() {
+                    for j in 0..g.n_kv {
+                        if mask.allows(g, i, j) {
+                            assert!(ranges.iter().any(|r| r.contains(&j)), "{inner:?} {i} {j}");
+                        }
+                    }
+                }
+                for c0 in (0..g.n_kv).step_by(bk) {
+                    let cols = c0..(c0 + bk).min(g.n_kv);
+                    if !causal {
+                        assert_eq!(
+                            indexed.classify(g, rows.clone(), cols.clone()),
+                            brute(inner, g, rows.clone(), cols.clone()),
+                            "{inner:?} {rows:?} {cols:?}"
+                        );
+                    }
+                    let ld = rows.len() + 1;
+                    let mut st = vec![1.0f32; cols.len() * ld];
+                    mask.mask_key_major(g, rows.clone(), c0, cols.len(), &mut st, ld);
+                    for (t, col) in st.chunks(ld).enumerate() {
+                        for (r, &x) in col.iter().enumerate() {
+                            let want = r >= rows.len() || mask.allows(g, r0 + r, c0 + t);
+                            assert_eq!(x == 1.0, want, "{inner:?} {} {}", r0 + r, c0 + t);
+                        }
+                    }
+                }
+            }
+            // Off the grid: a tile shifted by one row.
+            if g.n_q > 2 && g.n_kv > 1 {
+                let (rows, cols) = (1..g.n_q.min(bq + 1), 0..g.n_kv.min(bk));
+                let got = indexed.classify(g, rows.clone(), cols.clone());
+                let want = brute(inner, g, rows.clone(), cols.clone());
+                assert!(got == want || got == Tile::Partial, "{inner:?} off-grid");
+            }
+        }
+        assert!(indexed.stored_bytes(g) > 0);
+    }
+}
+
+#[test]
+fn an_indexed_user_pattern_matches_the_oracle_on_the_engine() {
+    // Through the engine's tiles (Sparse's 64 x 64), causal or not, with key padding and with
+    // more keys than one split holds, so split tasks read the index too.
+    for (n, lengths) in [(300, vec![300, 211]), (17000, vec![17000, 17000])] {
+        let shape = Shape::new(2, 1, 1, n, n, 8, 8).unwrap();
+        let qkv = gaussian(&shape, 1.0, 4);
+        let holes = Holes { w: 40 };
+        let v = Sparse::new("holes", Indexed::new(holes, 64, 64));
+        for causal in [false, true] {
+            let opts = Options::new().causal(causal);
+            let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)
+                .unwrap()
+                .with_key_lengths(&lengths)
+                .unwrap();
+            let mut out = ndarray::Array4::from_elem(shape.out_dims(), f32::NAN);
+            attnbench::attention::run(&v, &p, out.view_mut()).unwrap();
+            let reference = oracle(&p, Some(&holes));
+            let e = compare(out.view(), reference.view()).rel_frobenius;
+            assert!(e < 1e-5, "n={n} causal={causal}: {e:e}");
         }
     }
 }

@@ -135,7 +135,8 @@ pub fn tiled_cost(
     Cost {
         flops,
         workspace_bytes: busy.min(tasks as u64 * splits as u64) * worker_bytes(tiling, shape)
-            + parts,
+            + parts
+            + mask.stored_bytes(g),
     }
 }
 

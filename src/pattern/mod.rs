@@ -18,9 +18,11 @@ use std::fmt;
 use std::ops::Range;
 
 pub mod blocks;
+pub mod indexed;
 pub mod parts;
 
 pub use blocks::{Global, Local, Stripes, Window};
+pub use indexed::Indexed;
 pub use parts::{Gather, Group, OtherBlocks, Part};
 
 /// The sequence lengths a pattern is evaluated on.
@@ -130,6 +132,12 @@ pub trait Pattern: fmt::Debug + Send + Sync {
     /// path.
     fn parts(&self, _g: Geometry, _causal: bool) -> Option<Vec<Part>> {
         None
+    }
+
+    /// Bytes the pattern keeps for geometry `g` (an [`Indexed`] pattern's index); reported in
+    /// the variant's workspace. Zero (provided) for analytic patterns.
+    fn stored_bytes(&self, _g: Geometry) -> u64 {
+        0
     }
 
     /// Reasons this pattern is not meaningful for geometry `g` (e.g. more global tokens than
@@ -367,6 +375,10 @@ impl Pattern for Causal {
 pub struct Intersection<A, B>(pub A, pub B);
 
 impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
+    fn stored_bytes(&self, g: Geometry) -> u64 {
+        self.0.stored_bytes(g) + self.1.stored_bytes(g)
+    }
+
     fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
         self.0.allows(g, i, j) && self.1.allows(g, i, j)
     }
@@ -420,6 +432,10 @@ impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
 pub struct Union<A, B>(pub A, pub B);
 
 impl<A: Pattern, B: Pattern> Pattern for Union<A, B> {
+    fn stored_bytes(&self, g: Geometry) -> u64 {
+        self.0.stored_bytes(g) + self.1.stored_bytes(g)
+    }
+
     fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
         self.0.allows(g, i, j) || self.1.allows(g, i, j)
     }
@@ -478,6 +494,9 @@ macro_rules! forward_pattern {
             }
             fn parts(&self, g: Geometry, causal: bool) -> Option<Vec<Part>> {
                 (**self).parts(g, causal)
+            }
+            fn stored_bytes(&self, g: Geometry) -> u64 {
+                (**self).stored_bytes(g)
             }
             fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
                 (**self).key_ranges(g, rows)
@@ -573,6 +592,13 @@ impl Pattern for Mask<'_> {
             Mask::Causal => Causal.key_ranges(g, rows),
             Mask::Pattern(p) => p.key_ranges(g, rows),
             Mask::CausalPattern(p) => Intersection(Causal, p).key_ranges(g, rows),
+        }
+    }
+
+    fn stored_bytes(&self, g: Geometry) -> u64 {
+        match *self {
+            Mask::Dense | Mask::Causal => 0,
+            Mask::Pattern(p) | Mask::CausalPattern(p) => p.stored_bytes(g),
         }
     }
 
