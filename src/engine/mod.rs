@@ -107,10 +107,13 @@ pub fn tiled_cost(
     }
     let mut pairs = 0usize;
     let mut blocks = 0usize;
+    let mut most_tiles = 0usize;
     for r0 in (0..g.n_q).step_by(tiling.bq) {
         let rows = r0..(r0 + tiling.bq).min(g.n_q);
         blocks += 1;
-        for c0 in tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk) {
+        let starts = tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk);
+        most_tiles = most_tiles.max(starts.len());
+        for c0 in starts {
             let cols = c0..(c0 + tiling.bk).min(g.n_kv);
             if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
                 pairs += rows.len() * cols.len();
@@ -122,7 +125,15 @@ pub fn tiled_cost(
         heads * (gemm_flops(pairs, shape.head_dim(), 1) + gemm_flops(pairs, shape.v_dim(), 1));
     let tasks = shape.batch() * shape.heads() * blocks;
     let busy = tasks.min(threads) as u64;
-    let splits = kv_splits(shape, tiling, threads);
+    // As split_kv_forward: the most ranges any block is cut into.
+    let splits = if kv_splits(shape, tiling, threads) > 1 {
+        splits_for_threads(shape, tiling, threads)
+            .max((most_tiles * tiling.bk).div_ceil(SPLIT_KEYS))
+            .min(most_tiles)
+            .max(1)
+    } else {
+        1
+    };
     // Split keys: each block in flight also keeps every range's maxima, sums and
     // accumulator, and an f64 row for the merge.
     let parts = if splits > 1 {

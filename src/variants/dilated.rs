@@ -14,8 +14,8 @@ use crate::pattern::{Geometry, Pattern, Stripes, Tile, Window};
 pub const INFO: VariantInfo = VariantInfo {
     name: "dilated",
     summary: "dilated window: keys p + k*dilation for |k| <= w",
-    time: "O(n w d)",
-    memory: "O(1) in n",
+    time: "O(n w d): a window per residue class, gathered",
+    memory: "O(n) per busy head: merge state and a gathered class (<= 16384 keys)",
     params: &[
         ParamInfo {
             name: "w",

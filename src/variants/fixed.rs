@@ -16,7 +16,7 @@ pub const INFO: VariantInfo = VariantInfo {
     name: "fixed",
     summary: "Sparse Transformer fixed: own block + last c positions of every block",
     time: "O(n^2 c d / block): own block + summary columns gathered into dense tiles",
-    memory: "O(1) in n",
+    memory: "O(n) per busy head: merge state and gathered summaries (<= 16384 keys)",
     params: &[
         ParamInfo {
             name: "block",

@@ -16,7 +16,7 @@ pub const INFO: VariantInfo = VariantInfo {
     name: "strided",
     summary: "Sparse Transformer strided: previous `stride` positions + every stride-th",
     time: "O(n (stride + n / stride) d): window tiles + stripes gathered per residue class",
-    memory: "O(1) in n",
+    memory: "O(n) per busy head: merge state and gathered stripes",
     params: &[ParamInfo {
         name: "stride",
         default: "128",
