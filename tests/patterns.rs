@@ -3,7 +3,9 @@
 //! counts, user patterns with empty rows, and parameter errors.
 
 use attnbench::oracle::{compare, oracle};
-use attnbench::pattern::{Causal, Global, Indexed, Intersection, Local, Mask, OtherBlocks, Window};
+use attnbench::pattern::{
+    Causal, Global, Indexed, Intersection, KeyMajor, Local, Mask, OtherBlocks, Window,
+};
 use attnbench::variants::bigbird::BigBird;
 use attnbench::variants::dilated::Dilated;
 use attnbench::variants::fixed::Fixed;
@@ -234,6 +236,23 @@ fn random_variant(reg: &Registry, name: &str, rng: &mut StdRng) -> Box<dyn Atten
     panic!("{name} refused 1000 random specs");
 }
 
+/// A key-major tile of `st` (see `KeyMajor`).
+fn key_major<'a>(
+    rows: &std::ops::Range<usize>,
+    c0: usize,
+    cols: usize,
+    st: &'a mut [f32],
+    ld: usize,
+) -> KeyMajor<'a> {
+    KeyMajor {
+        rows: rows.clone(),
+        c0,
+        cols,
+        st,
+        ld,
+    }
+}
+
 fn brute(
     p: &dyn Pattern,
     g: Geometry,
@@ -291,7 +310,10 @@ fn classification_row_masks_and_counts_match_brute_force() {
                     // pairs and never touches the padding.
                     let ld = rows.len() + 3;
                     let mut st = vec![1.0f32; cols.len() * ld];
-                    p.mask_key_major(g, rows.clone(), cols.start, cols.len(), &mut st, ld);
+                    p.mask_key_major(
+                        g,
+                        &mut key_major(&rows, cols.start, cols.len(), &mut st, ld),
+                    );
                     for (t, col) in st.chunks(ld).enumerate() {
                         for (r, &x) in col.iter().enumerate() {
                             let want = r >= rows.len() || p.allows(g, r0 + r, c0 + t);
@@ -592,7 +614,7 @@ fn other_blocks_classify_and_mask_like_brute_force() {
                 );
                 let ld = rows.len() + 2;
                 let mut st = vec![1.0f32; cols.len() * ld];
-                p.mask_key_major(g, rows.clone(), c0, cols.len(), &mut st, ld);
+                p.mask_key_major(g, &mut key_major(&rows, c0, cols.len(), &mut st, ld));
                 for (t, col) in st.chunks(ld).enumerate() {
                     for (r, &x) in col.iter().enumerate() {
                         let want = r >= rows.len() || p.allows(g, r0 + r, c0 + t);
@@ -677,7 +699,7 @@ fn an_indexed_pattern_answers_the_grid_exactly_and_falls_back_off_it() {
                     }
                     let ld = rows.len() + 1;
                     let mut st = vec![1.0f32; cols.len() * ld];
-                    mask.mask_key_major(g, rows.clone(), c0, cols.len(), &mut st, ld);
+                    mask.mask_key_major(g, &mut key_major(&rows, c0, cols.len(), &mut st, ld));
                     for (t, col) in st.chunks(ld).enumerate() {
                         for (r, &x) in col.iter().enumerate() {
                             let want = r >= rows.len() || mask.allows(g, r0 + r, c0 + t);

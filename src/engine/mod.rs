@@ -204,6 +204,7 @@ pub fn tiled_forward(
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
     let shape = p.shape();
+    mask.prepare(shape.geometry());
     if parts::use_parts(&shape, p.opts().alibi, p.threads())
         && let Some(parts) = mask.parts(shape.geometry(), p.opts().causal)
     {

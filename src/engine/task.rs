@@ -7,7 +7,7 @@ use super::Tiling;
 use crate::attention::Call;
 use crate::kernels::dispatch::{self, Isa};
 use crate::modifier::ScoreMods;
-use crate::pattern::{Gather, Geometry, Group, Mask, Pattern, Tile};
+use crate::pattern::{Gather, Geometry, Group, KeyMajor, Mask, Pattern, Tile};
 
 /// Per-worker scratch, in the transposed layout of [`dispatch::Tile`]: the query block
 /// transposed, one key tile, one padded value tile, the key-major score tile, the accumulator
@@ -312,8 +312,14 @@ impl<'a> Task<'a> {
                     .apply_key_major(t.st, (self.r0, rows), (c0, cols), ldq);
             }
             if tile == Tile::Partial {
-                self.mask
-                    .mask_key_major(self.g, row_range.clone(), c0, cols, t.st, ldq);
+                let mut key_major = KeyMajor {
+                    rows: row_range.clone(),
+                    c0,
+                    cols,
+                    st: t.st,
+                    ld: ldq,
+                };
+                self.mask.mask_key_major(self.g, &mut key_major);
             }
             let mut state = dispatch::OnlineState {
                 m: &mut ws.m,

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use super::{Geometry, Pattern, Tile, fill_incongruent, fill_outside, fill_outside_at};
+use super::{Geometry, KeyMajor, Pattern, Tile, fill_incongruent, fill_outside, fill_outside_at};
 
 /// Keys within `w` positions: `|p - j| <= w` (so `2w + 1` keys away from the edges).
 /// Under causal masking this becomes `p - w <= j <= p` (`w + 1` keys). `w = 0` is the
@@ -98,19 +98,11 @@ macro_rules! interval_pattern_methods {
             clipped_len(lo, hi, g.n_kv)
         }
 
-        fn mask_key_major(
-            &self,
-            g: Geometry,
-            rows: Range<usize>,
-            c0: usize,
-            cols: usize,
-            st: &mut [f32],
-            ld: usize,
-        ) {
-            let first = g.pos(rows.start);
-            for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-                let (lo, hi) = self.queries_of((c0 + t) as isize);
-                fill_outside_at(&mut col[..rows.len()], first, lo, hi);
+        fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+            let first = g.pos(tile.rows.start);
+            for (j, col) in tile.columns() {
+                let (lo, hi) = self.queries_of(j as isize);
+                fill_outside_at(col, first, lo, hi);
             }
         }
     };
@@ -149,18 +141,10 @@ impl Pattern for Stripes {
         fill_incongruent(row, c0 as isize, g.pos(i), self.s);
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
-        let first = g.pos(rows.start);
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            fill_incongruent(&mut col[..rows.len()], first, (c0 + t) as isize, self.s);
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+        let first = g.pos(tile.rows.start);
+        for (j, col) in tile.columns() {
+            fill_incongruent(col, first, j as isize, self.s);
         }
     }
 
@@ -252,20 +236,12 @@ impl Pattern for Global {
         }
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         // Keys past the prefix are seen by the global rows only.
-        let first = g.pos(rows.start);
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            if c0 + t >= self.g {
-                fill_outside_at(&mut col[..rows.len()], first, 0, self.g as isize - 1);
+        let first = g.pos(tile.rows.start);
+        for (j, col) in tile.columns() {
+            if j >= self.g {
+                fill_outside_at(col, first, 0, self.g as isize - 1);
             }
         }
     }

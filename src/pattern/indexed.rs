@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::{Geometry, Pattern, Tile};
+use super::{Geometry, KeyMajor, Pattern, Tile};
 
 /// How many geometries' indexes an [`Indexed`] keeps.
 const KEPT: usize = 4;
@@ -70,18 +70,24 @@ impl<P: Pattern> Indexed<P> {
         &self.inner
     }
 
-    /// The index of geometry `g`, built if it is not kept.
+    /// The index of geometry `g`, built if it is not kept. The lock is not held while
+    /// building: the build runs on rayon, whose waiting threads may pick up engine tasks that
+    /// ask for the index themselves (two concurrent builds of one geometry keep the first).
     fn index(&self, g: Geometry) -> Arc<Index> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ix) = lock().iter().find(|ix| ix.g == g) {
+            return Arc::clone(ix);
+        }
+        let built = Arc::new(self.build(g));
+        let mut cache = lock();
         if let Some(ix) = cache.iter().find(|ix| ix.g == g) {
             return Arc::clone(ix);
         }
-        let ix = Arc::new(self.build(g));
         if cache.len() == KEPT {
             cache.remove(0);
         }
-        cache.push(Arc::clone(&ix));
-        ix
+        cache.push(Arc::clone(&built));
+        built
     }
 
     /// Scans every tile the wrapped pattern's key ranges meet, once, in parallel over query
@@ -105,14 +111,14 @@ impl<P: Pattern> Indexed<P> {
                         last = Some(kt);
                         let cols = kt * bk..((kt + 1) * bk).min(g.n_kv);
                         st.fill(1.0);
-                        self.inner.mask_key_major(
-                            g,
-                            rows.clone(),
-                            cols.start,
-                            cols.len(),
-                            &mut st,
-                            bq,
-                        );
+                        let mut tile = KeyMajor {
+                            rows: rows.clone(),
+                            c0: cols.start,
+                            cols: cols.len(),
+                            st: &mut st,
+                            ld: bq,
+                        };
+                        self.inner.mask_key_major(g, &mut tile);
                         let mut tile_bits = vec![0u64; bk * words];
                         let mut allowed = 0;
                         for (t, col) in st.chunks(bq).take(cols.len()).enumerate() {
@@ -219,31 +225,22 @@ impl<P: Pattern> Pattern for Indexed<P> {
         self.inner.mask_row(g, i, c0, row);
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
-        let slot = match self.entry(g, &rows, &(c0..c0 + cols)) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+        let slot = match self.entry(g, &tile.rows, &(tile.c0..tile.c0 + tile.cols)) {
             Some(Some(slot)) if slot != FULL => slot as usize,
             Some(Some(_)) => return,
             Some(None) => {
-                for col in st.chunks_mut(ld).take(cols) {
-                    col[..rows.len()].fill(f32::NEG_INFINITY);
-                }
+                tile.columns()
+                    .for_each(|(_, col)| col.fill(f32::NEG_INFINITY));
                 return;
             }
-            None => return self.inner.mask_key_major(g, rows, c0, cols, st, ld),
+            None => return self.inner.mask_key_major(g, tile),
         };
         let ix = self.index(g);
         let words = ix.words;
         let bits = &ix.bits[slot * self.bk * words..(slot + 1) * self.bk * words];
-        for (col, key_bits) in st.chunks_mut(ld).take(cols).zip(bits.chunks(words)) {
-            for (r, x) in col[..rows.len()].iter_mut().enumerate() {
+        for ((_, col), key_bits) in tile.columns().zip(bits.chunks(words)) {
+            for (r, x) in col.iter_mut().enumerate() {
                 if key_bits[r / 64] >> (r % 64) & 1 == 0 {
                     *x = f32::NEG_INFINITY;
                 }
@@ -280,6 +277,10 @@ impl<P: Pattern> Pattern for Indexed<P> {
 
     fn density(&self, g: Geometry) -> f64 {
         self.inner.density(g)
+    }
+
+    fn prepare(&self, g: Geometry) {
+        self.index(g);
     }
 
     fn stored_bytes(&self, g: Geometry) -> u64 {

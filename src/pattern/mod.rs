@@ -101,24 +101,15 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         }
     }
 
-    /// Sets to `-inf` the score of every pair the pattern does not allow in the key-major tile
-    /// `st`, where `st[t * ld + r]` is query `rows.start + r` against key `c0 + t` (`t <
-    /// cols`), leaving allowed pairs and the padding lanes `r >= rows.len()` untouched: the
-    /// engine's layout, masked without transposing. The provided version calls
-    /// [`allows`](Pattern::allows) per pair; built-in patterns override it with interval fills
-    /// per key.
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            for (r, x) in col[..rows.len()].iter_mut().enumerate() {
-                if !self.allows(g, rows.start + r, c0 + t) {
+    /// Sets to `-inf` the score of every pair of the key-major `tile` the pattern does not
+    /// allow, leaving allowed pairs and the padding lanes untouched: the engine's layout,
+    /// masked without transposing. The provided version calls [`allows`](Pattern::allows) per
+    /// pair; built-in patterns override it with interval fills per key.
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+        let r0 = tile.rows.start;
+        for (j, col) in tile.columns() {
+            for (r, x) in col.iter_mut().enumerate() {
+                if !self.allows(g, r0 + r, j) {
                     *x = f32::NEG_INFINITY;
                 }
             }
@@ -133,6 +124,10 @@ pub trait Pattern: fmt::Debug + Send + Sync {
     fn parts(&self, _g: Geometry, _causal: bool) -> Option<Vec<Part>> {
         None
     }
+
+    /// Builds what the pattern keeps for geometry `g` (an [`Indexed`] pattern's index); the
+    /// engine calls it before its parallel work. Nothing (provided) for analytic patterns.
+    fn prepare(&self, _g: Geometry) {}
 
     /// Bytes the pattern keeps for geometry `g` (an [`Indexed`] pattern's index); reported in
     /// the variant's workspace. Zero (provided) for analytic patterns.
@@ -162,6 +157,34 @@ pub trait Pattern: fmt::Debug + Send + Sync {
     fn density(&self, g: Geometry) -> f64 {
         let allowed: usize = (0..g.n_q).map(|i| self.keys_in_row(g, i)).sum();
         allowed as f64 / (g.n_q as f64 * g.n_kv as f64)
+    }
+}
+
+/// A key-major tile of scores to mask: `st[t * ld + r]` is the score of query `rows.start +
+/// r` against key `c0 + t`, for `t < cols`; lanes `r >= rows.len()` are padding.
+#[derive(Debug)]
+pub struct KeyMajor<'a> {
+    /// The tile's query rows.
+    pub rows: Range<usize>,
+    /// Its first key.
+    pub c0: usize,
+    /// Its number of keys.
+    pub cols: usize,
+    /// The scores, one column of `ld` lanes per key.
+    pub st: &'a mut [f32],
+    /// The lanes per key (at least `rows.len()`).
+    pub ld: usize,
+}
+
+impl KeyMajor<'_> {
+    /// Each key `j` of the tile with its column of scores over the rows (padding excluded).
+    pub fn columns(&mut self) -> impl Iterator<Item = (usize, &mut [f32])> + '_ {
+        let (c0, n) = (self.c0, self.rows.len());
+        self.st
+            .chunks_mut(self.ld)
+            .take(self.cols)
+            .enumerate()
+            .map(move |(t, col)| (c0 + t, &mut col[..n]))
     }
 }
 
@@ -294,16 +317,7 @@ impl Pattern for Dense {
 
     fn mask_row(&self, _g: Geometry, _i: usize, _c0: usize, _row: &mut [f32]) {}
 
-    fn mask_key_major(
-        &self,
-        _g: Geometry,
-        _rows: Range<usize>,
-        _c0: usize,
-        _cols: usize,
-        _st: &mut [f32],
-        _ld: usize,
-    ) {
-    }
+    fn mask_key_major(&self, _g: Geometry, _tile: &mut KeyMajor<'_>) {}
 
     fn keys_in_row(&self, g: Geometry, _i: usize) -> usize {
         g.n_kv
@@ -345,18 +359,10 @@ impl Pattern for Causal {
     }
 
     /// Key `j` hides the queries before position `j`: one prefix fill per key.
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
-        let first = g.pos(rows.start);
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            fill_outside_at(&mut col[..rows.len()], first, (c0 + t) as isize, isize::MAX);
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+        let first = g.pos(tile.rows.start);
+        for (j, col) in tile.columns() {
+            fill_outside_at(col, first, j as isize, isize::MAX);
         }
     }
 
@@ -375,6 +381,11 @@ impl Pattern for Causal {
 pub struct Intersection<A, B>(pub A, pub B);
 
 impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
+    fn prepare(&self, g: Geometry) {
+        self.0.prepare(g);
+        self.1.prepare(g);
+    }
+
     fn stored_bytes(&self, g: Geometry) -> u64 {
         self.0.stored_bytes(g) + self.1.stored_bytes(g)
     }
@@ -400,17 +411,9 @@ impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
         self.1.mask_row(g, i, c0, row);
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
-        self.0.mask_key_major(g, rows.clone(), c0, cols, st, ld);
-        self.1.mask_key_major(g, rows, c0, cols, st, ld);
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+        self.0.mask_key_major(g, tile);
+        self.1.mask_key_major(g, tile);
     }
 
     fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
@@ -432,6 +435,11 @@ impl<A: Pattern, B: Pattern> Pattern for Intersection<A, B> {
 pub struct Union<A, B>(pub A, pub B);
 
 impl<A: Pattern, B: Pattern> Pattern for Union<A, B> {
+    fn prepare(&self, g: Geometry) {
+        self.0.prepare(g);
+        self.1.prepare(g);
+    }
+
     fn stored_bytes(&self, g: Geometry) -> u64 {
         self.0.stored_bytes(g) + self.1.stored_bytes(g)
     }
@@ -478,16 +486,8 @@ macro_rules! forward_pattern {
             fn mask_row(&self, g: Geometry, i: usize, c0: usize, row: &mut [f32]) {
                 (**self).mask_row(g, i, c0, row)
             }
-            fn mask_key_major(
-                &self,
-                g: Geometry,
-                rows: Range<usize>,
-                c0: usize,
-                cols: usize,
-                st: &mut [f32],
-                ld: usize,
-            ) {
-                (**self).mask_key_major(g, rows, c0, cols, st, ld)
+            fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
+                (**self).mask_key_major(g, tile)
             }
             fn unsupported(&self, g: Geometry) -> Vec<String> {
                 (**self).unsupported(g)
@@ -497,6 +497,9 @@ macro_rules! forward_pattern {
             }
             fn stored_bytes(&self, g: Geometry) -> u64 {
                 (**self).stored_bytes(g)
+            }
+            fn prepare(&self, g: Geometry) {
+                (**self).prepare(g)
             }
             fn key_ranges(&self, g: Geometry, rows: Range<usize>) -> Vec<Range<usize>> {
                 (**self).key_ranges(g, rows)
@@ -567,22 +570,12 @@ impl Pattern for Mask<'_> {
         }
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         match *self {
             Mask::Dense => {}
-            Mask::Causal => Causal.mask_key_major(g, rows, c0, cols, st, ld),
-            Mask::Pattern(p) => p.mask_key_major(g, rows, c0, cols, st, ld),
-            Mask::CausalPattern(p) => {
-                Intersection(Causal, p).mask_key_major(g, rows, c0, cols, st, ld)
-            }
+            Mask::Causal => Causal.mask_key_major(g, tile),
+            Mask::Pattern(p) => p.mask_key_major(g, tile),
+            Mask::CausalPattern(p) => Intersection(Causal, p).mask_key_major(g, tile),
         }
     }
 
@@ -599,6 +592,12 @@ impl Pattern for Mask<'_> {
         match *self {
             Mask::Dense | Mask::Causal => 0,
             Mask::Pattern(p) | Mask::CausalPattern(p) => p.stored_bytes(g),
+        }
+    }
+
+    fn prepare(&self, g: Geometry) {
+        if let Mask::Pattern(p) | Mask::CausalPattern(p) = *self {
+            p.prepare(g);
         }
     }
 

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use super::{Geometry, Pattern, Tile};
+use super::{Geometry, KeyMajor, Pattern, Tile};
 
 /// An increasing map from local indices `0..len` to sequence indices: runs of `run`
 /// consecutive indices, one run every `period`, starting at `start`. Index `a` maps to
@@ -210,20 +210,12 @@ impl Pattern for OtherBlocks {
         row[lo..hi].fill(f32::NEG_INFINITY);
     }
 
-    fn mask_key_major(
-        &self,
-        _g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
-        let n = rows.len();
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            let (lo, hi) = self.hidden_rows((c0 + t) / self.kb);
-            let a = lo.saturating_sub(rows.start).min(n);
-            let z = hi.saturating_sub(rows.start).clamp(a, n);
+    fn mask_key_major(&self, _g: Geometry, tile: &mut KeyMajor<'_>) {
+        let r0 = tile.rows.start;
+        for (j, col) in tile.columns() {
+            let (lo, hi) = self.hidden_rows(j / self.kb);
+            let a = lo.saturating_sub(r0).min(col.len());
+            let z = hi.saturating_sub(r0).clamp(a, col.len());
             col[a..z].fill(f32::NEG_INFINITY);
         }
     }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
-use crate::pattern::{Geometry, Pattern, Tile};
+use crate::pattern::{Geometry, KeyMajor, Pattern, Tile};
 
 /// `bigbird(block=64,w=3,g=2,r=3,seed=0)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -170,22 +170,13 @@ impl Pattern for BigBird {
         }
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         // Walk the column one query block at a time.
         let nkb = self.key_blocks(g);
         let b = self.block as isize;
-        let first = g.pos(rows.start);
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            let kb = (c0 + t) / self.block;
-            let col = &mut col[..rows.len()];
+        let first = g.pos(tile.rows.start);
+        for (j, col) in tile.columns() {
+            let kb = j / self.block;
             let mut start = 0;
             while start < col.len() {
                 let p = first + start as isize;

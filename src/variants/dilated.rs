@@ -8,7 +8,7 @@ use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::{count_congruent, first_last};
 use crate::pattern::parts::{self, Part};
-use crate::pattern::{Geometry, Pattern, Stripes, Tile, Window};
+use crate::pattern::{Geometry, KeyMajor, Pattern, Stripes, Tile, Window};
 
 /// `dilated(w=128,dilation=2)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -106,18 +106,10 @@ impl Pattern for Dilated {
         s.mask_row(g, i, c0, row);
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         let (w, s) = self.parts();
-        w.mask_key_major(g, rows.clone(), c0, cols, st, ld);
-        s.mask_key_major(g, rows, c0, cols, st, ld);
+        w.mask_key_major(g, tile);
+        s.mask_key_major(g, tile);
     }
 
     /// Per residue class modulo the dilation, an ordinary window of `w`: the class's

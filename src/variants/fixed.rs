@@ -9,7 +9,7 @@ use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::clipped_len;
 use crate::pattern::parts::{self, Gather, Group, OtherBlocks, Part};
-use crate::pattern::{Geometry, Local, Pattern, Tile, fill_outside_at};
+use crate::pattern::{Geometry, KeyMajor, Local, Pattern, Tile, fill_outside_at};
 
 /// `fixed(block=128,c=32)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -104,22 +104,13 @@ impl Pattern for Fixed {
         }
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         // A summary key is seen by every query, any other key by its own block.
-        let first = g.pos(rows.start);
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            let j = c0 + t;
+        let first = g.pos(tile.rows.start);
+        for (j, col) in tile.columns() {
             if !self.is_summary(j) {
                 let (lo, hi) = self.local().queries_of(j as isize);
-                fill_outside_at(&mut col[..rows.len()], first, lo, hi);
+                fill_outside_at(col, first, lo, hi);
             }
         }
     }

@@ -8,7 +8,9 @@ use std::fmt;
 use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::clipped_len;
-use crate::pattern::{Geometry, Global, Pattern, Tile, Union, Window, fill_outside_union};
+use crate::pattern::{
+    Geometry, Global, KeyMajor, Pattern, Tile, Union, Window, fill_outside_union,
+};
 
 /// `longformer(w=256,g=16)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -86,24 +88,15 @@ impl Pattern for Longformer {
         row[w_end..].fill(f32::NEG_INFINITY);
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         // A key past the prefix is seen by the global rows and by its window.
-        let first = g.pos(rows.start);
+        let first = g.pos(tile.rows.start);
         let last_global = self.g as isize - 1;
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            let j = c0 + t;
+        for (j, col) in tile.columns() {
             if j >= self.g {
                 let mut keep = [(0, last_global), self.window().queries_of(j as isize)];
                 keep.sort_unstable();
-                fill_outside_union(&mut col[..rows.len()], first, &keep);
+                fill_outside_union(col, first, &keep);
             }
         }
     }

@@ -9,7 +9,9 @@ use crate::spec::{ParamInfo, VariantInfo};
 use crate::variants::sparse::boxed;
 use crate::pattern::blocks::{clipped_len, count_congruent};
 use crate::pattern::parts::{self, OtherBlocks, Part};
-use crate::pattern::{Geometry, Pattern, Stripes, Tile, Union, Window, fill_incongruent};
+use crate::pattern::{
+    Geometry, KeyMajor, Pattern, Stripes, Tile, Union, Window, fill_incongruent,
+};
 
 /// `strided(stride=128)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -74,25 +76,17 @@ impl Pattern for Strided {
         stripes.mask_row(g, i, c0 + end, after);
     }
 
-    fn mask_key_major(
-        &self,
-        g: Geometry,
-        rows: Range<usize>,
-        c0: usize,
-        cols: usize,
-        st: &mut [f32],
-        ld: usize,
-    ) {
+    fn mask_key_major(&self, g: Geometry, tile: &mut KeyMajor<'_>) {
         // Key j is seen by the positions of its window and by its residue class.
-        let first = g.pos(rows.start);
+        let first = g.pos(tile.rows.start);
         let (w, _) = self.parts();
-        let len = rows.len() as isize;
-        for (t, col) in st.chunks_mut(ld).take(cols).enumerate() {
-            let j = (c0 + t) as isize;
+        let len = tile.rows.len() as isize;
+        for (j, col) in tile.columns() {
+            let j = j as isize;
             let (lo, hi) = w.queries_of(j);
             let start = (lo - first).clamp(0, len) as usize;
             let end = (hi - first + 1).clamp(start as isize, len) as usize;
-            let (before, rest) = col[..rows.len()].split_at_mut(start);
+            let (before, rest) = col.split_at_mut(start);
             fill_incongruent(before, first, j, self.stride);
             fill_incongruent(&mut rest[end - start..], first + end as isize, j, self.stride);
         }
