@@ -103,7 +103,9 @@ pub fn tiled_cost(
     if parts::use_parts(shape, opts.alibi, threads)
         && let Some(parts) = mask.parts(g, opts.causal)
     {
-        return parts::parts_cost(shape, &parts, tiling, threads);
+        let mut cost = parts::parts_cost(shape, &parts, tiling, threads);
+        cost.workspace_bytes += mask.stored_bytes(g);
+        return cost;
     }
     let mut pairs = 0usize;
     let mut blocks = 0usize;

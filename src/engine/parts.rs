@@ -82,6 +82,9 @@ pub(crate) fn parts_forward(
                     let (k, v) = (k.slice(s![b, kvh, .., ..]), v.slice(s![b, kvh, .., ..]));
                     sc.kg.clear();
                     sc.vg.clear();
+                    // Exactly the bytes the cost reports, not a doubling's.
+                    sc.kg.reserve_exact(g.n_kv * d);
+                    sc.vg.reserve_exact(g.n_kv * dv);
                     for j in 0..g.n_kv {
                         sc.kg.extend(k.row(group.keys.index(j)).iter());
                         sc.vg.extend(v.row(group.keys.index(j)).iter());
@@ -123,7 +126,10 @@ fn key_ranges(
     if starts.is_empty() {
         return Vec::new();
     }
-    let splits = (starts.len() * bk).div_ceil(SPLIT_KEYS);
+    // Whole tiles, so at most one range per tile (a tile may exceed SPLIT_KEYS).
+    let splits = (starts.len() * bk)
+        .div_ceil(SPLIT_KEYS)
+        .clamp(1, starts.len());
     (0..splits)
         .map(|s| {
             let (a, z) = (s * starts.len() / splits, (s + 1) * starts.len() / splits);
@@ -201,5 +207,31 @@ pub(crate) fn parts_cost(shape: &Shape, parts: &[Part], tiling: Tiling, threads:
     Cost {
         flops,
         workspace_bytes: busy * (worker_bytes(tiling, shape) + merge_state),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::{Geometry, Window};
+
+    #[test]
+    fn key_ranges_are_whole_tiles_of_at_most_split_keys_or_one_tile() {
+        let w = Window { w: 30000 };
+        let mask = Mask::Pattern(&w);
+        let g = Geometry::new(40000, 40000);
+        // Tiles wider than SPLIT_KEYS: one range per tile, never an empty one.
+        let ranges = key_ranges(mask, g, 0..64, 20000);
+        assert_eq!(ranges, vec![0..20000, 20000..40000]);
+        // Ordinary tiles: contiguous ranges of at most SPLIT_KEYS keys covering the reach.
+        let ranges = key_ranges(mask, g, 0..64, 64);
+        assert!(
+            ranges
+                .iter()
+                .all(|r| r.len() <= SPLIT_KEYS && r.start % 64 == 0)
+        );
+        assert_eq!(ranges.first().unwrap().start, 0);
+        assert_eq!(ranges.last().unwrap().end, 30080); // the tile holding key 30063
+        assert!(ranges.windows(2).all(|p| p[0].end == p[1].start));
     }
 }
