@@ -107,21 +107,11 @@ pub fn tiled_cost(
         cost.workspace_bytes += mask.stored_bytes(g);
         return cost;
     }
-    let mut pairs = 0usize;
-    let mut blocks = 0usize;
-    let mut most_tiles = 0usize;
-    for r0 in (0..g.n_q).step_by(tiling.bq) {
-        let rows = r0..(r0 + tiling.bq).min(g.n_q);
-        blocks += 1;
-        let starts = tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk);
-        most_tiles = most_tiles.max(starts.len());
-        for c0 in starts {
-            let cols = c0..(c0 + tiling.bk).min(g.n_kv);
-            if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
-                pairs += rows.len() * cols.len();
-            }
-        }
-    }
+    let TileCount {
+        pairs,
+        blocks,
+        most_tiles,
+    } = count_tiles(mask, g, tiling);
     let heads = (shape.batch() * shape.heads()) as f64;
     let flops =
         heads * (gemm_flops(pairs, shape.head_dim(), 1) + gemm_flops(pairs, shape.v_dim(), 1));
@@ -151,6 +141,37 @@ pub fn tiled_cost(
             + parts
             + mask.stored_bytes(g),
     }
+}
+
+/// What the engine computes under a mask on one (batch, head) of geometry `g`.
+struct TileCount {
+    /// The pairs of every non-empty tile (masked ones included).
+    pairs: usize,
+    /// The query blocks.
+    blocks: usize,
+    /// The most key tiles any query block visits.
+    most_tiles: usize,
+}
+
+fn count_tiles(mask: Mask<'_>, g: crate::pattern::Geometry, tiling: Tiling) -> TileCount {
+    let mut count = TileCount {
+        pairs: 0,
+        blocks: 0,
+        most_tiles: 0,
+    };
+    for r0 in (0..g.n_q).step_by(tiling.bq) {
+        let rows = r0..(r0 + tiling.bq).min(g.n_q);
+        count.blocks += 1;
+        let starts = tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk);
+        count.most_tiles = count.most_tiles.max(starts.len());
+        for c0 in starts {
+            let cols = c0..(c0 + tiling.bk).min(g.n_kv);
+            if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
+                count.pairs += rows.len() * cols.len();
+            }
+        }
+    }
+    count
 }
 
 /// One worker's scratch ([`Workspace`]).

@@ -14,12 +14,12 @@
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use super::task::{Task, Workspace};
-use super::{SPLIT_KEYS, Tiling, tile_starts, worker_bytes};
+use super::{SPLIT_KEYS, Tiling, count_tiles, tile_starts, worker_bytes};
 use crate::attention::{Call, Cost};
 use crate::kernels::dispatch::{self, Isa};
 use crate::kernels::gemm::gemm_flops;
 use crate::parallel::for_each_head_with;
-use crate::pattern::{Mask, Part, Pattern, Tile};
+use crate::pattern::{Mask, Part};
 use crate::shape::Shape;
 
 /// Whether a call runs `parts` on the parts path rather than the tile path: the parts
@@ -178,16 +178,7 @@ pub(crate) fn parts_cost(shape: &Shape, parts: &[Part], tiling: Tiling, threads:
     for part in parts {
         let mask = Mask::Pattern(part.pattern.as_ref());
         for group in &part.groups {
-            let g = group.geometry();
-            for r0 in (0..g.n_q).step_by(tiling.bq) {
-                let rows = r0..(r0 + tiling.bq).min(g.n_q);
-                for c0 in tile_starts(&mask, g, rows.clone(), 0..g.n_kv, tiling.bk) {
-                    let cols = c0..(c0 + tiling.bk).min(g.n_kv);
-                    if mask.classify(g, rows.clone(), cols.clone()) != Tile::Empty {
-                        pairs += rows.len() * cols.len();
-                    }
-                }
-            }
+            pairs += count_tiles(mask, group.geometry(), tiling).pairs;
         }
     }
     let heads = (shape.batch() * shape.heads()) as f64;
