@@ -13,7 +13,7 @@ use crate::shape::Shape;
 pub use crate::options::{Options, ROPE_BASE};
 
 /// How a variant's output relates to softmax attention. Serialised (the `fidelity` column of
-/// results) as its `Display`: `exact`, `approximate`, `other-kernel`.
+/// results) as its `Display`: `exact`, `approximate`, `other-kernel`, `selected`.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -30,6 +30,11 @@ pub enum Fidelity {
     /// A different attention kernel (e.g. `elu(x) + 1` linear attention): its deviation from
     /// softmax attention is model mismatch, not approximation error.
     OtherKernel,
+    /// Exact softmax attention over keys chosen from the data (top-k, block selection): equal,
+    /// up to float rounding, to the f64 oracle under the keys it
+    /// [chose](Attention::chosen), which is its own check (so a selection bug and a kernel
+    /// bug are told apart); its deviation from dense attention is the price of selection.
+    Selected,
 }
 
 impl fmt::Display for Fidelity {
@@ -38,6 +43,7 @@ impl fmt::Display for Fidelity {
             Fidelity::Exact => "exact",
             Fidelity::Approximate => "approximate",
             Fidelity::OtherKernel => "other-kernel",
+            Fidelity::Selected => "selected",
         })
     }
 }
@@ -283,6 +289,20 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
         None
     }
 
+    /// The keys a [`Selected`](Fidelity::Selected) variant attends for the query rows `rows`
+    /// of (batch `b`, query head `h`) of `call`: one list per row, any order, as the variant's
+    /// forward chooses them (from the same scores). Callers use the free function [`chosen`].
+    /// The default, `None`, is right for every other fidelity.
+    fn chosen(
+        &self,
+        _call: &Call<'_>,
+        _b: usize,
+        _h: usize,
+        _rows: &[usize],
+    ) -> Option<Vec<Vec<u32>>> {
+        None
+    }
+
     /// Variants whose output depends on a random draw (random features): the same variant
     /// with `seed` instead of its own, so the harness can report the error's mean and spread
     /// over several draws. The default, `None`, means the output depends on no draw.
@@ -377,6 +397,114 @@ pub fn weights(
         }
     }
     with_call(variant, problem, |call| Ok(variant.weights(call, b, h)))
+}
+
+/// The keys a [`Selected`](Fidelity::Selected) `variant` chooses for the query rows `rows` of
+/// every (batch, head) of `problem` (see [`Attention::chosen`]), after the same checks as
+/// [`run`]; `None` when the variant chooses none. An error if a row is out of range.
+pub fn chosen(
+    variant: &dyn Attention,
+    problem: &Problem<'_>,
+    rows: &[usize],
+) -> Result<Option<Chosen>> {
+    let shape = problem.shape();
+    if let Some(&bad) = rows.iter().find(|&&r| r >= shape.n_q()) {
+        return Err(ErrorKind::OutOfRange {
+            what: "query row",
+            index: bad,
+            len: shape.n_q(),
+        }
+        .into());
+    }
+    with_call(variant, problem, |call| {
+        let mut keys = Vec::with_capacity(shape.batch() * shape.heads());
+        for b in 0..shape.batch() {
+            for h in 0..shape.heads() {
+                match variant.chosen(call, b, h, rows) {
+                    Some(k) if k.len() == rows.len() => keys.push(k),
+                    Some(k) => {
+                        return Err(ErrorKind::ShapeMismatch {
+                            what: format!("{variant}: chosen keys, one list per row"),
+                            expected: rows.len(),
+                            got: k.len(),
+                        }
+                        .into());
+                    }
+                    None => return Ok(None),
+                }
+            }
+        }
+        Ok(Some(Chosen::new(
+            shape.batch(),
+            shape.heads(),
+            rows.to_vec(),
+            keys,
+        )))
+    })
+}
+
+/// The keys a data-dependent variant ([`Selected`](crate::attention::Fidelity::Selected))
+/// chose for some query rows of every (batch, head) of one problem: what its own check runs
+/// the oracle under ([`oracle_chosen`](crate::oracle::oracle_chosen)), and the set its price of selection
+/// ([`dropped_mass_chosen`](crate::oracle::dropped_mass_chosen)) is measured on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    batch: usize,
+    heads: usize,
+    rows: Vec<usize>,
+    /// `keys[b * heads + h][r]`: the keys of query `rows[r]` of (b, h), sorted, distinct.
+    keys: Vec<Vec<Vec<u32>>>,
+}
+
+impl Chosen {
+    /// The keys chosen for query rows `rows` of each (batch, head): `keys[b * heads + h][r]`
+    /// for query `rows[r]`, in any order (they are sorted here).
+    ///
+    /// # Panics
+    /// If `keys` is not `batch * heads` lists of `rows.len()` rows.
+    pub fn new(batch: usize, heads: usize, rows: Vec<usize>, mut keys: Vec<Vec<Vec<u32>>>) -> Self {
+        assert_eq!(keys.len(), batch * heads, "one key list per (batch, head)");
+        for per_head in &mut keys {
+            assert_eq!(per_head.len(), rows.len(), "one key list per row");
+            for row in per_head.iter_mut() {
+                row.sort_unstable();
+                row.dedup();
+            }
+        }
+        Self {
+            batch,
+            heads,
+            rows,
+            keys,
+        }
+    }
+
+    /// The query rows the keys were chosen for.
+    pub fn rows(&self) -> &[usize] {
+        &self.rows
+    }
+
+    /// The keys chosen for query `rows()[r]` of (batch `b`, head `h`), sorted.
+    pub fn keys(&self, b: usize, h: usize, r: usize) -> &[u32] {
+        &self.keys[b * self.heads + h][r]
+    }
+
+    /// Whether key `j` was chosen for query `rows()[r]` of (b, h).
+    pub fn contains(&self, b: usize, h: usize, r: usize, j: usize) -> bool {
+        u32::try_from(j).is_ok_and(|j| self.keys(b, h, r).binary_search(&j).is_ok())
+    }
+
+    /// The chosen (query, key) pairs over every (batch, head).
+    pub fn pairs(&self) -> usize {
+        self.keys.iter().flatten().map(Vec::len).sum()
+    }
+
+    /// Whether the keys were chosen for (a subset of the rows of) a problem of `shape`.
+    pub fn fits(&self, shape: &Shape) -> bool {
+        self.batch == shape.batch()
+            && self.heads == shape.heads()
+            && self.rows.iter().all(|&r| r < shape.n_q())
+    }
 }
 
 /// Checks `variant`'s reasons for `problem`, applies RoPE, and calls `f` with the checked

@@ -9,8 +9,8 @@
 
 use ndarray::Array4;
 
-use crate::attention::{Attention, Fidelity, Options, Problem, ROPE_BASE, reasons, run};
-use crate::oracle::{ErrorStats, compare, oracle};
+use crate::attention::{Attention, Fidelity, Options, Problem, ROPE_BASE, chosen, reasons, run};
+use crate::oracle::{ErrorStats, compare, oracle, oracle_chosen};
 use crate::shape::Shape;
 use crate::workload::gaussian;
 
@@ -129,8 +129,9 @@ pub fn cases() -> Vec<Case> {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The variant ran; `passed` says whether an exact variant met [`EXACT_TOLERANCE`]
-    /// against the oracle under its own pattern (approximate variants are compared with dense
-    /// attention and pass when their output is finite).
+    /// against the oracle under its own pattern (a selected one: under the keys it chose;
+    /// approximate variants are compared with dense attention and pass when their output is
+    /// finite).
     Ran {
         /// The error statistics against the oracle.
         stats: ErrorStats,
@@ -177,8 +178,23 @@ pub fn check(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
     if let Err(e) = run(variant, &problem, out.view_mut()) {
         return Outcome::Failed(e.to_string());
     }
-    let exact = variant.fidelity() == Fidelity::Exact;
-    let reference = oracle(&problem, if exact { variant.pattern() } else { None });
+    let (exact, reference) = match variant.fidelity() {
+        Fidelity::Exact => (true, oracle(&problem, variant.pattern())),
+        Fidelity::Selected => {
+            // Checked against the oracle under the keys it chose for every row.
+            let rows: Vec<usize> = (0..case.shape.n_q()).collect();
+            match chosen(variant, &problem, &rows) {
+                Ok(Some(c)) => (true, oracle_chosen(&problem, &c)),
+                Ok(None) => {
+                    return Outcome::Failed(
+                        "a selected variant must report the keys it chose".into(),
+                    );
+                }
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
+        }
+        Fidelity::Approximate | Fidelity::OtherKernel => (false, oracle(&problem, None)),
+    };
     let stats = compare(out.view(), reference.view());
     let finite = out.iter().all(|x| x.is_finite());
     let passed = finite && (!exact || stats.rel_frobenius <= EXACT_TOLERANCE);

@@ -10,10 +10,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index;
 
-use crate::attention::Problem;
+use crate::attention::{Chosen, Problem};
 use crate::modifier::{ScoreMods, rope_row_f64};
 use crate::parallel::for_each_head;
-use crate::pattern::{Geometry, Pattern};
+use crate::pattern::{Geometry, Mask, Pattern};
 
 /// Softmax attention of every query row under `pattern` (dense when `None`) and the problem's
 /// causal flag, key lengths and score modifiers, in `f64`: `[batch, heads, n_q, v_dim]`.
@@ -32,13 +32,32 @@ pub fn oracle_rows(
     pattern: Option<&dyn Pattern>,
     rows: &[usize],
 ) -> Array4<f64> {
+    let mask = problem.mask(pattern);
+    oracle_with(problem, Keys::Mask(&mask), rows)
+}
+
+/// Like [`oracle_rows`] for the rows of `chosen`, each attending only the keys a
+/// data-dependent variant chose for it (and that the problem's own mask allows): the oracle
+/// a [`Selected`](crate::attention::Fidelity::Selected) variant is checked against.
+///
+/// # Panics
+/// If `chosen` does not fit the problem (its rows, batch or heads).
+pub fn oracle_chosen(problem: &Problem<'_>, chosen: &Chosen) -> Array4<f64> {
+    assert!(
+        chosen.fits(&problem.shape()),
+        "chosen keys do not fit the problem"
+    );
+    let mask = problem.mask(None);
+    oracle_with(problem, Keys::Chosen(&mask, chosen), chosen.rows())
+}
+
+fn oracle_with(problem: &Problem<'_>, keys: Keys<'_>, rows: &[usize]) -> Array4<f64> {
     let shape = problem.shape();
     assert!(
         rows.iter().all(|&r| r < shape.n_q()),
         "oracle rows must be below n_q = {}",
         shape.n_q()
     );
-    let mask = problem.mask(pattern);
     let mut out = Array4::zeros([shape.batch(), shape.heads(), rows.len(), shape.v_dim()]);
     for_each_head(out.view_mut(), |b, h, mut head_out| {
         let head = HeadRef::new(problem, b, h);
@@ -47,7 +66,7 @@ pub fn oracle_rows(
             .index_axis_move(Axis(0), b)
             .index_axis_move(Axis(0), shape.kv_head_of(h));
         for (r, &i) in rows.iter().enumerate() {
-            let scores = head.scores(i, &mask);
+            let scores = head.scores(i, |j| keys.allows(head.g, (b, h, r), i, j));
             let mut out_row = head_out.row_mut(r);
             out_row.fill(0.0);
             if scores.is_empty() {
@@ -68,6 +87,25 @@ pub fn oracle_rows(
     out
 }
 
+/// What a query row of the oracle may attend.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    /// The pairs a mask allows.
+    Mask(&'a Mask<'a>),
+    /// The pairs the problem's mask allows among the keys a variant chose.
+    Chosen(&'a Mask<'a>, &'a Chosen),
+}
+
+impl Keys<'_> {
+    /// Whether query `i` (row `r` of the computed rows) of (b, h) may attend key `j`.
+    fn allows(&self, g: Geometry, (b, h, r): (usize, usize, usize), i: usize, j: usize) -> bool {
+        match self {
+            Keys::Mask(mask) => mask.allows(g, i, j),
+            Keys::Chosen(mask, chosen) => mask.allows(g, i, j) && chosen.contains(b, h, r, j),
+        }
+    }
+}
+
 /// Like [`oracle_rows`], computed the plain way in `f32`: per row, every score a sequential
 /// dot product, then a two-pass softmax and a sequential weighted sum, all in `f32` (the
 /// result is compared with [`compare`] like a variant's). Its error against the `f64` oracle is the
@@ -81,12 +119,29 @@ pub fn plain_f32_rows(
     pattern: Option<&dyn Pattern>,
     rows: &[usize],
 ) -> Array4<f32> {
+    let mask = problem.mask(pattern);
+    plain_f32_with(problem, Keys::Mask(&mask), rows)
+}
+
+/// Like [`plain_f32_rows`] under the keys a variant chose (as [`oracle_chosen`]).
+///
+/// # Panics
+/// If `chosen` does not fit the problem.
+pub fn plain_f32_chosen(problem: &Problem<'_>, chosen: &Chosen) -> Array4<f32> {
+    assert!(
+        chosen.fits(&problem.shape()),
+        "chosen keys do not fit the problem"
+    );
+    let mask = problem.mask(None);
+    plain_f32_with(problem, Keys::Chosen(&mask, chosen), chosen.rows())
+}
+
+fn plain_f32_with(problem: &Problem<'_>, keys: Keys<'_>, rows: &[usize]) -> Array4<f32> {
     let shape = problem.shape();
     assert!(
         rows.iter().all(|&r| r < shape.n_q()),
         "rows must be below n_q"
     );
-    let mask = problem.mask(pattern);
     let g = shape.geometry();
     let (q, k) = match problem.opts().rope {
         Some(base) => (
@@ -114,7 +169,7 @@ pub fn plain_f32_rows(
                 *s = dot * scale;
             }
             mods.apply_row(i, 0, &mut scores);
-            let allowed = |j: &usize| mask.allows(g, i, *j);
+            let allowed = |j: &usize| keys.allows(g, (b, h, r), i, *j);
             let m = (0..key_len)
                 .filter(allowed)
                 .map(|j| scores[j])
@@ -147,12 +202,34 @@ pub fn weights(
     b: usize,
     h: usize,
 ) -> Array2<f64> {
-    let shape = problem.shape();
     let mask = problem.mask(pattern);
+    weights_with(problem, Keys::Mask(&mask), b, h)
+}
+
+/// Like [`weights`] under the keys a variant chose for every query row (`chosen.rows()` being
+/// `0..n_q`): its effective weights, for attention maps.
+///
+/// # Panics
+/// If `chosen` does not hold every row of the problem.
+pub fn weights_chosen(problem: &Problem<'_>, chosen: &Chosen, b: usize, h: usize) -> Array2<f64> {
+    assert!(
+        chosen.fits(&problem.shape()),
+        "chosen keys do not fit the problem"
+    );
+    assert!(
+        chosen.rows().iter().copied().eq(0..problem.shape().n_q()),
+        "weights need the keys of every row"
+    );
+    let mask = problem.mask(None);
+    weights_with(problem, Keys::Chosen(&mask, chosen), b, h)
+}
+
+fn weights_with(problem: &Problem<'_>, keys: Keys<'_>, b: usize, h: usize) -> Array2<f64> {
+    let shape = problem.shape();
     let head = HeadRef::new(problem, b, h);
     let mut w = Array2::zeros((shape.n_q(), shape.n_kv()));
     for (i, mut row) in w.outer_iter_mut().enumerate() {
-        let scores = head.scores(i, &mask);
+        let scores = head.scores(i, |j| keys.allows(head.g, (b, h, i), i, j));
         let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = scores.iter().map(|&(_, s)| (s - m).exp()).sum();
         for &(j, s) in &scores {
@@ -203,11 +280,11 @@ impl HeadRef {
         }
     }
 
-    /// The modified scores `(j, s_ij)` of query `i` for the valid keys `mask` allows.
-    fn scores(&self, i: usize, mask: &dyn Pattern) -> Vec<(usize, f64)> {
+    /// The modified scores `(j, s_ij)` of query `i` for the valid keys `allowed` admits.
+    fn scores(&self, i: usize, allowed: impl Fn(usize) -> bool) -> Vec<(usize, f64)> {
         let qi = self.q.row(i);
         (0..self.key_len)
-            .filter(|&j| mask.allows(self.g, i, j))
+            .filter(|&j| allowed(j))
             .map(|j| {
                 let dot = qi.dot(&self.k.row(j));
                 (j, self.mods.apply_f64(dot * self.scale, i, j))
@@ -223,6 +300,30 @@ impl HeadRef {
 /// It bounds how far a pattern-restricted variant can be from dense attention: each output
 /// row moves by at most `2 * mass * max |v|`.
 pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]) -> f64 {
+    let g = problem.shape().geometry();
+    dropped_mass_with(problem, rows, |_, i, j| pattern.allows(g, i, j))
+}
+
+/// Like [`dropped_mass`] for the keys a variant chose over the rows of `chosen`: the dense
+/// softmax mass its selection leaves out, the price of selection.
+///
+/// # Panics
+/// If `chosen` does not fit the problem.
+pub fn dropped_mass_chosen(problem: &Problem<'_>, chosen: &Chosen) -> f64 {
+    assert!(
+        chosen.fits(&problem.shape()),
+        "chosen keys do not fit the problem"
+    );
+    dropped_mass_with(problem, chosen.rows(), |(b, h, r), _, j| {
+        chosen.contains(b, h, r, j)
+    })
+}
+
+fn dropped_mass_with(
+    problem: &Problem<'_>,
+    rows: &[usize],
+    kept: impl Fn((usize, usize, usize), usize, usize) -> bool,
+) -> f64 {
     let shape = problem.shape();
     let g = shape.geometry();
     let dense = problem.mask(None);
@@ -231,21 +332,21 @@ pub fn dropped_mass(problem: &Problem<'_>, pattern: &dyn Pattern, rows: &[usize]
     for b in 0..shape.batch() {
         for h in 0..shape.heads() {
             let head = HeadRef::new(problem, b, h);
-            for &i in rows {
-                let scores = head.scores(i, &dense);
+            for (r, &i) in rows.iter().enumerate() {
+                let scores = head.scores(i, |j| dense.allows(g, i, j));
                 if scores.is_empty() {
                     continue;
                 }
                 let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
-                let (mut all, mut kept) = (0.0, 0.0);
+                let (mut all, mut kept_mass) = (0.0, 0.0);
                 for &(j, s) in &scores {
                     let p = (s - m).exp();
                     all += p;
-                    if pattern.allows(g, i, j) {
-                        kept += p;
+                    if kept((b, h, r), i, j) {
+                        kept_mass += p;
                     }
                 }
-                total += 1.0 - kept / all;
+                total += 1.0 - kept_mass / all;
                 count += 1;
             }
         }

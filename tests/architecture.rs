@@ -294,14 +294,23 @@ fn imports_point_the_documented_way() {
         "the leaf imports {:?}",
         deps("kernels::tile")
     );
-    // A variant file imports no other variant, only the sparse wrapper.
+    // A variant file imports no other variant, only the sparse wrapper and the shared
+    // helpers (which import no variant).
     for (m, ds) in &edges {
         if m.starts_with("variants::") {
             for d in ds {
-                assert_eq!(d, "variants::sparse", "{m} imports {d}");
+                assert!(
+                    d == "variants::sparse" || d == "variants::shared",
+                    "{m} imports {d}"
+                );
             }
         }
     }
+    assert!(
+        deps("variants::shared").is_empty(),
+        "variants::shared imports {:?}",
+        deps("variants::shared")
+    );
 }
 
 #[test]

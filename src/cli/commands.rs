@@ -55,6 +55,10 @@ pub(super) fn check(
                     match (variant.fidelity(), passed) {
                         (Fidelity::Exact, true) => "pass".to_string(),
                         (Fidelity::Exact, false) => "FAIL".to_string(),
+                        (Fidelity::Selected, true) => "pass (under the keys it chose)".to_string(),
+                        (Fidelity::Selected, false) => {
+                            "FAIL (under the keys it chose)".to_string()
+                        }
                         (f, true) => format!("reported ({f}: error vs dense attention)"),
                         (f, false) => format!("FAIL ({f}: non-finite output)"),
                     }

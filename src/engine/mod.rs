@@ -270,6 +270,52 @@ fn run_block(
     task.run(ws, block_out);
 }
 
+/// One worker's scratch for [`attend_rows`], made once per worker of a variant that runs its
+/// own query blocks on the engine (block selection).
+pub(crate) struct RowsScratch(Workspace);
+
+impl RowsScratch {
+    /// Scratch for blocks of at most `tiling.bq` rows and key tiles of `tiling.bk` keys
+    /// (both capped at the problem's sizes, as [`tiled_forward`] does).
+    pub(crate) fn new(tiling: Tiling, shape: &Shape) -> Self {
+        let t = Tiling {
+            bq: tiling.bq.min(shape.n_q()),
+            bk: tiling.bk.min(shape.n_kv()),
+        };
+        Self(Workspace::new(t, shape.head_dim(), shape.v_dim()))
+    }
+
+    /// The bytes of one [`RowsScratch::new`].
+    pub(crate) fn bytes(tiling: Tiling, shape: &Shape) -> u64 {
+        worker_bytes(tiling, shape)
+    }
+}
+
+/// Exact softmax attention of the query rows `rows` of (batch `b`, head `h`) over the keys
+/// `mask` admits, visiting key tiles of `bk` from key 0 that meet its
+/// [`key_ranges`](Pattern::key_ranges), into `out` (`rows.len()` rows): one engine task,
+/// unsplit, for a variant whose mask differs per query block. The keys a mask admits for one
+/// block should number at most [`SPLIT_KEYS`] (a single `f32` accumulation).
+pub(crate) fn attend_rows(
+    p: &Call<'_>,
+    mask: Mask<'_>,
+    (b, h, r0): (usize, usize, usize),
+    bk: usize,
+    isa: Isa,
+    ws: &mut RowsScratch,
+    out: ndarray::ArrayViewMut2<'_, f32>,
+) {
+    run_block(
+        p,
+        mask,
+        bk.min(p.shape().n_kv()),
+        isa,
+        &mut ws.0,
+        (b, h, r0),
+        out,
+    );
+}
+
 #[cfg(test)]
 mod tile_tests {
     use super::*;

@@ -13,7 +13,10 @@ use super::memory;
 use super::timing::{TimingConfig, minor_faults, samples, summarize, time};
 use crate::attention::{Attention, Fidelity, Options, Problem};
 use crate::error::{Error, ErrorKind, Result};
-use crate::oracle::{compare, dropped_mass, oracle_rows, plain_f32_rows};
+use crate::oracle::{
+    compare, dropped_mass, dropped_mass_chosen, oracle_chosen, oracle_rows, plain_f32_chosen,
+    plain_f32_rows,
+};
 use crate::pattern::Pattern;
 use crate::results::record::{Record, Status};
 use crate::shape::Shape;
@@ -292,27 +295,37 @@ impl Cell<'_> {
             .map(|(name, e)| format!("{name}={e:.6e}"))
             .collect::<Vec<_>>()
             .join(";");
-        if v.fidelity() == Fidelity::Exact {
-            // The dense oracle is the own one for dense variants; a pattern needs its own.
-            let own_oracle = v.pattern().map(|pat| oracle_rows(p, Some(pat), self.rows));
-            let reference = own_oracle.as_ref().unwrap_or(self.dense);
-            let own = compare(got.view(), reference.view());
-            let plain = compare(
-                plain_f32_rows(p, v.pattern(), self.rows).view(),
-                reference.view(),
-            );
-            let tolerance = 2.0 * plain.rel_frobenius + FLAG_FLOOR;
-            r.err_own_rel = Some(own.rel_frobenius);
-            r.err_own_max_abs = Some(own.max_abs);
-            r.err_f32_plain = Some(plain.rel_frobenius);
-            r.tolerance = Some(tolerance);
-            if own.rel_frobenius.is_nan() || own.rel_frobenius > tolerance {
-                r.status = Status::Flagged;
-                r.note = format!(
-                    "error {:.2e} against its own pattern's oracle exceeds {tolerance:.2e} (twice a plain f32 implementation's {:.2e}, plus {FLAG_FLOOR:e}): a kernel bug",
-                    own.rel_frobenius, plain.rel_frobenius
-                );
+        match v.fidelity() {
+            Fidelity::Exact => {
+                // The dense oracle is the own one for dense variants; a pattern needs its own.
+                let own_oracle = v.pattern().map(|pat| oracle_rows(p, Some(pat), self.rows));
+                let reference = own_oracle.as_ref().unwrap_or(self.dense);
+                let plain = plain_f32_rows(p, v.pattern(), self.rows);
+                own_check(r, &got, reference, &plain, "its own pattern's oracle");
             }
+            Fidelity::Selected => {
+                let Some(chosen) = crate::attention::chosen(v, p, self.rows)? else {
+                    return Err(Error::bad_spec(
+                        v.to_string(),
+                        "a selected variant must report the keys it chose (Attention::chosen)",
+                    ));
+                };
+                let reference = oracle_chosen(p, &chosen);
+                let plain = plain_f32_chosen(p, &chosen);
+                own_check(
+                    r,
+                    &got,
+                    &reference,
+                    &plain,
+                    "the oracle under the keys it chose",
+                );
+                r.dropped_mass = Some(dropped_mass_chosen(p, &chosen));
+                // The density of the keys it chose over the oracle rows, for its useful flops.
+                let shape = p.shape();
+                let all = shape.batch() * shape.heads() * self.rows.len() * shape.n_kv();
+                r.density = Some(chosen.pairs() as f64 / all.max(1) as f64);
+            }
+            Fidelity::Approximate | Fidelity::OtherKernel => {}
         }
         if let Some(pat) = v.pattern() {
             // Over the oracle rows, as the errors (and as the column is documented).
@@ -395,7 +408,7 @@ impl Cell<'_> {
         // From `cost()` in `prepare`.
         let executed = r.executed_flops.unwrap_or(0.0);
         r.executed_gflops = Some(executed / secs / 1e9);
-        if v.fidelity() == Fidelity::Exact {
+        if matches!(v.fidelity(), Fidelity::Exact | Fidelity::Selected) {
             let per_pair = 2.0 * (shape.head_dim() + shape.v_dim()) as f64;
             let useful = per_pair
                 * (shape.n_q() * shape.n_kv() * shape.batch() * shape.heads()) as f64
@@ -421,6 +434,32 @@ impl Cell<'_> {
             r.pct_of_bandwidth = Some(100.0 * read / secs / 1e9 / self.bandwidth);
         }
         record
+    }
+}
+
+/// The own check of an exact or selected variant: its error on the oracle rows against its
+/// own `reference`, flagged above twice the error of the `plain` f32 implementation under the
+/// same keys plus [`FLAG_FLOOR`].
+fn own_check(
+    r: &mut Record,
+    got: &Array4<f32>,
+    reference: &Array4<f64>,
+    plain: &Array4<f32>,
+    what: &str,
+) {
+    let own = compare(got.view(), reference.view());
+    let plain = compare(plain.view(), reference.view());
+    let tolerance = 2.0 * plain.rel_frobenius + FLAG_FLOOR;
+    r.err_own_rel = Some(own.rel_frobenius);
+    r.err_own_max_abs = Some(own.max_abs);
+    r.err_f32_plain = Some(plain.rel_frobenius);
+    r.tolerance = Some(tolerance);
+    if own.rel_frobenius.is_nan() || own.rel_frobenius > tolerance {
+        r.status = Status::Flagged;
+        r.note = format!(
+            "error {:.2e} against {what} exceeds {tolerance:.2e} (twice a plain f32 implementation's {:.2e}, plus {FLAG_FLOOR:e}): a kernel bug",
+            own.rel_frobenius, plain.rel_frobenius
+        );
     }
 }
 

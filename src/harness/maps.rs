@@ -150,10 +150,16 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
                     Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => continue,
                     w => w?,
                 };
-                let w = w.or_else(|| {
-                    (v.fidelity() == Fidelity::Exact)
-                        .then(|| oracle::weights(&problem, v.pattern(), b, h))
-                });
+                let w = match (w, v.fidelity()) {
+                    (Some(w), _) => Some(w),
+                    (None, Fidelity::Exact) => Some(oracle::weights(&problem, v.pattern(), b, h)),
+                    (None, Fidelity::Selected) => {
+                        let rows: Vec<usize> = (0..problem.shape().n_q()).collect();
+                        attention::chosen(*v, &problem, &rows)?
+                            .map(|c| oracle::weights_chosen(&problem, &c, b, h))
+                    }
+                    (None, _) => None,
+                };
                 let Some(w) = w else {
                     continue;
                 };

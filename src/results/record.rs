@@ -17,7 +17,7 @@ pub struct Record {
     pub variant: String,
     /// The registry name, e.g. `flash`.
     pub name: String,
-    /// `exact`, `approximate` or `other-kernel`.
+    /// `exact`, `approximate`, `other-kernel` or `selected`.
     pub fidelity: Fidelity,
     /// Batch size.
     pub batch: usize,
@@ -98,7 +98,8 @@ pub struct Record {
     pub peak_bytes: Option<u64>,
     /// The variant's analytic workspace bytes (`Attention::cost`).
     pub workspace_bytes: Option<u64>,
-    /// Allowed pairs / all pairs of the variant's mask (1 for dense, ~0.5 causal).
+    /// Allowed pairs / all pairs of the variant's mask (1 for dense, ~0.5 causal); for
+    /// `selected` variants, the pairs they chose over the oracle rows / all pairs.
     pub density: Option<f64>,
     /// Relative Frobenius error against dense softmax attention (same causal flag); for
     /// variants with random features, the mean over `err_seeds` seeds.
@@ -120,21 +121,22 @@ pub struct Record {
     /// Mean row cosine similarity with dense attention.
     pub err_dense_cosine: Option<f64>,
     /// Exact variants: relative Frobenius error against the oracle under their own pattern
+    /// (`selected` variants: under the keys they chose)
     /// (~1e-7; above `tolerance` the row is `flagged`).
     pub err_own_rel: Option<f64>,
-    /// Exact variants: largest absolute error against the oracle under their own pattern.
+    /// Exact and `selected` variants: largest absolute error against their own oracle.
     pub err_own_max_abs: Option<f64>,
-    /// Exact variants: the own-pattern error a correct f32 kernel may reach at this shape,
+    /// Exact and `selected` variants: the own-oracle error a correct f32 kernel may reach at this shape,
     /// `2 * err_f32_plain + 1e-6` (the flash-attention rule: at most twice a plain f32
     /// implementation's error, plus a floor).
     #[serde(default)]
     pub tolerance: Option<f64>,
-    /// Exact variants: the error of a plain f32 implementation of the same masked attention
+    /// Exact and `selected` variants: the error of a plain f32 implementation of the same masked attention
     /// (row by row, sequential sums) against the same oracle rows.
     #[serde(default)]
     pub err_f32_plain: Option<f64>,
-    /// Pattern variants: softmax mass dense attention puts on the dropped pairs, mean over
-    /// the oracle rows.
+    /// Pattern and `selected` variants: softmax mass dense attention puts on the pairs they
+    /// drop (did not choose), mean over the oracle rows.
     pub dropped_mass: Option<f64>,
     /// Query rows (per batch and head) the errors were computed on; fewer than `n_q` when
     /// the oracle was row-sampled.

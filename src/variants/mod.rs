@@ -12,6 +12,7 @@
 
 use crate::spec::VariantInfo;
 
+pub(crate) mod shared;
 pub mod sparse;
 
 /// Declares each built-in variant's module and lists its `INFO` in [`BUILTIN`], in order.
@@ -25,5 +26,6 @@ macro_rules! builtin {
 }
 
 builtin![
-    full, flash, window, local, strided, fixed, longformer, bigbird, dilated, linear
+    full, flash, window, sinks, local, strided, fixed, longformer, bigbird, dilated, linear, topk,
+    blocktopk, nystrom, linformer
 ];

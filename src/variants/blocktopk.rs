@@ -1,0 +1,524 @@
+//! `blocktopk(block, k, local, score)`: block selection in the manner of MoBA (Lu et al. 2025)
+//! and the selection branch of NSA (Yuan et al. 2025), with Quest's bound (Tang et al. 2024) as
+//! an alternative score; exact softmax over the chosen blocks on the tiled engine.
+//!
+//! Keys are cut into blocks of `block`, and so are the queries. For each query block (the
+//! selection is *per query block*, as NSA's blockwise kernel and MoBA's gate shared by a
+//! block's queries; not per query):
+//!
+//! 1. the key blocks it may see at all are its candidates (causal: those starting at or before
+//!    its last query's position);
+//! 2. `local` of them are always kept: the block holding its last query's position and the
+//!    `local - 1` before it (MoBA's current block; `local = 0` keeps none);
+//! 3. each other candidate is scored from a per-block summary of its keys, the score being the
+//!    largest over the block's queries: `score=mean` is `q . mean(K_block)` (MoBA), one GEMM
+//!    of the block's queries against the means; `score=bound` is Quest's upper bound on
+//!    `q . k` over the block, `sum_c max(q_c min_c, q_c max_c)` from the per-channel minimum
+//!    and maximum of its keys (two GEMMs: `max(q, 0) . max + min(q, 0) . min`);
+//! 4. the `k` best are kept (ties to the earlier block), and the query block attends exactly,
+//!    on the engine, over the kept blocks (the causal mask applied within them).
+//!
+//! Selection ignores score modifiers; ALiBi, which would make the choice blind to a strong
+//! distance bias, is refused. The cost is O(n (n / block) d) for scoring and
+//! O(n (k + local) block d) for attention; its own check is the f64 oracle under the chosen
+//! blocks' keys.
+
+use std::fmt;
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView2, s};
+
+use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
+use crate::engine::{RowsScratch, Tiling, attend_rows};
+use crate::error::Result;
+use crate::kernels::gemm::{gemm, gemm_flops};
+use crate::kernels::isa::Isa;
+use crate::modifier::Feature;
+use crate::parallel::for_each_row_block;
+use crate::pattern::blocks::first_last;
+use crate::pattern::{Geometry, KeyMajor, Mask, Pattern, Tile};
+use crate::shape::Shape;
+use crate::spec::{ParamInfo, Params, VariantInfo};
+use crate::variants::shared::{head, top_k};
+
+/// `blocktopk(block=64,k=8,local=1,score=mean)`.
+pub const INFO: VariantInfo = VariantInfo {
+    name: "blocktopk",
+    summary: "MoBA/NSA block selection: per query block, the k key blocks of best pooled score (+ local ones), exact softmax over them",
+    time: "O(n (n / block) d) scoring + O(n (k + local) block d) attention",
+    memory: "O(n d / block): the key blocks' summaries",
+    params: &[
+        ParamInfo {
+            name: "block",
+            default: "64",
+            help: "keys per key block and queries per query block",
+        },
+        ParamInfo {
+            name: "k",
+            default: "8",
+            help: "key blocks chosen by score per query block",
+        },
+        ParamInfo {
+            name: "local",
+            default: "1",
+            help: "key blocks always kept: the query block's own and the local - 1 before it",
+        },
+        ParamInfo {
+            name: "score",
+            default: "mean",
+            help: "block score: mean (q . mean of the block's keys, MoBA) | bound (Quest's per-channel min/max bound)",
+        },
+    ],
+    presets: &["blocktopk(score=mean)", "blocktopk(score=bound)"],
+    preview: "blocktopk(block=8,k=2,local=1)",
+    build,
+};
+
+/// How a key block is scored for a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Score {
+    /// `q . mean(K_block)`.
+    Mean,
+    /// `sum_c max(q_c min_c K_block, q_c max_c K_block)`, an upper bound of `q . k`.
+    Bound,
+}
+
+impl Score {
+    fn name(self) -> &'static str {
+        match self {
+            Score::Mean => "mean",
+            Score::Bound => "bound",
+        }
+    }
+}
+
+/// Block selection. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockTopK {
+    /// Keys per block (and queries per query block).
+    pub block: usize,
+    /// Blocks chosen by score.
+    pub k: usize,
+    /// Blocks always kept.
+    pub local: usize,
+    /// The block score.
+    pub score: Score,
+}
+
+fn build(p: &Params) -> Result<Box<dyn Attention>> {
+    let score = match p.raw("score") {
+        "mean" => Score::Mean,
+        "bound" => Score::Bound,
+        other => {
+            return Err(p.invalid("score", &format!("expected mean or bound, got '{other}'")));
+        }
+    };
+    let block = p.positive("block")?;
+    if block > 4096 {
+        return Err(p.invalid("block", &format!("{block} is too large (at most 4096)")));
+    }
+    let (k, local) = (p.usize("k")?, p.usize("local")?);
+    if k + local == 0 {
+        return Err(p.invalid("k", "k + local must be at least 1: no block would be attended"));
+    }
+    Ok(Box::new(BlockTopK {
+        block,
+        k,
+        local,
+        score,
+    }))
+}
+
+impl fmt::Display for BlockTopK {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        INFO.write_spec(
+            f,
+            &[
+                Some(&self.block),
+                Some(&self.k),
+                Some(&self.local),
+                Some(&self.score.name()),
+            ],
+        )
+    }
+}
+
+/// The summaries of one KV head's key blocks: the means (`[blocks, d]`), or the per-channel
+/// minima and maxima.
+enum Summary {
+    Mean(Array2<f32>),
+    Bound(Array2<f32>, Array2<f32>),
+}
+
+impl Summary {
+    /// The summaries of the blocks of `keys`' rows (`[n, d]`), the last one possibly short.
+    fn of(score: Score, keys: ArrayView2<f32>, block: usize) -> Self {
+        let (n, d) = keys.dim();
+        let blocks = n.div_ceil(block);
+        match score {
+            Score::Mean => {
+                let mut mean = Array2::zeros((blocks, d));
+                for (c, mut row) in mean.outer_iter_mut().enumerate() {
+                    let rows = keys.slice(s![c * block..((c + 1) * block).min(n), ..]);
+                    let inv = 1.0 / rows.nrows() as f32;
+                    for k in rows.outer_iter() {
+                        row.zip_mut_with(&k, |m, &x| *m += x);
+                    }
+                    row.mapv_inplace(|m| m * inv);
+                }
+                Summary::Mean(mean)
+            }
+            Score::Bound => {
+                let mut lo = Array2::from_elem((blocks, d), f32::INFINITY);
+                let mut hi = Array2::from_elem((blocks, d), f32::NEG_INFINITY);
+                for (j, k) in keys.outer_iter().enumerate() {
+                    lo.row_mut(j / block).zip_mut_with(&k, |m, &x| *m = m.min(x));
+                    hi.row_mut(j / block).zip_mut_with(&k, |m, &x| *m = m.max(x));
+                }
+                Summary::Bound(lo, hi)
+            }
+        }
+    }
+
+    fn bytes(score: Score, n_kv: usize, d: usize, block: usize) -> u64 {
+        let one = (n_kv.div_ceil(block) * d * 4) as u64;
+        match score {
+            Score::Mean => one,
+            Score::Bound => 2 * one,
+        }
+    }
+
+    /// Into `agg[c]`, for each candidate block `c < agg.len()`, the largest score over the
+    /// query rows `q` (`[rows, d]`); `buf` holds the `[rows, blocks]` scores.
+    ///
+    /// Quest's bound is two GEMMs: with `lo <= hi`, `max(x lo, x hi)` is `x hi` for `x >= 0`
+    /// and `x lo` otherwise, so the bound is `max(q, 0) . hi + min(q, 0) . lo`.
+    fn score(&self, q: ArrayView2<f32>, agg: &mut [f32], buf: &mut Vec<f32>) {
+        let (rows, blocks) = (q.nrows(), agg.len());
+        if buf.len() < rows * blocks {
+            buf.resize(rows * blocks, 0.0);
+        }
+        let mut sc = ndarray::ArrayViewMut2::from_shape((rows, blocks), &mut buf[..rows * blocks])
+            .expect("the buffer holds rows x blocks floats");
+        match self {
+            Summary::Mean(mean) => {
+                gemm(1.0, &q, &mean.slice(s![..blocks, ..]).t(), 0.0, &mut sc);
+            }
+            Summary::Bound(lo, hi) => {
+                let pos = q.mapv(|x| x.max(0.0));
+                let neg = q.mapv(|x| x.min(0.0));
+                gemm(1.0, &pos.view(), &hi.slice(s![..blocks, ..]).t(), 0.0, &mut sc);
+                gemm(1.0, &neg.view(), &lo.slice(s![..blocks, ..]).t(), 1.0, &mut sc);
+            }
+        }
+        agg.fill(f32::NEG_INFINITY);
+        for row in sc.outer_iter() {
+            agg.iter_mut().zip(row).for_each(|(a, &x)| *a = a.max(x));
+        }
+    }
+}
+
+/// The kept key blocks of one query block, as a pattern valid for that block's rows: key `j`
+/// is allowed when its block was kept.
+#[derive(Debug)]
+struct Kept<'a> {
+    block: usize,
+    /// Sorted, distinct.
+    blocks: &'a [u32],
+}
+
+impl Kept<'_> {
+    fn has(&self, j: usize) -> bool {
+        self.blocks.binary_search(&((j / self.block) as u32)).is_ok()
+    }
+}
+
+impl Pattern for Kept<'_> {
+    fn allows(&self, _g: Geometry, _i: usize, j: usize) -> bool {
+        self.has(j)
+    }
+
+    fn classify(&self, _g: Geometry, _rows: Range<usize>, cols: Range<usize>) -> Tile {
+        let (first, last) = (cols.start / self.block, (cols.end - 1) / self.block);
+        let kept = (first..=last)
+            .filter(|&c| self.blocks.binary_search(&(c as u32)).is_ok())
+            .count();
+        match kept {
+            0 => Tile::Empty,
+            n if n == last - first + 1 => Tile::Full,
+            _ => Tile::Partial,
+        }
+    }
+
+    fn mask_row(&self, _g: Geometry, _i: usize, c0: usize, row: &mut [f32]) {
+        for (t, x) in row.iter_mut().enumerate() {
+            if !self.has(c0 + t) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    fn mask_key_major(&self, _g: Geometry, tile: &mut KeyMajor<'_>) {
+        for (j, col) in tile.columns() {
+            if !self.has(j) {
+                col.fill(f32::NEG_INFINITY);
+            }
+        }
+    }
+
+    fn key_ranges(&self, g: Geometry, _rows: Range<usize>) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for &c in self.blocks {
+            let r = (c as usize * self.block).min(g.n_kv)..((c as usize + 1) * self.block).min(g.n_kv);
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ if r.is_empty() => {}
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+}
+
+/// One worker's scratch.
+struct Scratch {
+    engine: RowsScratch,
+    scores: Vec<f32>,
+    agg: Vec<f32>,
+    idx: Vec<u32>,
+    kept: Vec<u32>,
+}
+
+impl BlockTopK {
+    /// The key blocks query block `rows` of batch element `b` may see (`0..candidates`) and
+    /// the ones always kept (`forced`, a range of blocks), under the call's mask.
+    fn candidates(&self, call: &Call<'_>, b: usize, rows: &Range<usize>) -> (usize, Range<usize>) {
+        let g = call.shape().geometry();
+        let valid = call.key_len(b).div_ceil(self.block);
+        let (_, p1) = first_last(g, rows);
+        let candidates = if call.opts().causal {
+            if p1 < 0 {
+                return (0, 0..0);
+            }
+            (p1 as usize / self.block + 1).min(valid)
+        } else {
+            valid
+        };
+        if candidates == 0 {
+            return (0, 0..0);
+        }
+        let own = (p1.max(0) as usize / self.block).min(candidates - 1);
+        (candidates, (own + 1).saturating_sub(self.local)..own + 1)
+    }
+
+    /// Into `ws.kept` (sorted), the key blocks the query rows `rows` of (b, h) attend.
+    fn choose(&self, call: &Call<'_>, summary: &Summary, (b, h): (usize, usize), rows: Range<usize>, ws: &mut Scratch) {
+        let (candidates, forced) = self.candidates(call, b, &rows);
+        ws.kept.clear();
+        ws.kept.extend(forced.start as u32..forced.end as u32);
+        let others = candidates - forced.len();
+        if others <= self.k {
+            ws.kept.clear();
+            ws.kept.extend(0..candidates as u32);
+            return;
+        }
+        let (q, _, _) = head(call, b, h);
+        ws.agg.resize(candidates, 0.0);
+        summary.score(q.slice(s![rows, ..]), &mut ws.agg, &mut ws.scores);
+        // The forced blocks compete no further.
+        for c in forced.clone() {
+            ws.agg[c] = f32::NEG_INFINITY;
+        }
+        let scores: Vec<f32> = (0..candidates)
+            .filter(|c| !forced.contains(c))
+            .map(|c| ws.agg[c])
+            .collect();
+        top_k(&scores, self.k, &mut ws.idx);
+        // Back from the index among the others to the block.
+        ws.kept.extend(ws.idx.iter().map(|&t| {
+            let t = t as usize;
+            (if t < forced.start { t } else { t + forced.len() }) as u32
+        }));
+        ws.kept.sort_unstable();
+    }
+
+    fn summaries(&self, call: &Call<'_>) -> Vec<Summary> {
+        let shape = call.shape();
+        let mut out = Vec::with_capacity(shape.batch() * shape.kv_heads());
+        for b in 0..shape.batch() {
+            for kvh in 0..shape.kv_heads() {
+                let keys = call.k().slice_move(s![b, kvh, ..call.key_len(b), ..]);
+                out.push(Summary::of(self.score, keys, self.block));
+            }
+        }
+        out
+    }
+
+    fn scratch(&self, shape: &Shape) -> Scratch {
+        Scratch {
+            engine: RowsScratch::new(self.tiling(), shape),
+            scores: Vec::new(),
+            agg: Vec::new(),
+            idx: Vec::new(),
+            kept: Vec::new(),
+        }
+    }
+
+    fn tiling(&self) -> Tiling {
+        Tiling {
+            bq: self.block,
+            bk: self.block,
+        }
+    }
+}
+
+impl Attention for BlockTopK {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Selected
+    }
+
+    fn supports(&self, feature: Feature) -> bool {
+        // Selection ignores modifiers: soft-capping keeps the order of scores, ALiBi does not.
+        feature != Feature::Alibi
+    }
+
+    fn cost(&self, s: &Shape, opts: &Options, threads: usize) -> Cost {
+        let g = s.geometry();
+        let valid = s.n_kv().div_ceil(self.block);
+        let mut per_head = 0.0;
+        for r0 in (0..s.n_q()).step_by(self.block) {
+            let rows = r0..(r0 + self.block).min(s.n_q());
+            let (_, p1) = first_last(g, &rows);
+            let candidates = if opts.causal {
+                if p1 < 0 { 0 } else { (p1 as usize / self.block + 1).min(valid) }
+            } else {
+                valid
+            };
+            // As `candidates()`: the own block and the `local - 1` before it that exist.
+            let own = (p1.max(0) as usize / self.block).min(candidates.saturating_sub(1));
+            let forced = if candidates == 0 { 0 } else { self.local.min(own + 1) };
+            let kept = if candidates - forced <= self.k {
+                candidates
+            } else {
+                per_head += match self.score {
+                    Score::Mean => gemm_flops(rows.len(), s.head_dim(), candidates),
+                    Score::Bound => 2.0 * gemm_flops(rows.len(), s.head_dim(), candidates),
+                };
+                forced + self.k
+            };
+            // Each kept block is one tile, computed whole (the causal one masked).
+            per_head += gemm_flops(rows.len(), s.head_dim() + s.v_dim(), kept * self.block);
+        }
+        let heads = s.batch() * s.heads();
+        let pooling = (s.batch() * s.kv_heads() * s.n_kv() * s.head_dim()) as f64;
+        let blocks = heads * s.n_q().div_ceil(self.block);
+        let busy = blocks.min(threads) as u64;
+        let rows = self.block.min(s.n_q());
+        let scratch = RowsScratch::bytes(self.tiling(), s)
+            + (rows * valid + 3 * valid) as u64 * 4
+            + match self.score {
+                Score::Mean => 0,
+                // The positive and negative parts of the block's queries.
+                Score::Bound => (2 * rows * s.head_dim()) as u64 * 4,
+            };
+        Cost {
+            flops: per_head * heads as f64 + pooling,
+            workspace_bytes: busy * scratch
+                + (s.batch() * s.kv_heads()) as u64
+                    * Summary::bytes(self.score, s.n_kv(), s.head_dim(), self.block),
+        }
+    }
+
+    fn forward(&self, call: &Call<'_>, out: Out<'_>) -> Result<()> {
+        let shape = call.shape();
+        let summaries = self.summaries(call);
+        let isa = Isa::detect();
+        for_each_row_block(
+            out.into_view(),
+            self.block,
+            || self.scratch(&shape),
+            |ws, b, h, r0, block_out| {
+                let rows = r0..r0 + block_out.nrows();
+                let summary = &summaries[b * shape.kv_heads() + shape.kv_head_of(h)];
+                self.choose(call, summary, (b, h), rows, ws);
+                let kept = Kept {
+                    block: self.block,
+                    blocks: &ws.kept,
+                };
+                let mask = Mask::new(Some(&kept), call.opts().causal);
+                attend_rows(call, mask, (b, h, r0), self.block, isa, &mut ws.engine, block_out);
+            },
+        );
+        Ok(())
+    }
+
+    fn chosen(&self, call: &Call<'_>, b: usize, h: usize, rows: &[usize]) -> Option<Vec<Vec<u32>>> {
+        let shape = call.shape();
+        let summaries = self.summaries(call);
+        let summary = &summaries[b * shape.kv_heads() + shape.kv_head_of(h)];
+        let mut ws = self.scratch(&shape);
+        let key_len = call.key_len(b);
+        let keys = rows
+            .iter()
+            .map(|&i| {
+                let r0 = i / self.block * self.block;
+                self.choose(call, summary, (b, h), r0..(r0 + self.block).min(shape.n_q()), &mut ws);
+                ws.kept
+                    .iter()
+                    .flat_map(|&c| {
+                        let c = c as usize;
+                        (c * self.block).min(key_len) as u32..((c + 1) * self.block).min(key_len) as u32
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn the_bound_is_quests_formula_and_bounds_every_key_of_its_block() {
+        // 3 queries, 10 keys in blocks of 4 (the last one short), d = 5, fixed values.
+        let q = Array2::from_shape_fn((3, 5), |(i, c)| ((i * 7 + c * 3) % 11) as f32 - 5.0);
+        let k = Array2::from_shape_fn((10, 5), |(j, c)| ((j * 5 + c * 2) % 13) as f32 - 6.0);
+        let (mut agg, mut buf) = (vec![0.0; 3], Vec::new());
+        let bound = Summary::of(Score::Bound, k.view(), 4);
+        bound.score(q.view(), &mut agg, &mut buf);
+        for (c, &a) in agg.iter().enumerate() {
+            let keys = c * 4..(c * 4 + 4).min(10);
+            let mut formula = f32::NEG_INFINITY;
+            for qi in q.outer_iter() {
+                let mut sum = 0.0;
+                for ch in 0..5 {
+                    let (lo, hi) = keys.clone().fold((f32::MAX, f32::MIN), |(l, h), j| {
+                        (l.min(k[[j, ch]]), h.max(k[[j, ch]]))
+                    });
+                    sum += (qi[ch] * lo).max(qi[ch] * hi);
+                }
+                formula = formula.max(sum);
+                for j in keys.clone() {
+                    assert!(qi.dot(&k.row(j)) <= sum + 1e-4, "block {c} key {j}");
+                }
+            }
+            assert!((a - formula).abs() < 1e-4, "block {c}: {a} vs {formula}");
+        }
+        // The mean score: the largest q . mean(K_block) over the queries.
+        let mean = Summary::of(Score::Mean, k.view(), 4);
+        mean.score(q.view(), &mut agg, &mut buf);
+        for (c, &a) in agg.iter().enumerate() {
+            let keys = k.slice(s![c * 4..(c * 4 + 4).min(10), ..]);
+            let m = keys.mean_axis(ndarray::Axis(0)).unwrap();
+            let best = q.outer_iter().map(|qi| qi.dot(&m)).fold(f32::MIN, f32::max);
+            assert!((a - best).abs() < 1e-4, "block {c}: {a} vs {best}");
+        }
+    }
+}
