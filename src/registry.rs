@@ -160,12 +160,17 @@ impl Registry {
         }
     }
 
-    /// Builds a comma-separated list of specs (commas inside parentheses belong to a spec).
+    /// Builds a comma-separated list of specs (commas inside parentheses belong to a spec),
+    /// each [expanded](crate::spec::expand) over its budget lists: `topk(k={64,256})` is two
+    /// variants.
     pub fn build_list(&self, list: &str) -> Result<Vec<Box<dyn Attention>>> {
-        crate::spec::split_list(list)?
-            .iter()
-            .map(|s| self.build(s))
-            .collect()
+        let mut out = Vec::new();
+        for item in crate::spec::split_list(list)? {
+            for spec in crate::spec::expand(&item)? {
+                out.push(self.build(&spec)?);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -265,35 +265,86 @@ impl fmt::Display for Spec {
 }
 
 /// Splits `full,flash(bq=64,bk=128)` into `["full", "flash(bq=64,bk=128)"]`: commas inside
-/// parentheses belong to a spec.
+/// parentheses, or inside the braces of a [budget list](expand), belong to a spec.
 pub fn split_list(text: &str) -> Result<Vec<String>> {
     let mut items = Vec::new();
-    let mut depth = 0i32;
+    let (mut parens, mut braces) = (0i32, 0i32);
     let mut start = 0;
     for (i, c) in text.char_indices() {
         match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err(Error::bad_spec(text, "unbalanced ')'"));
-                }
-            }
-            ',' if depth == 0 => {
+            '(' => parens += 1,
+            ')' => parens -= 1,
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            ',' if parens == 0 && braces == 0 => {
                 items.push(text[start..i].trim().to_string());
                 start = i + 1;
             }
             _ => {}
         }
+        if parens < 0 {
+            return Err(Error::bad_spec(text, "unbalanced ')'"));
+        }
+        if braces < 0 {
+            return Err(Error::bad_spec(text, "unbalanced '}'"));
+        }
     }
-    if depth != 0 {
+    if parens != 0 {
         return Err(Error::bad_spec(text, "unbalanced '('"));
+    }
+    if braces != 0 {
+        return Err(Error::bad_spec(text, "unbalanced '{'"));
     }
     items.push(text[start..].trim().to_string());
     if items.iter().any(String::is_empty) {
         return Err(Error::bad_spec(text, "empty entry in the list"));
     }
     Ok(items)
+}
+
+/// The most specs one spec's budget lists may expand to.
+pub const MAX_EXPANSION: usize = 256;
+
+/// Expands the budget lists of one spec: each `{a,b,...}` stands for each of its values in
+/// turn, so `blocktopk(k={2,4},score={mean,bound})` is the four specs `blocktopk(k=2,
+/// score=mean)`, `blocktopk(k=2,score=bound)`, `blocktopk(k=4,score=mean)`,
+/// `blocktopk(k=4,score=bound)` (the first list varies slowest). A spec without braces is
+/// itself. Lists do not nest; an empty value, an unbalanced brace or more than
+/// [`MAX_EXPANSION`] specs is an error.
+pub fn expand(spec: &str) -> Result<Vec<String>> {
+    let Some(open) = spec.find('{') else {
+        if spec.contains('}') {
+            return Err(Error::bad_spec(spec, "unbalanced '}'"));
+        }
+        return Ok(vec![spec.to_string()]);
+    };
+    let close = spec[open..]
+        .find('}')
+        .map(|c| open + c)
+        .ok_or_else(|| Error::bad_spec(spec, "unbalanced '{'"))?;
+    let inner = &spec[open + 1..close];
+    if inner.contains('{') || spec[..open].contains('}') {
+        return Err(Error::bad_spec(spec, "budget lists {a,b,...} do not nest"));
+    }
+    let values: Vec<&str> = inner.split(',').map(str::trim).collect();
+    if values.iter().any(|v| v.is_empty()) {
+        return Err(Error::bad_spec(
+            spec,
+            "empty value in a budget list {a,b,...}",
+        ));
+    }
+    let mut out = Vec::new();
+    for v in values {
+        let one = format!("{}{v}{}", &spec[..open], &spec[close + 1..]);
+        out.extend(expand(&one)?);
+        if out.len() > MAX_EXPANSION {
+            return Err(Error::bad_spec(
+                spec,
+                format!("expands to more than {MAX_EXPANSION} specs"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -333,6 +384,36 @@ mod tests {
             let err = bad.parse::<Spec>().unwrap_err();
             assert!(err.to_string().contains("bad spec"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn budget_lists_expand_to_every_combination_in_order() {
+        assert_eq!(expand("flash").unwrap(), vec!["flash"]);
+        assert_eq!(
+            expand("blocktopk(k={2, 4},score={mean,bound})").unwrap(),
+            vec![
+                "blocktopk(k=2,score=mean)",
+                "blocktopk(k=2,score=bound)",
+                "blocktopk(k=4,score=mean)",
+                "blocktopk(k=4,score=bound)",
+            ]
+        );
+        assert_eq!(
+            split_list("full,linear(phi=favor,m={64,128}),window(w={1,2})").unwrap(),
+            vec!["full", "linear(phi=favor,m={64,128})", "window(w={1,2})"]
+        );
+        for bad in [
+            "topk(k={1,2)",
+            "topk(k=1,2})",
+            "topk(k={})",
+            "topk(k={1,,2})",
+            "topk(k={{1}})",
+        ] {
+            let err = expand(bad).unwrap_err();
+            assert!(err.to_string().contains("bad spec"), "{bad}: {err}");
+        }
+        let many = format!("topk(k={{{}}})", vec!["1"; MAX_EXPANSION + 1].join(","));
+        assert!(expand(&many).unwrap_err().to_string().contains("more than"));
     }
 
     #[test]

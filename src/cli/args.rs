@@ -86,7 +86,8 @@ pub(super) struct MapsArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct SweepArgs {
-    /// Comma-separated variant specs, e.g. `full,flash,window(w=128)`.
+    /// Comma-separated variant specs, e.g. `full,flash,window(w=128)`; a budget list
+    /// `{a,b,...}` stands for each value, e.g. `blocktopk(k={2,4,8})`.
     /// Default: every registered variant's presets.
     #[arg(long, value_name = "SPEC,...")]
     pub(super) variants: Option<String>,

@@ -18,6 +18,7 @@ pub mod data;
 mod figures;
 pub mod fit;
 mod format;
+pub mod frontier;
 mod gallery;
 pub mod heatmaps;
 mod markdown;
@@ -85,6 +86,7 @@ pub fn write_report(csvs: &[PathBuf], out: Option<&Path>) -> Result<ReportOutput
     let path = dir.join("report.md");
     let pareto_n = figures::common_length(&colored);
     let mut text = markdown::markdown_report(&results, &all, pareto_n);
+    text.push_str(&frontier::write(&results.records, &dir)?);
     text.push_str(&gallery);
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(ReportOutput {
