@@ -114,6 +114,8 @@ fn selection_variants_pass_their_own_check_where_they_really_select() {
         "blocktopk(block=8,k=2,local=1)",
         "blocktopk(block=8,k=1,local=0,score=bound)",
         "sinks(s=3,w=4)",
+        "lsh(buckets=4,rounds=1,chunk=8)",
+        "lsh(buckets=8,rounds=3,chunk=16)",
     ] {
         let v = reg.build(spec).unwrap();
         let mut selective = 0;
@@ -202,6 +204,44 @@ fn on_real_activations_top_k_keeps_the_most_mass_and_more_blocks_keep_more() {
         last = m;
     }
     assert!(last < 0.5 * block, "k = 16 drops {last}, k = 3 {block}");
+    // LSH: more rounds add rounds (the first ones unchanged), so a superset of keys.
+    let mut last = f64::INFINITY;
+    for rounds in [1, 2, 4, 8] {
+        let m = price(&format!("lsh(buckets=16,rounds={rounds},chunk=32)"));
+        assert!(m <= last + 1e-12, "rounds = {rounds}: {m} after {last}");
+        last = m;
+    }
+    assert!(last >= topk - 1e-12);
+}
+
+#[test]
+fn lsh_chooses_its_chunks_of_the_sorted_order_and_its_own_key() {
+    let shape = Shape::new(1, 2, 1, 256, 256, 16, 16).unwrap();
+    let qkv = gaussian(&shape, 1.0, 9);
+    for causal in [false, true] {
+        let p = Problem::new(
+            qkv.q.view(),
+            qkv.k.view(),
+            qkv.v.view(),
+            Options::new().causal(causal),
+        )
+        .unwrap();
+        let c = chosen_all("lsh(buckets=8,rounds=2,chunk=32)", &p);
+        for h in 0..2 {
+            for i in 0..256 {
+                let keys = c.keys(0, h, i);
+                // Its own key; at most two chunks of 32 per round (plus itself); never a
+                // future key.
+                assert!(keys.contains(&(i as u32)), "row {i}");
+                assert!(keys.len() <= 2 * 2 * 32 + 1, "row {i}: {}", keys.len());
+                if causal {
+                    assert!(keys.iter().all(|&j| j as usize <= i), "row {i}");
+                } else {
+                    assert!(keys.len() >= 33, "row {i}: {}", keys.len());
+                }
+            }
+        }
+    }
 }
 
 fn error(spec: &str, qkv: &attnbench::workload::Qkv) -> f64 {
@@ -262,5 +302,32 @@ fn causal_calls_are_refused_where_there_is_no_causal_form() {
         )
         .unwrap_err();
         assert!(e.to_string().contains("no causal form"), "{spec}: {e}");
+    }
+}
+
+#[test]
+fn low_rank_effective_weights_reproduce_their_outputs() {
+    let shape = Shape::new(1, 2, 1, 96, 96, 16, 16).unwrap();
+    let qkv = gaussian(&shape, 1.0, 4);
+    let opts = Options::new();
+    let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).unwrap();
+    for spec in [
+        "nystrom(landmarks=16)",
+        "linformer(k=24,proj=gauss)",
+        "linformer(k=24,proj=mean)",
+    ] {
+        let v = Registry::builtin().build(spec).unwrap();
+        let out = attend(v.as_ref(), qkv.q.view(), qkv.k.view(), qkv.v.view(), &opts).unwrap();
+        for h in 0..2 {
+            let w = attnbench::attention::weights(v.as_ref(), &p, 0, h)
+                .unwrap()
+                .unwrap();
+            let vals = qkv.v.slice(ndarray::s![0, 0, .., ..]).mapv(f64::from);
+            let again = w.dot(&vals);
+            let got = out.slice(ndarray::s![0, h, .., ..]).mapv(f64::from);
+            let diff: ndarray::Array2<f64> = &again - &got;
+            let rel = diff.mapv(|x| x * x).sum().sqrt() / got.mapv(|x| x * x).sum().sqrt();
+            assert!(rel < 1e-4, "{spec} head {h}: {rel}");
+        }
     }
 }

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::{Array2, ArrayView2, Axis, s};
 
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::engine::{RowsScratch, Tiling, attend_rows};
@@ -34,7 +34,7 @@ use crate::error::Result;
 use crate::kernels::gemm::{gemm, gemm_flops};
 use crate::kernels::isa::Isa;
 use crate::modifier::Feature;
-use crate::parallel::for_each_row_block;
+use crate::parallel::for_each_head_with;
 use crate::pattern::blocks::first_last;
 use crate::pattern::{Geometry, KeyMajor, Mask, Pattern, Tile};
 use crate::shape::Shape;
@@ -193,7 +193,13 @@ impl Summary {
     ///
     /// Quest's bound is two GEMMs: with `lo <= hi`, `max(x lo, x hi)` is `x hi` for `x >= 0`
     /// and `x lo` otherwise, so the bound is `max(q, 0) . hi + min(q, 0) . lo`.
-    fn score(&self, q: ArrayView2<f32>, agg: &mut [f32], buf: &mut Vec<f32>) {
+    fn score(
+        &self,
+        q: ArrayView2<f32>,
+        agg: &mut [f32],
+        buf: &mut Vec<f32>,
+        parts: &mut (Array2<f32>, Array2<f32>),
+    ) {
         let (rows, blocks) = (q.nrows(), agg.len());
         if buf.len() < rows * blocks {
             buf.resize(rows * blocks, 0.0);
@@ -205,8 +211,12 @@ impl Summary {
                 gemm(1.0, &q, &mean.slice(s![..blocks, ..]).t(), 0.0, &mut sc);
             }
             Summary::Bound(lo, hi) => {
-                let pos = q.mapv(|x| x.max(0.0));
-                let neg = q.mapv(|x| x.min(0.0));
+                if parts.0.dim() != q.dim() {
+                    *parts = (Array2::zeros(q.dim()), Array2::zeros(q.dim()));
+                }
+                let (pos, neg) = parts;
+                pos.zip_mut_with(&q, |p, &x| *p = x.max(0.0));
+                neg.zip_mut_with(&q, |n, &x| *n = x.min(0.0));
                 gemm(1.0, &pos.view(), &hi.slice(s![..blocks, ..]).t(), 0.0, &mut sc);
                 gemm(1.0, &neg.view(), &lo.slice(s![..blocks, ..]).t(), 1.0, &mut sc);
             }
@@ -283,10 +293,16 @@ impl Pattern for Kept<'_> {
 /// One worker's scratch.
 struct Scratch {
     engine: RowsScratch,
+    /// A query block's scores against the candidate blocks.
     scores: Vec<f32>,
+    /// The best score of each candidate block.
     agg: Vec<f32>,
+    /// The scores of the candidates not kept anyway.
+    others: Vec<f32>,
     idx: Vec<u32>,
     kept: Vec<u32>,
+    /// `score=bound`: the positive and negative parts of a query block.
+    parts: (Array2<f32>, Array2<f32>),
 }
 
 impl BlockTopK {
@@ -324,16 +340,18 @@ impl BlockTopK {
         }
         let (q, _, _) = head(call, b, h);
         ws.agg.resize(candidates, 0.0);
-        summary.score(q.slice(s![rows, ..]), &mut ws.agg, &mut ws.scores);
+        summary.score(q.slice(s![rows, ..]), &mut ws.agg, &mut ws.scores, &mut ws.parts);
         // The forced blocks compete no further.
         for c in forced.clone() {
             ws.agg[c] = f32::NEG_INFINITY;
         }
-        let scores: Vec<f32> = (0..candidates)
-            .filter(|c| !forced.contains(c))
-            .map(|c| ws.agg[c])
-            .collect();
-        top_k(&scores, self.k, &mut ws.idx);
+        ws.others.clear();
+        ws.others.extend(
+            (0..candidates)
+                .filter(|c| !forced.contains(c))
+                .map(|c| ws.agg[c]),
+        );
+        top_k(&ws.others, self.k, &mut ws.idx);
         // Back from the index among the others to the block.
         ws.kept.extend(ws.idx.iter().map(|&t| {
             let t = t as usize;
@@ -354,13 +372,25 @@ impl BlockTopK {
         out
     }
 
+    /// A worker's scratch, every buffer at its largest (so none grows, and reallocates,
+    /// block by block).
     fn scratch(&self, shape: &Shape) -> Scratch {
+        let blocks = shape.n_kv().div_ceil(self.block);
+        let rows = self.block.min(shape.n_q());
         Scratch {
             engine: RowsScratch::new(self.tiling(), shape),
-            scores: Vec::new(),
-            agg: Vec::new(),
-            idx: Vec::new(),
-            kept: Vec::new(),
+            scores: vec![0.0; rows * blocks],
+            agg: Vec::with_capacity(blocks),
+            others: Vec::with_capacity(blocks),
+            idx: Vec::with_capacity(blocks),
+            kept: Vec::with_capacity(blocks),
+            parts: match self.score {
+                Score::Mean => (Array2::zeros((0, 0)), Array2::zeros((0, 0))),
+                Score::Bound => (
+                    Array2::zeros((rows, shape.head_dim())),
+                    Array2::zeros((rows, shape.head_dim())),
+                ),
+            },
         }
     }
 
@@ -415,11 +445,10 @@ impl Attention for BlockTopK {
         }
         let heads = s.batch() * s.heads();
         let pooling = (s.batch() * s.kv_heads() * s.n_kv() * s.head_dim()) as f64;
-        let blocks = heads * s.n_q().div_ceil(self.block);
-        let busy = blocks.min(threads) as u64;
+        let busy = heads.min(threads) as u64;
         let rows = self.block.min(s.n_q());
         let scratch = RowsScratch::bytes(self.tiling(), s)
-            + (rows * valid + 3 * valid) as u64 * 4
+            + (rows * valid + 5 * valid) as u64 * 4
             + match self.score {
                 Score::Mean => 0,
                 // The positive and negative parts of the block's queries.
@@ -437,20 +466,27 @@ impl Attention for BlockTopK {
         let shape = call.shape();
         let summaries = self.summaries(call);
         let isa = Isa::detect();
-        for_each_row_block(
+        // One scratch per thread for a run of heads, their blocks in turn (per-block tasks
+        // would keep several scratches alive per thread under rayon's work stealing).
+        for_each_head_with(
             out.into_view(),
-            self.block,
             || self.scratch(&shape),
-            |ws, b, h, r0, block_out| {
-                let rows = r0..r0 + block_out.nrows();
+            |ws, b, h, mut head_out| {
                 let summary = &summaries[b * shape.kv_heads() + shape.kv_head_of(h)];
-                self.choose(call, summary, (b, h), rows, ws);
-                let kept = Kept {
-                    block: self.block,
-                    blocks: &ws.kept,
-                };
-                let mask = Mask::new(Some(&kept), call.opts().causal);
-                attend_rows(call, mask, (b, h, r0), self.block, isa, &mut ws.engine, block_out);
+                for (blk, block_out) in head_out
+                    .axis_chunks_iter_mut(Axis(0), self.block)
+                    .enumerate()
+                {
+                    let r0 = blk * self.block;
+                    let rows = r0..r0 + block_out.nrows();
+                    self.choose(call, summary, (b, h), rows, ws);
+                    let kept = Kept {
+                        block: self.block,
+                        blocks: &ws.kept,
+                    };
+                    let mask = Mask::new(Some(&kept), call.opts().causal);
+                    attend_rows(call, mask, (b, h, r0), self.block, isa, &mut ws.engine, block_out);
+                }
             },
         );
         Ok(())
@@ -491,8 +527,9 @@ mod tests {
         let q = Array2::from_shape_fn((3, 5), |(i, c)| ((i * 7 + c * 3) % 11) as f32 - 5.0);
         let k = Array2::from_shape_fn((10, 5), |(j, c)| ((j * 5 + c * 2) % 13) as f32 - 6.0);
         let (mut agg, mut buf) = (vec![0.0; 3], Vec::new());
+        let mut parts = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
         let bound = Summary::of(Score::Bound, k.view(), 4);
-        bound.score(q.view(), &mut agg, &mut buf);
+        bound.score(q.view(), &mut agg, &mut buf, &mut parts);
         for (c, &a) in agg.iter().enumerate() {
             let keys = c * 4..(c * 4 + 4).min(10);
             let mut formula = f32::NEG_INFINITY;
@@ -513,7 +550,7 @@ mod tests {
         }
         // The mean score: the largest q . mean(K_block) over the queries.
         let mean = Summary::of(Score::Mean, k.view(), 4);
-        mean.score(q.view(), &mut agg, &mut buf);
+        mean.score(q.view(), &mut agg, &mut buf, &mut parts);
         for (c, &a) in agg.iter().enumerate() {
             let keys = k.slice(s![c * 4..(c * 4 + 4).min(10), ..]);
             let m = keys.mean_axis(ndarray::Axis(0)).unwrap();

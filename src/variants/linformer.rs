@@ -233,6 +233,30 @@ impl Attention for Linformer {
         }
     }
 
+    /// The effective weights `softmax(Q (E K)^T s) F` (`[n_q, n_kv]`); for `gauss` they are
+    /// signed and their rows need not sum to 1.
+    fn weights(&self, call: &Call<'_>, b: usize, h: usize) -> Option<Array2<f64>> {
+        let shape = call.shape();
+        let n_kv = shape.n_kv();
+        let (k, _) = &self.projected(call)[b * shape.kv_heads() + shape.kv_head_of(h)];
+        let (q, _, _) = head(call, b, h);
+        let p = softmax_product(q, k.view(), call.scale()).mapv(f64::from);
+        let f = match self.proj {
+            Proj::Gauss => self.gaussian(n_kv).f.mapv(f64::from),
+            Proj::Mean => {
+                let kk = self.rows(n_kv);
+                let mut f = Array2::zeros((kk, n_kv));
+                for c in 0..kk {
+                    let seg = c * n_kv / kk..(c + 1) * n_kv / kk;
+                    let w = 1.0 / seg.len() as f64;
+                    f.slice_mut(s![c, seg]).fill(w);
+                }
+                f
+            }
+        };
+        Some(p.dot(&f))
+    }
+
     fn forward(&self, call: &Call<'_>, out: Out<'_>) -> Result<()> {
         let shape = call.shape();
         let kv = self.projected(call);

@@ -97,17 +97,23 @@ impl Nystrom {
         self.landmarks.min(shape.n_q()).min(shape.n_kv())
     }
 
-    /// The output of one (batch, head) into `out` (`[n_q, d_v]`).
-    fn head_forward(&self, call: &Call<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>) {
+    /// `F`, the approximate `A+` and `B` of one (batch, head).
+    fn factors(&self, call: &Call<'_>, b: usize, h: usize) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
         let m = self.m(&call.shape());
         let scale = call.scale();
-        let (q, k, v) = head(call, b, h);
+        let (q, k, _) = head(call, b, h);
         let (ql, kl) = (segment_means(q, m), segment_means(k, m));
         let f = softmax_product(q, kl.view(), scale);
         let a = softmax_product(ql.view(), kl.view(), scale).mapv(f64::from);
-        let bv = product(softmax_product(ql.view(), k, scale).view(), v);
         let z = pinv_iterative(&a, self.iters).mapv(|x| x as f32);
-        let w = product(z.view(), bv.view());
+        (f, z, softmax_product(ql.view(), k, scale))
+    }
+
+    /// The output of one (batch, head) into `out` (`[n_q, d_v]`).
+    fn head_forward(&self, call: &Call<'_>, b: usize, h: usize, mut out: ArrayViewMut2<f32>) {
+        let (_, _, v) = head(call, b, h);
+        let (f, z, bm) = self.factors(call, b, h);
+        let w = product(z.view(), product(bm.view(), v).view());
         gemm(1.0, &f.view(), &w.view(), 0.0, &mut out);
     }
 }
@@ -150,6 +156,14 @@ impl Attention for Nystrom {
             workspace_bytes: busy
                 * ((floats * 4 + 8 * m * m * 8) as u64),
         }
+    }
+
+    /// The effective weights `F A+ B` (`[n_q, n_kv]`): rows sum to about 1, and entries may
+    /// be negative.
+    fn weights(&self, call: &Call<'_>, b: usize, h: usize) -> Option<Array2<f64>> {
+        let (f, z, bm) = self.factors(call, b, h);
+        let f = f.mapv(f64::from);
+        Some(f.dot(&z.mapv(f64::from)).dot(&bm.mapv(f64::from)))
     }
 
     fn forward(&self, call: &Call<'_>, out: Out<'_>) -> Result<()> {

@@ -10,13 +10,13 @@
 
 use std::fmt;
 
-use ndarray::{ArrayViewMut2, s};
+use ndarray::{ArrayViewMut2, Axis, s};
 
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::kernels::gemm::{gemm, gemm_flops};
 use crate::modifier::Feature;
-use crate::parallel::for_each_row_block;
+use crate::parallel::for_each_head_with;
 use crate::pattern::{Causal, Pattern};
 use crate::shape::Shape;
 use crate::spec::{ParamInfo, VariantInfo};
@@ -73,7 +73,9 @@ impl TopK {
         let (q, k, _) = head(call, b, h);
         let keys = allowed_keys(call, b, r0 + rows - 1);
         if buf.len() < rows * keys {
-            buf.resize(rows * keys, 0.0);
+            // Once, at the widest a block can be: growing with the causal blocks would hold
+            // the old and the new buffer at each step.
+            *buf = vec![0.0; BLOCK.min(call.shape().n_q()) * call.shape().n_kv()];
         }
         let mut scores = ArrayViewMut2::from_shape((rows, keys), &mut buf[..rows * keys])
             .expect("the buffer holds rows x keys floats");
@@ -127,8 +129,7 @@ impl Attention for TopK {
                 .sum::<f64>();
         }
         let heads = s.batch() * s.heads();
-        let blocks = heads * s.n_q().div_ceil(BLOCK);
-        let busy = blocks.min(threads) as u64;
+        let busy = heads.min(threads) as u64;
         let rows = BLOCK.min(s.n_q());
         Cost {
             flops: per_head * heads as f64,
@@ -138,14 +139,13 @@ impl Attention for TopK {
     }
 
     fn forward(&self, call: &Call<'_>, out: Out<'_>) -> Result<()> {
-        for_each_row_block(
-            out.into_view(),
-            BLOCK,
-            Scratch::default,
-            |ws, b, h, r0, mut block_out| {
-                let rows = block_out.nrows();
-                let (_, _, v) = head(call, b, h);
-                let Scratch { scores, idx } = ws;
+        // One scratch per thread for a run of heads, their blocks in turn: per-block tasks
+        // would keep several blocks of score rows alive per thread (rayon's work stealing).
+        for_each_head_with(out.into_view(), Scratch::default, |ws, b, h, mut head_out| {
+            let (_, _, v) = head(call, b, h);
+            let Scratch { scores, idx } = ws;
+            for (blk, mut block_out) in head_out.axis_chunks_iter_mut(Axis(0), BLOCK).enumerate() {
+                let (r0, rows) = (blk * BLOCK, block_out.nrows());
                 let (scores, _) = Self::block_scores(call, (b, h, r0, rows), scores);
                 for (r, mut out_row) in block_out.outer_iter_mut().enumerate() {
                     let row = scores.row(r);
@@ -155,8 +155,8 @@ impl Attention for TopK {
                     let out_row = out_row.as_slice_mut().expect("output rows are contiguous");
                     attend_chosen(row, idx, &v, out_row);
                 }
-            },
-        );
+            }
+        });
         Ok(())
     }
 
