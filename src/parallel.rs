@@ -45,7 +45,9 @@ where
                 .map(move |(h, slab)| (b, h, slab))
         })
         .collect();
-    let per_thread = slabs.len().div_ceil(rayon::current_num_threads()).max(1);
+    // Rayon splits a run only while both halves keep `min_len` items, so the floor: with the
+    // ceiling, 9 heads on 2 threads (min 5) never split (4 + 5) and ran on one thread.
+    let per_thread = (slabs.len() / rayon::current_num_threads()).max(1);
     slabs
         .into_par_iter()
         .with_min_len(per_thread)
@@ -66,4 +68,40 @@ where
             .enumerate()
             .for_each_init(&init, |w, (i, rows)| f(w, b, h, i * block, rows));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    #[test]
+    fn runs_of_heads_use_every_thread_whatever_the_head_count() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for heads in [2, 3, 8, 9, 27] {
+            let threads = Mutex::new(BTreeSet::new());
+            let inits = Mutex::new(0);
+            let mut out = ndarray::Array4::<f32>::zeros((1, heads, 1, 1));
+            pool.install(|| {
+                for_each_head_with(
+                    out.view_mut(),
+                    || *inits.lock().unwrap() += 1,
+                    |_, _, _, _| {
+                        threads
+                            .lock()
+                            .unwrap()
+                            .insert(rayon::current_thread_index());
+                        // Long enough that the other thread takes the other run.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    },
+                );
+            });
+            assert_eq!(threads.lock().unwrap().len(), 2, "{heads} heads");
+            assert!(*inits.lock().unwrap() <= 3, "{heads} heads");
+        }
+    }
 }
