@@ -79,10 +79,17 @@ fn blocktopk_chooses_whole_blocks_its_own_first_and_never_a_future_one() {
                 let keys = c.keys(0, h, i);
                 let mut blocks: Vec<u32> = keys.iter().map(|&j| j / 16).collect();
                 blocks.dedup();
-                // Whole blocks (the last block of the sequence is 300 - 288 = 12 keys).
+                // Whole blocks (the last block of the sequence is 300 - 288 = 12 keys), but
+                // causally only up to the row itself in its own block.
                 for &b in &blocks {
                     let len = keys.iter().filter(|&&j| j / 16 == b).count();
-                    assert_eq!(len, if b == 18 { 12 } else { 16 }, "row {i} block {b}");
+                    let whole = if b == 18 { 12 } else { 16 };
+                    let expected = if causal && b as usize == i / 16 {
+                        i % 16 + 1
+                    } else {
+                        whole
+                    };
+                    assert_eq!(len, expected, "row {i} block {b}");
                 }
                 // The query block's own block and the one before it are always there.
                 let own = (i / 16 * 16 + 15).min(299) as u32 / 16;
@@ -101,6 +108,36 @@ fn blocktopk_chooses_whole_blocks_its_own_first_and_never_a_future_one() {
                     assert!(blocks.iter().all(|&b| b <= own), "row {i}");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn blocktopk_keeps_every_rows_own_block_when_a_query_block_straddles_key_blocks() {
+    // 40 queries against 300 keys, causal: query block 0 (positions 260..=275) straddles key
+    // blocks 16 and 17, and its rows may attend only up to their own position.
+    let shape = Shape::new(1, 1, 1, 40, 300, 16, 16).unwrap();
+    let qkv = gaussian(&shape, 1.0, 5);
+    let p = Problem::new(
+        qkv.q.view(),
+        qkv.k.view(),
+        qkv.v.view(),
+        Options::new().causal(true),
+    )
+    .unwrap();
+    for spec in [
+        "blocktopk(block=16,k=0,local=1)",
+        "blocktopk(block=16,k=2,local=1)",
+    ] {
+        let c = chosen_all(spec, &p);
+        for i in 0..40 {
+            let pos = (i + 260) as u32;
+            let keys = c.keys(0, 0, i);
+            assert!(keys.contains(&pos), "{spec} row {i}: its own key");
+            assert!(
+                keys.iter().all(|&j| j <= pos),
+                "{spec} row {i}: a future key"
+            );
         }
     }
 }

@@ -54,8 +54,11 @@ fn measured_peaks_follow_the_analytic_workspace() {
             if spec == "topk" {
                 slack += (threads as u64 * packing_bytes(Backend::Gemm, 64, 64, 2048)) as f64;
             }
+            // The workspace counts every busy thread's scratch; when one thread finishes its
+            // heads before another starts, their scratches never overlap, so the peak is
+            // only bounded below by one thread's share.
             assert!(
-                peak <= 1.25 * ws + slack && peak >= 0.75 * ws - slack,
+                peak <= 1.25 * ws + slack && peak >= 0.75 * ws / threads as f64 - slack,
                 "{spec} causal={causal}: peak {peak} vs workspace {ws}"
             );
             checked += 1;

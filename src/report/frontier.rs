@@ -15,7 +15,7 @@ use super::format::fmt_err;
 use super::markdown::{inputs_of, short_names};
 use crate::attention::Fidelity;
 use crate::error::Result;
-use crate::results::record::Record;
+use crate::results::record::{Record, Status};
 use crate::spec::Spec;
 
 /// The time budgets the report answers for, as fractions of `flash`'s time.
@@ -89,15 +89,21 @@ pub fn pareto(points: &[FrontierPoint], e: usize, i: usize) -> bool {
 /// The frontiers of every run in `recs` at the largest length where at least three of its
 /// variants have a time and an error; runs with fewer are left out.
 pub fn frontiers(recs: &[Record]) -> Vec<Frontier> {
-    let mut runs: Vec<&str> = recs.iter().map(|r| r.run_id.as_str()).collect();
-    runs.dedup();
+    let mut runs: Vec<&str> = Vec::new();
+    for r in recs {
+        if !runs.contains(&r.run_id.as_str()) {
+            runs.push(&r.run_id);
+        }
+    }
     let mut out = Vec::new();
     for run in runs {
+        // Only rows that passed their checks, with a finite error: a flagged row (a kernel
+        // bug) is no candidate for "least error".
         let usable = |r: &&Record| {
             r.run_id == run
-                && r.status.is_measured()
+                && r.status == Status::Ok
                 && r.time_median_ms.is_some()
-                && r.err_dense_rel.is_some()
+                && r.err_dense_rel.is_some_and(f64::is_finite)
         };
         let mut ns: Vec<usize> = recs.iter().filter(usable).map(|r| r.n_kv).collect();
         ns.sort_unstable();
@@ -115,7 +121,7 @@ pub fn frontiers(recs: &[Record]) -> Vec<Frontier> {
             .iter()
             .filter_map(|r| {
                 let per = inputs_of(r);
-                let errors = if inputs.len() == 1 {
+                let errors: Vec<f64> = if inputs.len() == 1 {
                     vec![r.err_dense_rel?]
                 } else if per
                     .iter()
@@ -126,6 +132,9 @@ pub fn frontiers(recs: &[Record]) -> Vec<Frontier> {
                 } else {
                     return None;
                 };
+                if !errors.iter().all(|e| e.is_finite()) {
+                    return None;
+                }
                 let exact = matches!(r.fidelity, Fidelity::Exact | Fidelity::Selected);
                 Some(FrontierPoint {
                     variant: r.variant.clone(),

@@ -29,7 +29,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2, Axis, s};
 
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
-use crate::engine::{RowsScratch, Tiling, attend_rows};
+use crate::engine::{RowsScratch, SPLIT_KEYS, Tiling, attend_rows};
 use crate::error::Result;
 use crate::kernels::gemm::{gemm, gemm_flops};
 use crate::kernels::isa::Isa;
@@ -39,7 +39,7 @@ use crate::pattern::blocks::first_last;
 use crate::pattern::{Geometry, KeyMajor, Mask, Pattern, Tile};
 use crate::shape::Shape;
 use crate::spec::{ParamInfo, Params, VariantInfo};
-use crate::variants::shared::{head, top_k};
+use crate::variants::shared::{allowed_keys, head, top_k};
 
 /// `blocktopk(block=64,k=8,local=1,score=mean)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -120,6 +120,16 @@ fn build(p: &Params) -> Result<Box<dyn Attention>> {
     let (k, local) = (p.usize("k")?, p.usize("local")?);
     if k + local == 0 {
         return Err(p.invalid("k", "k + local must be at least 1: no block would be attended"));
+    }
+    // One engine task accumulates every kept key in f32: at most SPLIT_KEYS of them.
+    if (k + local + 1).saturating_mul(block) > SPLIT_KEYS {
+        return Err(p.invalid(
+            "k",
+            &format!(
+                "(k + local + 1) x block = {} keys per query block exceeds {SPLIT_KEYS}",
+                (k + local + 1).saturating_mul(block)
+            ),
+        ));
     }
     Ok(Box::new(BlockTopK {
         block,
@@ -309,10 +319,17 @@ impl BlockTopK {
     /// The key blocks query block `rows` of batch element `b` may see (`0..candidates`) and
     /// the ones always kept (`forced`, a range of blocks), under the call's mask.
     fn candidates(&self, call: &Call<'_>, b: usize, rows: &Range<usize>) -> (usize, Range<usize>) {
-        let g = call.shape().geometry();
-        let valid = call.key_len(b).div_ceil(self.block);
-        let (_, p1) = first_last(g, rows);
-        let candidates = if call.opts().causal {
+        self.candidates_of(call.shape().geometry(), call.opts().causal, call.key_len(b), rows)
+    }
+
+    /// [`candidates`](Self::candidates) for `key_len` valid keys: the blocks up to the last
+    /// row's position (causal) or every valid block, and as forced the blocks holding the
+    /// rows' positions (one, unless the rows straddle key blocks) and the `local - 1` before
+    /// them; none when `local = 0`.
+    fn candidates_of(&self, g: Geometry, causal: bool, key_len: usize, rows: &Range<usize>) -> (usize, Range<usize>) {
+        let valid = key_len.div_ceil(self.block);
+        let (p0, p1) = first_last(g, rows);
+        let candidates = if causal {
             if p1 < 0 {
                 return (0, 0..0);
             }
@@ -320,11 +337,12 @@ impl BlockTopK {
         } else {
             valid
         };
-        if candidates == 0 {
-            return (0, 0..0);
+        if candidates == 0 || self.local == 0 {
+            return (candidates, 0..0);
         }
-        let own = (p1.max(0) as usize / self.block).min(candidates - 1);
-        (candidates, (own + 1).saturating_sub(self.local)..own + 1)
+        let own = |p: isize| (p.max(0) as usize / self.block).min(candidates - 1);
+        let (first, last) = (own(p0), own(p1));
+        (candidates, (first + 1).saturating_sub(self.local)..last + 1)
     }
 
     /// Into `ws.kept` (sorted), the key blocks the query rows `rows` of (b, h) attend.
@@ -416,21 +434,24 @@ impl Attention for BlockTopK {
         feature != Feature::Alibi
     }
 
+    fn unsupported(&self, _shape: &Shape, opts: &Options) -> Vec<String> {
+        match opts.scale {
+            // Blocks are ranked by unscaled scores, which a negative scale would reverse.
+            Some(sc) if sc <= 0.0 => vec![format!(
+                "blocktopk ranks blocks by q . k and needs a positive score scale, got {sc}"
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     fn cost(&self, s: &Shape, opts: &Options, threads: usize) -> Cost {
         let g = s.geometry();
         let valid = s.n_kv().div_ceil(self.block);
         let mut per_head = 0.0;
         for r0 in (0..s.n_q()).step_by(self.block) {
             let rows = r0..(r0 + self.block).min(s.n_q());
-            let (_, p1) = first_last(g, &rows);
-            let candidates = if opts.causal {
-                if p1 < 0 { 0 } else { (p1 as usize / self.block + 1).min(valid) }
-            } else {
-                valid
-            };
-            // As `candidates()`: the own block and the `local - 1` before it that exist.
-            let own = (p1.max(0) as usize / self.block).min(candidates.saturating_sub(1));
-            let forced = if candidates == 0 { 0 } else { self.local.min(own + 1) };
+            let (candidates, forced) = self.candidates_of(g, opts.causal, s.n_kv(), &rows);
+            let forced = forced.len();
             let kept = if candidates - forced <= self.k {
                 candidates
             } else {
@@ -440,15 +461,17 @@ impl Attention for BlockTopK {
                 };
                 forced + self.k
             };
-            // Each kept block is one tile, computed whole (the causal one masked).
-            per_head += gemm_flops(rows.len(), s.head_dim() + s.v_dim(), kept * self.block);
+            // Each kept block is one tile, computed whole (the causal one masked); the
+            // sequence's last block may be short.
+            let keys = (kept * self.block).min(s.n_kv());
+            per_head += gemm_flops(rows.len(), s.head_dim() + s.v_dim(), keys);
         }
         let heads = s.batch() * s.heads();
         let pooling = (s.batch() * s.kv_heads() * s.n_kv() * s.head_dim()) as f64;
         let busy = heads.min(threads) as u64;
         let rows = self.block.min(s.n_q());
         let scratch = RowsScratch::bytes(self.tiling(), s)
-            + (rows * valid + 5 * valid) as u64 * 4
+            + (rows * valid + 4 * valid) as u64 * 4
             + match self.score {
                 Score::Mean => 0,
                 // The positive and negative parts of the block's queries.
@@ -503,11 +526,14 @@ impl Attention for BlockTopK {
             .map(|&i| {
                 let r0 = i / self.block * self.block;
                 self.choose(call, summary, (b, h), r0..(r0 + self.block).min(shape.n_q()), &mut ws);
+                // Only the keys the row may attend (causal, padding): the engine masks the
+                // rest of the kept blocks, and the density counts what is attended.
+                let allowed = allowed_keys(call, b, i).min(key_len);
                 ws.kept
                     .iter()
                     .flat_map(|&c| {
                         let c = c as usize;
-                        (c * self.block).min(key_len) as u32..((c + 1) * self.block).min(key_len) as u32
+                        (c * self.block).min(allowed) as u32..((c + 1) * self.block).min(allowed) as u32
                     })
                     .collect()
             })

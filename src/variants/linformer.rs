@@ -16,7 +16,7 @@
 //!
 //! Both mix every position, so there is no causal form: causal calls are refused. The
 //! Gaussian matrices are the model's parameters: drawn once per key length (from the seed)
-//! and kept, as a trained model's would be, so only the first call of a length pays for them
+//! and kept (for the last 16 lengths), as a trained model's would be, so only the first call of a length pays for them
 //! (the sweep's warm-up), and they are not in the call's workspace (`2 k n_kv` floats held by
 //! the variant). Time O(n k (d + d_v)), memory O(n k) per busy head.
 
@@ -100,8 +100,13 @@ pub struct Linformer {
     pub proj: Proj,
     /// The seed of the Gaussian projections.
     pub seed: u64,
-    cache: Mutex<Option<Arc<Projections>>>,
+    /// The projections of the key lengths met so far (the last [`KEPT_LENGTHS`]).
+    cache: Mutex<Vec<Arc<Projections>>>,
 }
+
+/// Key lengths whose Gaussian projections a variant keeps: a sweep alternates between its
+/// lengths, and redrawing them inside a timed call would time the drawing.
+const KEPT_LENGTHS: usize = 16;
 
 impl Linformer {
     /// Linformer with `k` projections of kind `proj` (Gaussian ones drawn from `seed`).
@@ -110,14 +115,19 @@ impl Linformer {
             k,
             proj,
             seed,
-            cache: Mutex::new(None),
+            cache: Mutex::new(Vec::new()),
         }
     }
 
     /// The Gaussian projections for `n_kv` keys: the kept ones, or new ones kept from now on.
     fn gaussian(&self, n_kv: usize) -> Arc<Projections> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.as_ref().filter(|p| p.n_kv == n_kv) {
+        if let Some(p) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.n_kv == n_kv)
+        {
             return Arc::clone(p);
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ (n_kv as u64).rotate_left(32));
@@ -131,7 +141,11 @@ impl Linformer {
         let e = draw();
         let f = draw();
         let p = Arc::new(Projections { n_kv, e, f });
-        *cache = Some(Arc::clone(&p));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() == KEPT_LENGTHS {
+            cache.remove(0);
+        }
+        cache.push(Arc::clone(&p));
         p
     }
 

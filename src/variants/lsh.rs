@@ -4,9 +4,11 @@
 //!
 //! Per round `r`, a seeded Gaussian rotation `R_r` (`[d, buckets / 2]`, shared by every head)
 //! hashes a vector `x` to `argmax([x R_r, -x R_r])` (angular LSH: nearby directions share a
-//! bucket). Queries and keys are each sorted by (bucket, position); the sorted keys are cut
-//! into chunks of `chunk`, the sorted queries into as many chunks, and query chunk `c` attends
-//! key chunks `c - 1` and `c` (Reformer's look-back to the neighbouring chunk). A query also
+//! bucket). The valid keys are sorted by (bucket, position) and cut into chunks of `chunk`;
+//! each query joins the chunk where its own bucket begins among the sorted keys and attends
+//! that chunk and the one before it (Reformer's look-back to the neighbouring chunk; placing
+//! queries by bucket rather than by rank keeps one query, or a few, against a long KV
+//! locality-sensitive). A query also
 //! always attends its own position (so a causal query is never left without a key). The
 //! rounds are combined exactly: each (query, key) score is lowered by the log of the number of
 //! rounds that chose the pair, so the sum over rounds of the chunk softmaxes is the softmax
@@ -35,7 +37,7 @@ use crate::variants::shared::{allowed_keys, head};
 /// `lsh(buckets=64,rounds=2,chunk=64,seed=0)`.
 pub const INFO: VariantInfo = VariantInfo {
     name: "lsh",
-    summary: "Reformer/SMYRF LSH: Q and K hashed by one random rotation per round, sorted, chunk c attends key chunks c-1 and c; exact softmax over the union",
+    summary: "Reformer/SMYRF LSH: Q and K hashed by one random rotation per round; a query attends the sorted keys' chunk where its bucket begins and the one before; exact softmax over the union",
     time: "O(rounds n (chunk + buckets) d)",
     memory: "O(rounds n + n d_v) per busy head",
     params: &[
@@ -116,17 +118,17 @@ impl fmt::Display for Lsh {
     }
 }
 
-/// One head's hashing: per round, the chunk of every query and of every key, and the sorted
-/// orders.
+/// One head's hashing: per round, the key chunk of every query and of every valid key, the
+/// valid keys in sorted order, and the queries of each chunk.
 struct Hashed {
-    /// `[round][query]`: its query chunk.
+    /// `[round][query]`: the key chunk where its bucket starts in the sorted keys.
     q_chunk: Vec<Vec<u32>>,
-    /// `[round][key]`: its key chunk.
+    /// `[round][key]`: its chunk of the sorted keys.
     k_chunk: Vec<Vec<u32>>,
-    /// `[round]`: the queries sorted by (bucket, position).
-    q_order: Vec<Vec<u32>>,
-    /// `[round]`: the keys sorted by (bucket, position).
+    /// `[round]`: the valid keys sorted by (bucket, position).
     k_order: Vec<Vec<u32>>,
+    /// `[round][chunk]`: the queries placed in that chunk, in order.
+    q_groups: Vec<Vec<Vec<u32>>>,
 }
 
 impl Lsh {
@@ -143,10 +145,9 @@ impl Lsh {
             .collect()
     }
 
-    /// Key chunks of `n_kv` keys, and the queries per query chunk.
-    fn chunks(&self, n_q: usize, n_kv: usize) -> (usize, usize) {
-        let chunks = n_kv.div_ceil(self.chunk).max(1);
-        (chunks, n_q.div_ceil(chunks).max(1))
+    /// The chunks of `key_len` valid keys (at least 1).
+    fn chunks(&self, key_len: usize) -> usize {
+        key_len.div_ceil(self.chunk).max(1)
     }
 
     /// The bucket of every row of `x` under `rotation`.
@@ -172,35 +173,45 @@ impl Lsh {
             .collect()
     }
 
+    /// Hashes (b, h): the keys past the batch element's key length are left out, and each
+    /// query joins the chunk where its bucket begins among the sorted keys (so a query meets
+    /// the keys of its own and the preceding buckets whatever the number of queries).
     fn hash(&self, call: &Call<'_>, b: usize, h: usize, rotations: &[Array2<f32>]) -> Hashed {
-        let shape = call.shape();
+        let key_len = call.key_len(b);
         let (q, k, _) = head(call, b, h);
-        let (_, per_q) = self.chunks(shape.n_q(), shape.n_kv());
-        let sorted = |buckets: &[u32]| {
-            let mut order: Vec<u32> = (0..buckets.len() as u32).collect();
-            order.sort_by_key(|&i| (buckets[i as usize], i));
-            order
-        };
-        let chunk_of = |order: &[u32], size: usize| {
-            let mut chunk = vec![0u32; order.len()];
-            for (rank, &i) in order.iter().enumerate() {
-                chunk[i as usize] = (rank / size) as u32;
-            }
-            chunk
-        };
+        let k = k.slice_move(s![..key_len, ..]);
+        let chunks = self.chunks(key_len);
         let mut out = Hashed {
             q_chunk: Vec::new(),
             k_chunk: Vec::new(),
-            q_order: Vec::new(),
             k_order: Vec::new(),
+            q_groups: Vec::new(),
         };
         for rot in rotations {
-            let qo = sorted(&self.buckets_of(q, rot));
-            let ko = sorted(&self.buckets_of(k, rot));
-            out.q_chunk.push(chunk_of(&qo, per_q));
-            out.k_chunk.push(chunk_of(&ko, self.chunk));
-            out.q_order.push(qo);
-            out.k_order.push(ko);
+            let kb = self.buckets_of(k, rot);
+            let mut order: Vec<u32> = (0..key_len as u32).collect();
+            order.sort_by_key(|&j| (kb[j as usize], j));
+            let mut k_chunk = vec![0u32; key_len];
+            for (rank, &j) in order.iter().enumerate() {
+                k_chunk[j as usize] = (rank / self.chunk) as u32;
+            }
+            let sorted_buckets: Vec<u32> = order.iter().map(|&j| kb[j as usize]).collect();
+            let mut groups = vec![Vec::new(); chunks];
+            let q_chunk: Vec<u32> = self
+                .buckets_of(q, rot)
+                .into_iter()
+                .enumerate()
+                .map(|(i, bucket)| {
+                    let at = sorted_buckets.partition_point(|&x| x < bucket);
+                    let c = (at / self.chunk).min(chunks - 1);
+                    groups[c].push(i as u32);
+                    c as u32
+                })
+                .collect();
+            out.q_chunk.push(q_chunk);
+            out.k_chunk.push(k_chunk);
+            out.k_order.push(order);
+            out.q_groups.push(groups);
         }
         out
     }
@@ -242,7 +253,7 @@ impl Lsh {
         let (q, k, v) = head(call, b, h);
         let scale = call.scale();
         let hashed = self.hash(call, b, h, rotations);
-        let (chunks, per_q) = self.chunks(n_q, shape.n_kv());
+        let chunks = self.chunks(call.key_len(b));
         // Running maxima and sums per query; `out` is the accumulator.
         ws.m.clear();
         ws.m.resize(n_q, f32::NEG_INFINITY);
@@ -251,7 +262,7 @@ impl Lsh {
         out.fill(0.0);
         for r in 0..self.rounds {
             for c in 0..chunks {
-                let qs = &hashed.q_order[r][(c * per_q).min(n_q)..((c + 1) * per_q).min(n_q)];
+                let qs = &hashed.q_groups[r][c];
                 let ks = self.chunk_keys(&hashed, r, c);
                 if qs.is_empty() || ks.is_empty() {
                     continue;
@@ -359,32 +370,30 @@ impl Attention for Lsh {
         feature == Feature::KeyPadding
     }
 
+    /// The expected cost: the query groups' sizes depend on the data, so each query is
+    /// counted against two full chunks of keys per round.
     fn cost(&self, s: &Shape, _opts: &Options, threads: usize) -> Cost {
         let (n_q, n_kv, d, dv) = (s.n_q(), s.n_kv(), s.head_dim(), s.v_dim());
-        let (chunks, per_q) = self.chunks(n_q, n_kv);
+        let chunks = self.chunks(n_kv);
         let half = self.buckets / 2;
-        let mut per_head = self.rounds as f64 * gemm_flops(n_q + n_kv, d, half);
-        for c in 0..chunks {
-            let qn = per_q.min(n_q.saturating_sub(c * per_q));
-            let kn = ((c + 1) * self.chunk).min(n_kv) - (c.saturating_sub(1) * self.chunk).min(n_kv);
-            per_head += self.rounds as f64 * (gemm_flops(qn, d, kn) + gemm_flops(qn, kn, dv));
-        }
+        let keys = (2 * self.chunk).min(n_kv);
+        let per_head = self.rounds as f64
+            * (gemm_flops(n_q + n_kv, d, half) + gemm_flops(n_q, d + dv, keys));
         let heads = s.batch() * s.heads();
         let busy = heads.min(threads) as u64;
-        let per_chunk_q = per_q.min(n_q);
-        let per_chunk_k = (2 * self.chunk).min(n_kv);
-        // The orders and chunks of every round, the hash projections, the state, the gathers.
-        let floats = 4 * self.rounds * (n_q + n_kv)
-            + (n_q.max(n_kv)) * half
+        let per_group = n_q.div_ceil(chunks);
+        // Per round the chunks of queries and keys, the key order and the query groups; the
+        // hash projections of the longer side; the running state; a group's gathers and
+        // scores.
+        let words = 2 * self.rounds * (n_q + n_kv)
+            + n_q.max(n_kv) * (half + 1)
             + 2 * n_q
-            + per_chunk_q * d
-            + per_chunk_k * (d + dv)
-            + per_chunk_q * per_chunk_k
-            + n_q.max(n_kv);
+            + per_group * d
+            + keys * (d + dv)
+            + per_group * keys;
         Cost {
             flops: per_head * heads as f64,
-            workspace_bytes: busy * floats as u64 * 4
-                + (self.rounds * d * half) as u64 * 4,
+            workspace_bytes: busy * words as u64 * 4 + (self.rounds * d * half) as u64 * 4,
         }
     }
 

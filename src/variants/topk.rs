@@ -152,8 +152,15 @@ impl Attention for TopK {
                     let row = &row.as_slice().expect("a standard-layout view")
                         [..allowed_keys(call, b, r0 + r)];
                     top_k(row, self.k, idx);
-                    let out_row = out_row.as_slice_mut().expect("output rows are contiguous");
-                    attend_chosen(row, idx, &v, out_row);
+                    match out_row.as_slice_mut() {
+                        Some(o) => attend_chosen(row, idx, &v, o),
+                        None => {
+                            // An output of any strides: through a contiguous row.
+                            let mut o = vec![0.0; out_row.len()];
+                            attend_chosen(row, idx, &v, &mut o);
+                            out_row.iter_mut().zip(o).for_each(|(x, y)| *x = y);
+                        }
+                    }
                 }
             }
         });
