@@ -2,14 +2,16 @@
 //! line for them.
 //!
 //! Two plug-in paths:
-//! 1. a new kernel: `TopK`, which keeps the k largest scores of each row (an approximation of
-//!    softmax attention), implements [`Attention`] itself;
+//! 1. a new kernel: `TopK` (`mytopk`), which keeps the k largest scores of each row (an
+//!    approximation of softmax attention; the crate has its own `topk`, a `selected` variant:
+//!    this one shows the plug-in path),
+//!    implements [`Attention`] itself;
 //! 2. a new sparsity pattern only: `Checker` implements [`Pattern`] (one method), and
 //!    [`boxed`] runs it exactly on the crate's tiled engine, with no kernel code.
 //!
 //! Each is one `VariantInfo` (where its name and parameters are spelled, once) beside its
 //! type. Both join a [`Registry`] at run time, and [`attnbench::cli::main_from`] runs any
-//! `attnbench` command over that registry: spec strings such as `topk(k=8)` work in `list`,
+//! `attnbench` command over that registry: spec strings such as `mytopk(k=8)` work in `list`,
 //! `check`, `sweep`, `run`, `maps`. A plug-in crate's own binary is then a few lines:
 //!
 //! ```text
@@ -23,7 +25,7 @@
 //! ```text
 //! cargo run --release --example custom_variant              # check, sweep and report both
 //! cargo run --release --example custom_variant -- list      # any attnbench command
-//! cargo run --release --example custom_variant -- check --variants 'topk(k=4),checker'
+//! cargo run --release --example custom_variant -- check --variants 'mytopk(k=4),checker'
 //! ```
 
 use std::ffi::OsString;
@@ -50,7 +52,7 @@ struct TopK {
 
 /// Its registry entry: the name and each parameter are spelled here only.
 const TOPK: VariantInfo = VariantInfo {
-    name: "topk",
+    name: "mytopk",
     summary: "softmax over the k largest scores of each row",
     time: "O(n_q n_kv d)",
     memory: "O(n_kv)",
@@ -59,7 +61,7 @@ const TOPK: VariantInfo = VariantInfo {
         default: "32",
         help: "scores kept per row",
     }],
-    presets: &["topk(k=8)"],
+    presets: &["mytopk(k=8)"],
     preview: "",
     build: |p| {
         Ok(Box::new(TopK {
@@ -183,11 +185,11 @@ fn main() -> ExitCode {
         attnbench::cli::main_from(args.map(OsString::from), registry.clone())
     };
     let steps: [&[&str]; 2] = [
-        &["check", "--variants", "checker,topk(k=8)"],
+        &["check", "--variants", "checker,mytopk(k=8)"],
         &[
             "sweep",
             "--variants",
-            "full,flash,checker,topk(k=8)",
+            "full,flash,checker,mytopk(k=8)",
             "--lengths",
             "128,256,512",
             "--heads",
