@@ -277,6 +277,21 @@ fn chart(f: &Frontier, e: usize) -> Chart {
     chart
 }
 
+/// The `error <input>` column headers of the tables.
+fn error_columns(inputs: &[String]) -> String {
+    inputs
+        .iter()
+        .map(|s| format!("error {s}"))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// A point's time relative to `flash`'s, or `-` when `flash` did not run.
+fn vs_flash(f: &Frontier, p: &FrontierPoint) -> String {
+    f.flash_ms
+        .map_or("-".to_string(), |t| format!("{:.3}", p.time_ms / t))
+}
+
 fn short(spec: &str) -> String {
     if spec.chars().count() > 34 {
         spec.chars().take(32).chain("..".chars()).collect()
@@ -309,20 +324,14 @@ pub fn write(recs: &[Record], dir: &Path) -> Result<String> {
         let _ = writeln!(
             md,
             "| variant | time ms [95%] | vs flash | {} |",
-            short_inputs
-                .iter()
-                .map(|s| format!("error {s}"))
-                .collect::<Vec<_>>()
-                .join(" | ")
+            error_columns(&short_inputs)
         );
         let _ = writeln!(md, "|---|---|---|{}", "---|".repeat(short_inputs.len()));
         for (i, p) in f.points.iter().enumerate() {
             let ci = p
                 .time_ci
                 .map_or(String::new(), |(lo, hi)| format!(" [{lo:.3}, {hi:.3}]"));
-            let vs = f
-                .flash_ms
-                .map_or("-".to_string(), |t| format!("{:.3}", p.time_ms / t));
+            let vs = vs_flash(f, p);
             let errs: Vec<String> = (0..f.inputs.len())
                 .map(|e| {
                     let mark = if pareto(&f.points, e, i) { " *" } else { "" };
@@ -380,20 +389,14 @@ pub fn write(recs: &[Record], dir: &Path) -> Result<String> {
             let _ = writeln!(
                 md,
                 "| keys per query | variant | vs flash | {} | dropped mass |",
-                short_inputs
-                    .iter()
-                    .map(|s| format!("error {s}"))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
+                error_columns(&short_inputs)
             );
             let _ = writeln!(md, "|---|---|---|{}---|", "---|".repeat(short_inputs.len()));
             for g in groups {
                 for i in g {
                     let p = &f.points[i];
                     let errs: Vec<String> = p.errors.iter().map(|&e| fmt_err(e)).collect();
-                    let vs = f
-                        .flash_ms
-                        .map_or("-".to_string(), |t| format!("{:.3}", p.time_ms / t));
+                    let vs = vs_flash(f, p);
                     let _ = writeln!(
                         md,
                         "| {:.0} | `{}` | {vs} | {} | {} |",

@@ -35,7 +35,7 @@ use crate::kernels::gemm::{gemm, gemm_flops};
 use crate::parallel::for_each_head;
 use crate::shape::Shape;
 use crate::spec::{ParamInfo, Params, VariantInfo};
-use crate::variants::shared::{head, product, segment_means, softmax_product};
+use crate::variants::shared::{head, no_causal_form, product, segment_means, softmax_product};
 
 /// `linformer(k=256,proj=gauss,seed=0)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -215,11 +215,7 @@ impl Attention for Linformer {
     }
 
     fn unsupported(&self, _shape: &Shape, opts: &Options) -> Vec<String> {
-        if opts.causal {
-            vec!["linformer has no causal form: each projected key mixes every position, the future included".into()]
-        } else {
-            Vec::new()
-        }
+        no_causal_form(INFO.name, "each projected key mixes every position", opts)
     }
 
     fn with_seed(&self, seed: u64) -> Option<Box<dyn Attention>> {

@@ -28,7 +28,7 @@ use crate::kernels::gemm::{gemm, gemm_flops};
 use crate::parallel::for_each_head;
 use crate::shape::Shape;
 use crate::spec::{ParamInfo, VariantInfo};
-use crate::variants::shared::{head, product, segment_means, softmax_product};
+use crate::variants::shared::{head, no_causal_form, product, segment_means, softmax_product};
 
 /// `nystrom(landmarks=64,iters=6)`.
 pub const INFO: VariantInfo = VariantInfo {
@@ -128,11 +128,7 @@ impl Attention for Nystrom {
     }
 
     fn unsupported(&self, _shape: &Shape, opts: &Options) -> Vec<String> {
-        if opts.causal {
-            vec!["nystrom has no causal form: its landmarks average over every position, the future included".into()]
-        } else {
-            Vec::new()
-        }
+        no_causal_form(INFO.name, "its landmarks average over every position", opts)
     }
 
     fn cost(&self, s: &Shape, _opts: &Options, threads: usize) -> Cost {

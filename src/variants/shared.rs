@@ -129,6 +129,22 @@ pub(crate) fn product(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     out
 }
 
+/// The reason a variant without a causal form gives for a causal call (`why`: what mixes the
+/// future in), and none otherwise.
+pub(crate) fn no_causal_form(
+    name: &str,
+    why: &str,
+    opts: &crate::attention::Options,
+) -> Vec<String> {
+    if opts.causal {
+        vec![format!(
+            "{name} has no causal form: {why}, the future included"
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
