@@ -310,6 +310,18 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
         None
     }
 
+    /// A stateful decoder for causal generation with `shape`'s batch, heads and head
+    /// dimensions (its `n_q` and `n_kv` are ignored): see [`crate::decode`]. The default,
+    /// `None`, means the variant has none, and callers decode it statelessly (the whole
+    /// cache passed to every call).
+    fn decoder(
+        &self,
+        _shape: &Shape,
+        _opts: &crate::decode::DecodeOptions,
+    ) -> Option<Result<Box<dyn crate::decode::Decoder>>> {
+        None
+    }
+
     /// Computes the attention of `call` into `out`, overwriting it.
     ///
     /// # Shapes

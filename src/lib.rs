@@ -61,6 +61,7 @@
 pub mod attention;
 pub mod check;
 pub mod cli;
+pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod feature;

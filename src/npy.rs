@@ -99,22 +99,7 @@ pub fn parse_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
     ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| e.to_string())
 }
 
-/// The IEEE 754 half-precision value with bits `h`, exactly, as `f32` (every half is an
-/// `f32`; NaN payloads are kept).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let frac = u32::from(h & 0x3ff);
-    let magnitude = match exp {
-        // Zero and subnormals: frac * 2^-24, exact in f32.
-        0 => (frac as f32) * f32::from_bits(0x3380_0000),
-        // Infinity and NaN.
-        0x1f => f32::from_bits(0x7f80_0000 | (frac << 13)),
-        // Normal: rebias the exponent from 15 to 127.
-        e => f32::from_bits(((e + 112) << 23) | (frac << 13)),
-    };
-    f32::from_bits(magnitude.to_bits() | sign)
-}
+pub use crate::kernels::half::f16_to_f32;
 
 /// The text of `key`'s value in a Python dict literal (up to the next top-level comma).
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {

@@ -17,7 +17,9 @@
 use std::arch::x86_64::*;
 
 use super::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E};
-use super::tile::{OnlineState, holds};
+use std::ops::Range;
+
+use super::tile::{KV_BLOCK, KvData, KvPartial, OnlineState, holds};
 
 /// f32 lanes in a zmm register.
 const L: usize = 16;
@@ -159,5 +161,194 @@ pub(super) unsafe fn online_softmax(
                 _mm512_fmadd_ps(_mm512_loadu_ps(l.add(i0)), resc, sum),
             );
         }
+    }
+}
+
+/// Whether [`kv_scan`] has a register-blocked version for `g` queries of value dimension
+/// `dv` (otherwise the dispatcher runs the portable scan at this width).
+pub(super) fn kv_scan_fits(g: usize, dv: usize) -> bool {
+    (1..=8).contains(&g) && matches!(dv, 32 | 64 | 128)
+}
+
+/// The decode scan of [`dispatch::kv_scan`](super::dispatch::kv_scan): per block of 16 keys,
+/// the scores of all `g` queries from one pass over the block's key dimensions (each load,
+/// widened from half precision in the register, feeds every query), one online-softmax step
+/// per query, then each value row loaded once into all `g` accumulators, which stay in
+/// registers for the whole scan.
+///
+/// # Safety
+///
+/// The CPU must support avx512f, avx2 and fma; [`kv_scan_fits`] must hold for `st`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn kv_scan(
+    q: &[f32],
+    d: usize,
+    kv: KvData<'_>,
+    keys: Range<usize>,
+    st: &mut KvPartial,
+) {
+    macro_rules! go {
+        ($e:literal, $k:expr, $v:expr) => {
+            match (st.g, st.dv / L) {
+                (1, 2) => scan::<_, $e, 1, 2>(q, d, $k, $v, keys, st),
+                (2, 2) => scan::<_, $e, 2, 2>(q, d, $k, $v, keys, st),
+                (3, 2) => scan::<_, $e, 3, 2>(q, d, $k, $v, keys, st),
+                (4, 2) => scan::<_, $e, 4, 2>(q, d, $k, $v, keys, st),
+                (5, 2) => scan::<_, $e, 5, 2>(q, d, $k, $v, keys, st),
+                (6, 2) => scan::<_, $e, 6, 2>(q, d, $k, $v, keys, st),
+                (7, 2) => scan::<_, $e, 7, 2>(q, d, $k, $v, keys, st),
+                (8, 2) => scan::<_, $e, 8, 2>(q, d, $k, $v, keys, st),
+                (1, 4) => scan::<_, $e, 1, 4>(q, d, $k, $v, keys, st),
+                (2, 4) => scan::<_, $e, 2, 4>(q, d, $k, $v, keys, st),
+                (3, 4) => scan::<_, $e, 3, 4>(q, d, $k, $v, keys, st),
+                (4, 4) => scan::<_, $e, 4, 4>(q, d, $k, $v, keys, st),
+                (5, 4) => scan::<_, $e, 5, 4>(q, d, $k, $v, keys, st),
+                (6, 4) => scan::<_, $e, 6, 4>(q, d, $k, $v, keys, st),
+                (7, 4) => scan::<_, $e, 7, 4>(q, d, $k, $v, keys, st),
+                (8, 4) => scan::<_, $e, 8, 4>(q, d, $k, $v, keys, st),
+                (1, 8) => scan::<_, $e, 1, 8>(q, d, $k, $v, keys, st),
+                (2, 8) => scan::<_, $e, 2, 8>(q, d, $k, $v, keys, st),
+                (3, 8) => scan::<_, $e, 3, 8>(q, d, $k, $v, keys, st),
+                (4, 8) => scan::<_, $e, 4, 8>(q, d, $k, $v, keys, st),
+                (5, 8) => scan::<_, $e, 5, 8>(q, d, $k, $v, keys, st),
+                (6, 8) => scan::<_, $e, 6, 8>(q, d, $k, $v, keys, st),
+                (7, 8) => scan::<_, $e, 7, 8>(q, d, $k, $v, keys, st),
+                (8, 8) => scan::<_, $e, 8, 8>(q, d, $k, $v, keys, st),
+                (g, c) => panic!("kv_scan has no block for {g} queries, {c} value vectors"),
+            }
+        };
+    }
+    match kv {
+        KvData::F32 { k, v } => go!(0, k, v),
+        KvData::F16 { k, v } => go!(1, k, v),
+        KvData::Bf16 { k, v } => go!(2, k, v),
+    }
+}
+
+/// 16 lanes of a KV buffer as `f32`: `E` = 0 reads `f32`, 1 IEEE halves (`vcvtph2ps`), 2
+/// `bf16` (zero-extended and shifted into the high half).
+///
+/// # Safety
+///
+/// The CPU must support avx512f; `p` must point at 16 readable elements of that format.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn kv_load<T, const E: u8>(p: *const T) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable elements at `p` (64 bytes for f32, 32 for
+    // the half formats).
+    unsafe {
+        match E {
+            0 => _mm512_loadu_ps(p.cast()),
+            1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+            _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p.cast()),
+            ))),
+        }
+    }
+}
+
+// Indices walk several register arrays (scores, accumulators, probabilities) in lockstep.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn scan<T: Copy, const E: u8, const G: usize, const C: usize>(
+    q: &[f32],
+    d: usize,
+    k: &[T],
+    v: &[T],
+    keys: Range<usize>,
+    st: &mut KvPartial,
+) {
+    let dv = C * L;
+    assert!(std::mem::size_of::<T>() == if E == 0 { 4 } else { 2 });
+    assert!(st.g == G && st.dv == dv && st.acc.len() == G * dv && holds(q.len(), G, d));
+    assert!(st.m.len() == G && st.l.len() == G);
+    assert!(holds(k.len(), keys.end.next_multiple_of(KV_BLOCK), d));
+    assert!(holds(v.len(), keys.end, dv));
+    let (kp, vp) = (k.as_ptr(), v.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); C]; G];
+    let mut lsum = [_mm512_setzero_ps(); G];
+    let mut m = [f32::NEG_INFINITY; G];
+    for i in 0..G {
+        for (c, a) in acc[i].iter_mut().enumerate() {
+            // SAFETY: acc holds G * dv floats (asserted); row i, vector c is in bounds.
+            *a = unsafe { _mm512_loadu_ps(st.acc.as_ptr().add(i * dv + c * L)) };
+        }
+        lsum[i] = _mm512_maskz_mov_ps(1, _mm512_set1_ps(st.l[i]));
+        m[i] = st.m[i];
+    }
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut p = [[0f32; KV_BLOCK]; G];
+    let mut start = keys.start;
+    while start < keys.end {
+        let block = start / KV_BLOCK;
+        let (lo, hi) = (
+            start % KV_BLOCK,
+            (keys.end - block * KV_BLOCK).min(KV_BLOCK),
+        );
+        let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16;
+        let mut s0 = [_mm512_setzero_ps(); G];
+        let mut s1 = [_mm512_setzero_ps(); G];
+        let kb = block * KV_BLOCK * d;
+        let mut c = 0;
+        // Two sets of accumulators: twice the independent FMA chains when G is small.
+        while c + 1 < d {
+            // SAFETY: block < keys.end.next_multiple_of(16) / 16, so dimensions c and c + 1
+            // of the block lie within k (asserted); q has G rows of d.
+            unsafe {
+                let k0 = kv_load::<T, E>(kp.add(kb + c * KV_BLOCK));
+                let k1 = kv_load::<T, E>(kp.add(kb + (c + 1) * KV_BLOCK));
+                for i in 0..G {
+                    s0[i] = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(i * d + c)), k0, s0[i]);
+                    s1[i] =
+                        _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(i * d + c + 1)), k1, s1[i]);
+                }
+            }
+            c += 2;
+        }
+        if c < d {
+            // SAFETY: as above, for the last dimension.
+            unsafe {
+                let k0 = kv_load::<T, E>(kp.add(kb + c * KV_BLOCK));
+                for i in 0..G {
+                    s0[i] = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(i * d + c)), k0, s0[i]);
+                }
+            }
+        }
+        for i in 0..G {
+            let s = _mm512_mask_blend_ps(mask, neg_inf, _mm512_add_ps(s0[i], s1[i]));
+            let mx = _mm512_reduce_max_ps(s);
+            if mx > m[i] {
+                let r = _mm512_set1_ps(super::exp::exp(m[i] - mx));
+                for a in acc[i].iter_mut() {
+                    *a = _mm512_mul_ps(*a, r);
+                }
+                lsum[i] = _mm512_mul_ps(lsum[i], r);
+                m[i] = mx;
+            }
+            // Masked lanes are -inf and come out 0.
+            let e = exp16(_mm512_sub_ps(s, _mm512_set1_ps(m[i])));
+            lsum[i] = _mm512_add_ps(lsum[i], e);
+            // SAFETY: p[i] holds 16 floats.
+            unsafe { _mm512_storeu_ps(p[i].as_mut_ptr(), e) };
+        }
+        for j in lo..hi {
+            let row = (block * KV_BLOCK + j) * dv;
+            for c in 0..C {
+                // SAFETY: key block * 16 + j < keys.end, so its row of dv lies within v.
+                let x = unsafe { kv_load::<T, E>(vp.add(row + c * L)) };
+                for i in 0..G {
+                    acc[i][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[i][j]), x, acc[i][c]);
+                }
+            }
+        }
+        start = (block + 1) * KV_BLOCK;
+    }
+    for i in 0..G {
+        for (c, a) in acc[i].iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe { _mm512_storeu_ps(st.acc.as_mut_ptr().add(i * dv + c * L), *a) };
+        }
+        st.l[i] = _mm512_reduce_add_ps(lsum[i]);
+        st.m[i] = m[i];
     }
 }

@@ -17,7 +17,7 @@ use super::portable::{
     HAS_FMA, dot_rows_lanes, elu1_slice, fma_portable, pv_block, scores_block, softmax_cols,
 };
 use super::tile::holds;
-pub use super::tile::{OnlineState, PAD, Tile, padded};
+pub use super::tile::{KV_BLOCK, KvData, KvPartial, OnlineState, PAD, Tile, padded};
 
 /// Runs the first expression on the AVX-512 path, the second on AVX2+FMA, the third
 /// otherwise: the one place `#[target_feature]` kernels are called.
@@ -222,6 +222,60 @@ fn sum_avx512(xs: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 fn sum_avx2(xs: &[f32]) -> f32 {
     exp::sum(xs)
+}
+
+/// The decode scan: folds keys `keys` (slots of the cache `kv`) into the online softmax `st`
+/// of `st.g` queries `q` (`[g][d]`, already multiplied by the score scale), reading every key
+/// and value once for all of them. Panics unless `kv` holds `keys` for dimensions `d` and
+/// `st.dv` and `q` holds `st.g` rows.
+pub fn kv_scan(
+    isa: Isa,
+    q: &[f32],
+    d: usize,
+    kv: KvData<'_>,
+    keys: std::ops::Range<usize>,
+    st: &mut KvPartial,
+) {
+    let slots = kv.slots(d, st.dv).expect("KV buffers of whole blocks");
+    assert!(
+        keys.start <= keys.end && keys.end <= slots,
+        "keys beyond the cache"
+    );
+    assert!(holds(q.len(), st.g, d), "one query row of d per state");
+    dispatch!(
+        isa,
+        if super::avx512::kv_scan_fits(st.g, st.dv) {
+            super::avx512::kv_scan(q, d, kv, keys, st)
+        } else {
+            kv_scan_avx512_portable(q, d, kv, keys, st)
+        },
+        kv_scan_avx2(q, d, kv, keys, st),
+        super::portable::kv_scan::<HAS_FMA>(q, d, kv, keys, st)
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn kv_scan_avx512_portable(
+    q: &[f32],
+    d: usize,
+    kv: KvData<'_>,
+    keys: std::ops::Range<usize>,
+    st: &mut KvPartial,
+) {
+    super::portable::kv_scan::<true>(q, d, kv, keys, st)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn kv_scan_avx2(
+    q: &[f32],
+    d: usize,
+    kv: KvData<'_>,
+    keys: std::ops::Range<usize>,
+    st: &mut KvPartial,
+) {
+    super::portable::kv_scan::<true>(q, d, kv, keys, st)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //!   state and the bounds helper of the explicit kernels.
 //! - [`isa`]: SIMD paths by name ([`Path`](isa::Path)) and the [`Isa`](isa::Isa) token that
 //!   only run-time detection makes.
+//! - [`half`]: exact `f16`/`bf16` widening and round-to-nearest-even narrowing (a leaf).
 //! - [`exp`]: a branch-free `f32` exponential that the compiler vectorizes, and the row
 //!   operations of a numerically stable softmax built on it.
 //! - `portable`, `tiles` (explicit AVX-512 and AVX2 tile products, one macro) and `avx512`
@@ -19,6 +20,7 @@ mod avx512;
 pub mod dispatch;
 pub mod exp;
 pub mod gemm;
+pub mod half;
 pub mod isa;
 mod portable;
 pub mod tile;

@@ -3,8 +3,11 @@
 //! aarch64; AVX2 or AVX-512 when [`dispatch`](super::dispatch) calls them from a
 //! `#[target_feature]` wrapper).
 
+use std::ops::Range;
+
 use super::exp;
-use super::tile::{OnlineState, Tile, holds};
+use super::half::{bf16_to_f32, f16_to_f32};
+use super::tile::{KV_BLOCK, KvData, KvPartial, OnlineState, Tile, holds};
 
 /// Whether the portable path may fuse multiply-adds: NEON always has FMA; baseline x86_64
 /// (SSE2) does not, and there `f32::mul_add` would be a libm call.
@@ -228,4 +231,78 @@ pub(super) fn fma_portable(iters: usize) -> f32 {
         std::hint::black_box(&mut acc);
     }
     acc.iter().flatten().sum()
+}
+
+/// The decode scan: folds the keys `keys` (slots) of one KV head's cache into the online
+/// softmax of `st.g` queries `q` (`[g][d]`, already multiplied by the score scale), reading
+/// each key and value once for all the queries. Widens half-precision values exactly.
+pub(super) fn kv_scan<const F: bool>(
+    q: &[f32],
+    d: usize,
+    kv: KvData<'_>,
+    keys: Range<usize>,
+    st: &mut KvPartial,
+) {
+    match kv {
+        KvData::F32 { k, v } => kv_scan_with::<f32, F>(q, d, k, v, |x| x, keys, st),
+        KvData::F16 { k, v } => kv_scan_with::<u16, F>(q, d, k, v, f16_to_f32, keys, st),
+        KvData::Bf16 { k, v } => kv_scan_with::<u16, F>(q, d, k, v, bf16_to_f32, keys, st),
+    }
+}
+
+#[inline(always)]
+fn kv_scan_with<T: Copy, const F: bool>(
+    q: &[f32],
+    d: usize,
+    k: &[T],
+    v: &[T],
+    conv: impl Fn(T) -> f32,
+    keys: Range<usize>,
+    st: &mut KvPartial,
+) {
+    let (g, dv) = (st.g, st.dv);
+    assert!(holds(q.len(), g, d) && holds(st.acc.len(), g, dv));
+    assert!(holds(k.len(), keys.end.next_multiple_of(KV_BLOCK), d));
+    assert!(holds(v.len(), keys.end, dv));
+    let mut s = [0f32; KV_BLOCK];
+    let mut vrow = vec![0f32; dv];
+    let mut start = keys.start;
+    while start < keys.end {
+        let block = start / KV_BLOCK;
+        let (lo, hi) = (
+            start % KV_BLOCK,
+            (keys.end - block * KV_BLOCK).min(KV_BLOCK),
+        );
+        let kb = &k[block * KV_BLOCK * d..(block + 1) * KV_BLOCK * d];
+        for i in 0..g {
+            let qi = &q[i * d..(i + 1) * d];
+            s.fill(0.0);
+            for (c, &qc) in qi.iter().enumerate() {
+                for (sj, &kj) in s.iter_mut().zip(&kb[c * KV_BLOCK..(c + 1) * KV_BLOCK]) {
+                    *sj = madd::<F>(qc, conv(kj), *sj);
+                }
+            }
+            let mx = s[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let acc = &mut st.acc[i * dv..(i + 1) * dv];
+            if mx > st.m[i] {
+                let r = exp::exp(st.m[i] - mx);
+                st.l[i] *= r;
+                acc.iter_mut().for_each(|a| *a *= r);
+                st.m[i] = mx;
+            }
+            let m = st.m[i];
+            for (j, &sj) in s.iter().enumerate().take(hi).skip(lo) {
+                let p = exp::exp(sj - m);
+                st.l[i] += p;
+                let row = (block * KV_BLOCK + j) * dv;
+                for (x, &y) in vrow.iter_mut().zip(&v[row..row + dv]) {
+                    *x = conv(y);
+                }
+                for (a, &x) in acc.iter_mut().zip(&vrow) {
+                    *a = madd::<F>(p, x, *a);
+                }
+            }
+        }
+        start = (block + 1) * KV_BLOCK;
+    }
 }

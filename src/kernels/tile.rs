@@ -51,3 +51,117 @@ pub struct OnlineState<'a> {
     /// Scratch.
     pub sums: &'a mut [f32],
 }
+
+/// Keys per block of a decoding KV cache. K is stored key-major in blocks of this many keys,
+/// `[head_dim][KV_BLOCK]` each, so one vector load holds one dimension of 16 keys and the
+/// scores of a block need no horizontal sums; V is stored as rows `[slots][v_dim]`.
+pub const KV_BLOCK: usize = 16;
+
+/// One KV head's cache as the decode scan reads it: K in blocks of [`KV_BLOCK`] keys
+/// (`[slots / KV_BLOCK][d][KV_BLOCK]`), V in rows (`[slots][dv]`), in one storage format.
+#[derive(Debug, Clone, Copy)]
+pub enum KvData<'a> {
+    /// `f32` (exact).
+    F32 {
+        /// Blocked keys.
+        k: &'a [f32],
+        /// Value rows.
+        v: &'a [f32],
+    },
+    /// IEEE binary16 bits.
+    F16 {
+        /// Blocked keys.
+        k: &'a [u16],
+        /// Value rows.
+        v: &'a [u16],
+    },
+    /// `bf16` bits.
+    Bf16 {
+        /// Blocked keys.
+        k: &'a [u16],
+        /// Value rows.
+        v: &'a [u16],
+    },
+}
+
+impl KvData<'_> {
+    /// Slots (keys) the buffers hold, given the dimensions; `None` unless K holds whole
+    /// blocks and V holds the same number of rows.
+    pub fn slots(&self, d: usize, dv: usize) -> Option<usize> {
+        let (k, v) = match self {
+            KvData::F32 { k, v } => (k.len(), v.len()),
+            KvData::F16 { k, v } | KvData::Bf16 { k, v } => (k.len(), v.len()),
+        };
+        let block = d.checked_mul(KV_BLOCK)?;
+        if d == 0 || dv == 0 || !k.is_multiple_of(block) {
+            return None;
+        }
+        let slots = k / block * KV_BLOCK;
+        (v == slots.checked_mul(dv)?).then_some(slots)
+    }
+}
+
+/// The online-softmax state of `g` queries scanning keys: running maxima `m` (`-inf` before
+/// any key), sums `l` and unnormalized outputs `acc` (`[g][dv]`), all relative to `m`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvPartial {
+    /// Queries.
+    pub g: usize,
+    /// Value dimension.
+    pub dv: usize,
+    /// Running maxima.
+    pub m: Vec<f32>,
+    /// Running sums.
+    pub l: Vec<f32>,
+    /// Unnormalized outputs, `[g][dv]`.
+    pub acc: Vec<f32>,
+}
+
+impl KvPartial {
+    /// The state before any key.
+    pub fn new(g: usize, dv: usize) -> Self {
+        Self {
+            g,
+            dv,
+            m: vec![f32::NEG_INFINITY; g],
+            l: vec![0.0; g],
+            acc: vec![0.0; g * dv],
+        }
+    }
+
+    /// Folds in the state of the same queries over other keys (exact: both are rescaled to
+    /// the larger maximum, in f64).
+    pub fn merge(&mut self, other: &KvPartial) {
+        assert!(
+            self.g == other.g && self.dv == other.dv,
+            "merging unlike states"
+        );
+        for i in 0..self.g {
+            let m = self.m[i].max(other.m[i]);
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let a = (f64::from(self.m[i]) - f64::from(m)).exp();
+            let b = (f64::from(other.m[i]) - f64::from(m)).exp();
+            self.l[i] = (f64::from(self.l[i]) * a + f64::from(other.l[i]) * b) as f32;
+            let rows = i * self.dv..(i + 1) * self.dv;
+            for (x, &y) in self.acc[rows.clone()].iter_mut().zip(&other.acc[rows]) {
+                *x = (f64::from(*x) * a + f64::from(y) * b) as f32;
+            }
+            self.m[i] = m;
+        }
+    }
+
+    /// Writes query `i`'s normalized output (zero when it saw no key).
+    pub fn write(&self, i: usize, out: &mut [f32]) {
+        let acc = &self.acc[i * self.dv..(i + 1) * self.dv];
+        let inv = if self.l[i] > 0.0 {
+            1.0 / self.l[i]
+        } else {
+            0.0
+        };
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o = a * inv;
+        }
+    }
+}

@@ -173,6 +173,10 @@ impl Pattern for Window {
         (g.pos(i) - j as isize).unsigned_abs() <= self.w
     }
 
+    fn streaming(&self) -> Option<(usize, usize)> {
+        Some((0, self.w))
+    }
+
     interval_pattern_methods!();
 }
 

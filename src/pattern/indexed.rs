@@ -208,6 +208,10 @@ impl<P: fmt::Display> fmt::Display for Indexed<P> {
 }
 
 impl<P: Pattern> Pattern for Indexed<P> {
+    fn streaming(&self) -> Option<(usize, usize)> {
+        self.inner().streaming()
+    }
+
     fn allows(&self, g: Geometry, i: usize, j: usize) -> bool {
         self.inner.allows(g, i, j)
     }

@@ -141,6 +141,14 @@ pub trait Pattern: fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// When causal decoding under this pattern needs only a bounded KV cache: `Some((s,
+    /// w))` if a query at position `p` attends exactly the keys `0..s` and `p - w..=p`
+    /// (clipped to `0..=p`), so a decoder keeps `s` sinks and a ring of `w + 1`
+    /// ([`crate::decode::cached`]). `None` (provided) for every other pattern.
+    fn streaming(&self) -> Option<(usize, usize)> {
+        None
+    }
+
     /// Key ranges (sorted, disjoint, within `0..n_kv`) outside which no query of `rows` may
     /// attend: the engine classifies only the tiles that meet them, so a window over 1M keys
     /// never visits its empty tiles. A superset is always correct; the default is every key.
@@ -497,6 +505,9 @@ macro_rules! forward_pattern {
             }
             fn stored_bytes(&self, g: Geometry) -> u64 {
                 (**self).stored_bytes(g)
+            }
+            fn streaming(&self) -> Option<(usize, usize)> {
+                (**self).streaming()
             }
             fn prepare(&self, g: Geometry) {
                 (**self).prepare(g)

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::decode::{DecodeOptions, Decoder};
+use crate::decode::cached::Cached;
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::engine::{Tiling, tiled_cost, tiled_forward};
 use crate::error::{ErrorKind, Result};
@@ -84,6 +86,28 @@ impl fmt::Display for Flash {
 }
 
 impl Attention for Flash {
+    /// A KV cache scanned by the decode kernel (on this variant's `isa` path when given).
+    fn decoder(
+        &self,
+        shape: &Shape,
+        opts: &DecodeOptions,
+    ) -> Option<Result<Box<dyn Decoder>>> {
+        let mut opts = *opts;
+        if let Some(path) = self.isa {
+            match Isa::new(path) {
+                Some(isa) => opts.isa = Some(isa),
+                None => {
+                    return Some(Err(ErrorKind::Unsupported {
+                        variant: self.to_string(),
+                        reasons: vec![format!("this CPU does not support the {path} path")],
+                    }
+                    .into()));
+                }
+            }
+        }
+        Some(Cached::dense(&self.to_string(), shape, &opts).map(|d| Box::new(d) as Box<dyn Decoder>))
+    }
+
     fn name(&self) -> &'static str {
         INFO.name
     }

@@ -12,6 +12,8 @@ use std::fmt;
 
 use ndarray::{ArrayViewMut2, Axis};
 
+use crate::decode::{DecodeOptions, Decoder};
+use crate::decode::cached::Cached;
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::kernels::dispatch::{self, Isa};
@@ -65,6 +67,15 @@ impl fmt::Display for Full {
 }
 
 impl Attention for Full {
+    /// A KV cache scanned by the decode kernel (decoding has no score matrix to form).
+    fn decoder(
+        &self,
+        shape: &Shape,
+        opts: &DecodeOptions,
+    ) -> Option<Result<Box<dyn Decoder>>> {
+        Some(Cached::dense(&self.to_string(), shape, opts).map(|d| Box::new(d) as Box<dyn Decoder>))
+    }
+
     fn name(&self) -> &'static str {
         INFO.name
     }

@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
+use crate::decode::{DecodeOptions, Decoder};
+use crate::decode::recurrent::LinearDecoder;
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::error::Result;
 use crate::feature::{Elu1, Favor, FeatureMap, KernelKind, Relu};
@@ -170,6 +172,18 @@ impl fmt::Display for Linear {
 }
 
 impl Attention for Linear {
+    /// The running state `sum phi(k) v^T` and its normaliser: O(m d) per token.
+    fn decoder(
+        &self,
+        shape: &Shape,
+        opts: &DecodeOptions,
+    ) -> Option<Result<Box<dyn Decoder>>> {
+        Some(
+            LinearDecoder::new(&self.to_string(), shape, opts, self.map.clone())
+                .map(|d| Box::new(d) as Box<dyn Decoder>),
+        )
+    }
+
     fn name(&self) -> &'static str {
         INFO.name
     }

@@ -27,5 +27,5 @@ macro_rules! builtin {
 
 builtin![
     full, flash, window, sinks, local, strided, fixed, longformer, bigbird, dilated, linear, topk,
-    blocktopk, lsh, nystrom, linformer
+    blocktopk, lsh, nystrom, linformer, retention
 ];

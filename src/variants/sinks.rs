@@ -68,6 +68,10 @@ impl Pattern for Sinks {
         j < self.s || self.window().allows(g, i, j)
     }
 
+    fn streaming(&self) -> Option<(usize, usize)> {
+        Some((self.s, self.w))
+    }
+
     fn classify(&self, g: Geometry, rows: Range<usize>, cols: Range<usize>) -> Tile {
         if cols.end <= self.s {
             return Tile::Full;

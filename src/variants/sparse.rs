@@ -10,6 +10,8 @@
 use std::fmt;
 
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
+use crate::decode::cached::Cached;
+use crate::decode::{DecodeOptions, Decoder};
 use crate::engine::{Tiling, tiled_cost, tiled_forward};
 use crate::error::Result;
 use crate::kernels::isa::Isa;
@@ -53,6 +55,16 @@ impl<P: Pattern + fmt::Display> fmt::Display for Sparse<P> {
 }
 
 impl<P: Pattern + fmt::Display + 'static> Attention for Sparse<P> {
+    /// Patterns that attend sinks plus a window ([`Pattern::streaming`]) decode with a
+    /// bounded cache; the others have no decoder.
+    fn decoder(&self, shape: &Shape, opts: &DecodeOptions) -> Option<Result<Box<dyn Decoder>>> {
+        let (sinks, w) = self.pattern.streaming()?;
+        Some(
+            Cached::streaming(&self.to_string(), shape, opts, sinks, w)
+                .map(|d| Box::new(d) as Box<dyn Decoder>),
+        )
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }
