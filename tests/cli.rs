@@ -154,3 +154,59 @@ fn run_defaults_to_the_bundled_llm_data_and_says_so_where_it_is_missing() {
     assert!(!dir.join("results").exists() && !dir.join("reports").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn decode_generates_then_reports_and_refuses_bad_flags() {
+    let dir = std::env::temp_dir().join(format!("attnbench-cli-decode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args([
+            "decode",
+            "--variants",
+            "flash,window(w=32),linear(phi=elu1)",
+            "--contexts",
+            "64..256",
+            "--tokens",
+            "3",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--head-dim",
+            "16",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One line per (variant, store, context): 3 x 2 x 3.
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(" stateful ")).count(),
+        18,
+        "{stdout}"
+    );
+    let report = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .expect("decode prints where the report is");
+    let md = std::fs::read_to_string(dir.join(report)).unwrap();
+    assert!(md.contains("| `window(w=32)` f16 | stateful |"), "{md}");
+    assert!(dir.join(report).with_file_name("decode_time.png").exists());
+    for bad in [
+        &["decode", "--kv", "f8"][..],
+        &["decode", "--contexts", "0"],
+        &["decode", "--tokens", "0"],
+        &["decode", "--variants", "nosuch"],
+        &["decode", "--threads", "0"],
+    ] {
+        let (code, _, stderr) = attnbench(bad);
+        assert_eq!(code, 2, "{bad:?}: {stderr}");
+        assert!(stderr.contains("error"), "{bad:?}: {stderr}");
+    }
+}

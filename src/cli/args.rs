@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::attention::Options;
+use crate::decode::KvStore;
+use crate::harness::decode::DecodeConfig;
 use crate::harness::sweep::SweepConfig;
 use crate::workload::Workload;
 
@@ -53,6 +55,136 @@ pub(super) enum Command {
     /// Draw each head's attention weights under full attention and under each variant, with
     /// per-head entropy, local and first-token mass; write PNGs, maps.csv and maps.md.
     Maps(MapsArgs),
+    /// The generation benchmark: per context length, prefill a prompt, then generate tokens
+    /// one at a time through each variant's decoder (KV cache, ring buffer or recurrent
+    /// state); time per token, state bytes, read bandwidth and error against f64 attention;
+    /// write results/<UTC time>-decode.csv and .json and a report.
+    Decode(Box<DecodeArgs>),
+}
+
+/// The variants `decode` runs by default: the exact KV cache, a window and sinks in ring
+/// buffers, and the two recurrent states.
+pub(super) const DECODE_VARIANTS: &str =
+    "flash,window(w=4096),sinks(s=4,w=4092),linear(phi=elu1),retention(phi=none)";
+
+#[derive(Debug, Args)]
+pub(super) struct DecodeArgs {
+    /// Comma-separated variant specs. Variants without a decoder are decoded statelessly
+    /// (the whole cache through the batch call, one query per token).
+    #[arg(long, value_name = "SPEC,...", default_value = DECODE_VARIANTS)]
+    pub(super) variants: String,
+    /// Prompt lengths: a list or a doubling range A..B. Default: 1K, 4K, ..., 1M (Gaussian
+    /// and structured inputs); 1K, 2K, ... and the longest that fits (npy inputs); 1K, 4K
+    /// with --quick.
+    #[arg(long, value_name = "LIST|A..B", value_parser = parse_lengths)]
+    pub(super) contexts: Option<Lengths>,
+    /// Tokens generated (and timed) per cell. Default: 32 (8 with --quick).
+    #[arg(long)]
+    pub(super) tokens: Option<usize>,
+    /// Query heads (Gaussian inputs).
+    #[arg(long, default_value_t = 8)]
+    pub(super) heads: usize,
+    /// KV heads (Gaussian inputs).
+    #[arg(long, default_value_t = 2)]
+    pub(super) kv_heads: usize,
+    /// Head dimension (Gaussian inputs).
+    #[arg(long, default_value_t = 64)]
+    pub(super) head_dim: usize,
+    /// Inputs: `gaussian`, `structured(layer=15)` or `npy:DIR` (e.g. npy:tests/data/lm).
+    #[arg(long, default_value = "gaussian", value_parser = parse_workload)]
+    pub(super) workload: Workload,
+    /// KV stores, comma-separated: f32, f16, bf16.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "f32,f16",
+        value_parser = parse_store
+    )]
+    pub(super) kv: Vec<KvStore>,
+    /// Decode every variant statelessly, through the batch call, for comparison.
+    #[arg(long)]
+    pub(super) stateless: bool,
+    /// Skip cells whose cache, or a run whose inputs, would exceed this many bytes
+    /// (suffixes K, M, G). Default: 6G.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(super) max_memory: Option<u64>,
+    /// Generate fewer tokens (at least 3) in a cell whose first token implies more than this
+    /// many seconds for all of them. Default: 20.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub(super) cell_seconds: Option<f64>,
+    /// Worker threads; default: all cores.
+    #[arg(long)]
+    pub(super) threads: Option<usize>,
+    /// Seed of the inputs.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    /// Directory for the CSV and JSON. Default: results.
+    #[arg(long, default_value = "results")]
+    pub(super) out: PathBuf,
+    /// Label appended to the run id.
+    #[arg(long, default_value = "decode")]
+    pub(super) label: String,
+    /// Only write results, no report.
+    #[arg(long)]
+    pub(super) no_report: bool,
+    /// Two short contexts and few tokens, for a smoke run.
+    #[arg(long)]
+    pub(super) quick: bool,
+}
+
+/// The decode configuration of `args` over [`DecodeConfig::default`].
+pub(super) fn decode_config(args: &DecodeArgs) -> Result<DecodeConfig, String> {
+    let base = DecodeConfig::default();
+    let npy_len = match &args.workload {
+        Workload::Npy { dir } => Some(
+            crate::workload::load_npy_dir(dir)
+                .map_err(|e| e.to_string())?
+                .qkv
+                .k
+                .dim()
+                .2,
+        ),
+        _ => None,
+    };
+    let tokens = args
+        .tokens
+        .unwrap_or(if args.quick { 8 } else { base.tokens });
+    if tokens == 0 {
+        return Err("--tokens must be at least 1".into());
+    }
+    let contexts = match (&args.contexts, npy_len) {
+        (Some(c), _) => c.0.clone(),
+        (None, _) if args.quick => vec![1 << 10, 1 << 12],
+        (None, Some(n)) => {
+            let last = n.checked_sub(tokens).filter(|&l| l >= 1).ok_or_else(|| {
+                format!("the workload has {n} tokens, fewer than --tokens {tokens} plus one")
+            })?;
+            let mut c: Vec<usize> = (10..)
+                .map(|e| 1usize << e)
+                .take_while(|&c| c < last)
+                .collect();
+            c.push(last);
+            c
+        }
+        (None, None) => base.contexts.clone(),
+    };
+    Ok(DecodeConfig {
+        contexts,
+        tokens,
+        heads: args.heads,
+        kv_heads: args.kv_heads,
+        head_dim: args.head_dim,
+        workload: args.workload.clone(),
+        stores: args.kv.clone(),
+        stateless: args.stateless,
+        memory_budget: args.max_memory.unwrap_or(base.memory_budget),
+        cell_budget_s: args.cell_seconds.unwrap_or(base.cell_budget_s),
+        seed: args.seed,
+        threads: args.threads.unwrap_or(base.threads),
+        out_dir: args.out.clone(),
+        label: args.label.clone(),
+    })
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +368,10 @@ fn parse_oracle_rows(text: &str) -> Result<OracleRows, String> {
 pub(super) const RUN_WORKLOAD: &str = "npy:tests/data/lm";
 
 fn parse_workload(text: &str) -> Result<Workload, String> {
+    text.parse().map_err(|e: crate::Error| e.to_string())
+}
+
+fn parse_store(text: &str) -> Result<KvStore, String> {
     text.parse().map_err(|e: crate::Error| e.to_string())
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::args::{MapsArgs, SweepArgs, sweep_config};
+use super::args::{DecodeArgs, MapsArgs, SweepArgs, decode_config, sweep_config};
 use super::progress::{print_summary, run_with_progress};
 use crate::attention::{Attention, Fidelity, Options};
 use crate::check::{self, Outcome};
@@ -217,6 +217,91 @@ pub(super) fn sweep(
             if flagged > 0 {
                 eprintln!(
                     "error: {flagged} cell(s) flagged: an exact variant differs from the oracle under its own pattern (see the status column)"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(code)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+pub(super) fn decode(registry: &Registry, args: DecodeArgs) -> io::Result<ExitCode> {
+    let variants = match registry.build_list(&args.variants) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let cfg = match decode_config(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let width = variants
+        .iter()
+        .map(|v| v.to_string().len())
+        .max()
+        .unwrap_or(7);
+    println!(
+        "{:<width$} {:<9} {:<4} {:>8} {:>26} {:>10} {:>6} {:>9} {:>9}  status",
+        "variant",
+        "mode",
+        "kv",
+        "context",
+        "us/token [95% interval]",
+        "state MiB",
+        "read %",
+        "err own",
+        "err dense"
+    );
+    let line = |r: &crate::harness::decode::DecodeRecord| {
+        let time = if r.us_per_token.is_finite() {
+            format!("{:.1} [{:.1}, {:.1}]", r.us_per_token, r.us_lo, r.us_hi)
+        } else {
+            "-".into()
+        };
+        let num = |x: f64, f: &dyn Fn(f64) -> String| if x.is_finite() { f(x) } else { "-".into() };
+        let status = if r.reason.is_empty() {
+            r.status.clone()
+        } else {
+            format!("{}: {}", r.status, r.reason)
+        };
+        println!(
+            "{:<width$} {:<9} {:<4} {:>8} {:>26} {:>10.2} {:>6} {:>9} {:>9}  {status}",
+            r.variant,
+            r.mode,
+            r.kv,
+            r.context,
+            time,
+            r.state_bytes as f64 / (1u64 << 20) as f64,
+            num(r.read_fraction, &|x| format!("{:.0}", 100.0 * x)),
+            num(r.err_own, &|x| format!("{x:.2e}")),
+            num(r.err_median, &|x| format!("{x:.2e}")),
+        );
+    };
+    let mut flagged = 0;
+    let run = crate::harness::decode::run_decode(&cfg, &variants, |r| {
+        flagged += usize::from(r.status == "flagged");
+        line(r)
+    });
+    match run {
+        Ok(run) => {
+            println!("results: {} ({})", run.csv.display(), run.json.display());
+            let code = if args.no_report {
+                ExitCode::SUCCESS
+            } else {
+                report(std::slice::from_ref(&run.csv), None)?
+            };
+            if flagged > 0 {
+                eprintln!(
+                    "error: {flagged} cell(s) flagged: an exact decoder with an f32 cache differs from the oracle under its own pattern"
                 );
                 return Ok(ExitCode::FAILURE);
             }

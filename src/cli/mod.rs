@@ -1,6 +1,6 @@
 //! The `attnbench` command line as a library entry point.
 //!
-//! [`main`] runs the whole CLI (`list`, `check`, `sweep`, `report`, `run`, `maps`) over any
+//! [`main`] runs the whole CLI (`list`, `check`, `sweep`, `report`, `run`, `maps`, `decode`) over any
 //! [`Registry`], so a crate that registers its own variants gets every command for them in a
 //! few lines, as `criterion_main!` does for benches:
 //!
@@ -66,6 +66,7 @@ where
         Command::Run(args) => commands::sweep(&registry, *args, true),
         Command::Report { csv, out } => commands::report(&csv, out.as_deref()),
         Command::Maps(args) => commands::maps(&registry, args),
+        Command::Decode(args) => commands::decode(&registry, *args),
     };
     match result {
         Ok(code) => code,

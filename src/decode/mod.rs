@@ -147,7 +147,7 @@ impl DecodeOptions {
         Err(ErrorKind::Unsupported {
             variant: variant.to_string(),
             reasons: vec![format!(
-                "{variant} keeps no KV cache, so a {} cache does not apply",
+                "{variant} keeps no KV cache, so the {} store does not apply",
                 self.kv
             )],
         }

@@ -7,6 +7,7 @@
 pub mod artefacts;
 mod cell;
 mod config;
+pub mod decode;
 mod inputs;
 pub mod machine;
 pub mod maps;

@@ -9,12 +9,14 @@
 //! - [`charts`]: plotters rendering with a bundled font.
 //! - `figures`: one builder per chart and [`FIGURES`], the list of what a report draws.
 //! - `markdown`: `report.md`; `format`: number formatting.
+//! - [`decode`]: the report of a generation benchmark (`attnbench decode`).
 //! - `gallery`: the pattern previews and the attention-map gallery from the artefacts.
 //!
 //! [`write_report`] is the entry point.
 
 pub mod charts;
 pub mod data;
+pub mod decode;
 mod figures;
 pub mod fit;
 mod format;
@@ -64,6 +66,21 @@ pub fn write_report(csvs: &[PathBuf], out: Option<&Path>) -> Result<ReportOutput
         return Err(Error::new(ErrorKind::NoInput {
             what: "results CSV files to report",
         }));
+    }
+    let decodes = csvs
+        .iter()
+        .map(|p| decode::is_decode_csv(p))
+        .collect::<Result<Vec<bool>>>()?;
+    if decodes.iter().any(|&d| d) {
+        if !decodes.iter().all(|&d| d) {
+            return Err(Error::new(ErrorKind::BadOption {
+                option: "csv",
+                message: "a generation benchmark's results (attnbench decode) and a sweep's cannot share one report".into(),
+            }));
+        }
+        let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+        let markdown = decode::write(csvs, &dir)?;
+        return Ok(ReportOutput { dir, markdown });
     }
     let results = read_results(csvs)?;
     let previews = gallery::previews(csvs)?;

@@ -3,4 +3,5 @@
 //! report reads them, and this module imports neither.
 
 pub mod artefacts;
+pub mod decode;
 pub mod record;

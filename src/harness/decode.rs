@@ -1,0 +1,727 @@
+//! The generation benchmark: per context length, prefill a prompt of that many tokens, then
+//! generate (attend) `tokens` more one at a time, for each variant and KV store, measuring
+//! the time of every step, the decoder's state bytes, the bytes each step read (as a
+//! fraction of the same-run measured read bandwidth) and the error of every generated output
+//! against dense f64 attention over the same tokens.
+//!
+//! Variants without a [`Decoder`] are decoded by [`Stateless`]: the cache kept as arrays and
+//! the whole of it passed to [`attention::run`] with one query per call, which is what
+//! decoding through the batch interface costs (`mode = stateless` in the results).
+//!
+//! Inputs are one stream of keys and values of the longest context plus `tokens`, of which
+//! every context takes a prefix (so the contexts share their tokens), and the queries of the
+//! generated positions: Gaussian, the structured LLM-like generator, or real activations
+//! (`npy:`), whose contexts end at the data's length.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4, ArrayViewMut3, Axis, s};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::machine::measure_limits;
+use super::runfiles::{create_run_files, utc_iso, utc_stamp};
+use crate::attention::{self, Attention, Fidelity, Problem};
+use crate::decode::{DecodeOptions, Decoder, KvStore};
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::Options;
+use crate::results::artefacts::write_json;
+use crate::results::decode::csv_error;
+pub use crate::results::decode::{DecodeMeta, DecodeRecord, read_decode_csv};
+use crate::results::record::{Limits, Machine};
+use crate::shape::Shape;
+use crate::workload::structured::Calibration;
+use crate::workload::{Workload, load_npy_dir};
+
+/// What a generation benchmark runs.
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    /// Prompt lengths (the context each generated token sees, up to `tokens` more).
+    pub contexts: Vec<usize>,
+    /// Tokens generated per cell (each one timed).
+    pub tokens: usize,
+    /// Query heads, KV heads and head dimension of Gaussian inputs (the structured and npy
+    /// workloads have their own).
+    pub heads: usize,
+    /// KV heads (Gaussian).
+    pub kv_heads: usize,
+    /// Head dimension (Gaussian).
+    pub head_dim: usize,
+    /// Where the inputs come from.
+    pub workload: Workload,
+    /// KV stores to run (stores a decoder refuses are recorded as skipped).
+    pub stores: Vec<KvStore>,
+    /// Decode every variant statelessly (for comparison), not through its decoder.
+    pub stateless: bool,
+    /// Cells whose state or inputs would exceed this many bytes are skipped.
+    pub memory_budget: u64,
+    /// A cell whose first step implies more than this many seconds for all `tokens` times
+    /// fewer tokens (at least 3), recorded in its row.
+    pub cell_budget_s: f64,
+    /// The input seed.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Where results go.
+    pub out_dir: PathBuf,
+    /// The run's label (file names).
+    pub label: String,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            contexts: vec![1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20],
+            tokens: 32,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 64,
+            workload: Workload::Gaussian { scale: 1.0 },
+            stores: vec![KvStore::F32, KvStore::F16],
+            stateless: false,
+            memory_budget: 6 << 30,
+            cell_budget_s: 20.0,
+            seed: 0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            out_dir: PathBuf::from("results"),
+            label: "decode".into(),
+        }
+    }
+}
+
+/// The files a run wrote.
+#[derive(Debug, Clone)]
+pub struct DecodeRun {
+    /// Run id.
+    pub run_id: String,
+    /// The CSV.
+    pub csv: PathBuf,
+    /// The JSON metadata.
+    pub json: PathBuf,
+}
+
+/// Decodes any variant through [`attention::run`]: the cache as `[batch, kv_heads, cap,
+/// d]` arrays and every step one causal call with one query over all of it.
+pub struct Stateless<'a> {
+    variant: &'a dyn Attention,
+    shape: Shape,
+    scale: Option<f32>,
+    k: Array4<f32>,
+    v: Array4<f32>,
+    len: usize,
+}
+
+impl<'a> Stateless<'a> {
+    /// A stateless decoder of `variant` holding up to `capacity` tokens (it grows beyond).
+    pub fn new(variant: &'a dyn Attention, shape: &Shape, opts: &DecodeOptions) -> Result<Self> {
+        opts.check()?;
+        opts.refuse_store(&variant.to_string())?;
+        let cap = opts.capacity.max(1);
+        let (b, hk) = (shape.batch(), shape.kv_heads());
+        Ok(Self {
+            variant,
+            shape: *shape,
+            scale: opts.scale,
+            k: Array4::zeros((b, hk, cap, shape.head_dim())),
+            v: Array4::zeros((b, hk, cap, shape.v_dim())),
+            len: 0,
+        })
+    }
+
+    fn reserve(&mut self, n: usize) {
+        let cap = self.k.dim().2;
+        if n <= cap {
+            return;
+        }
+        let new = n.max(2 * cap);
+        let grow = |a: &Array4<f32>| {
+            let (b, h, _, d) = a.dim();
+            let mut g = Array4::zeros((b, h, new, d));
+            g.slice_mut(s![.., .., ..cap, ..]).assign(a);
+            g
+        };
+        self.k = grow(&self.k);
+        self.v = grow(&self.v);
+    }
+}
+
+impl Decoder for Stateless<'_> {
+    fn prefill(&mut self, k: ArrayView4<'_, f32>, v: ArrayView4<'_, f32>) -> Result<()> {
+        crate::decode::check_prefill(&self.shape, &k, &v)?;
+        let p = k.dim().2;
+        self.reserve(self.len + p);
+        self.k
+            .slice_mut(s![.., .., self.len..self.len + p, ..])
+            .assign(&k);
+        self.v
+            .slice_mut(s![.., .., self.len..self.len + p, ..])
+            .assign(&v);
+        self.len += p;
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        q: ArrayView3<'_, f32>,
+        k: ArrayView3<'_, f32>,
+        v: ArrayView3<'_, f32>,
+        mut out: ArrayViewMut3<'_, f32>,
+    ) -> Result<()> {
+        crate::decode::check_step(&self.shape, &q, &k, &v, &out)?;
+        self.reserve(self.len + 1);
+        self.k.slice_mut(s![.., .., self.len, ..]).assign(&k);
+        self.v.slice_mut(s![.., .., self.len, ..]).assign(&v);
+        self.len += 1;
+        let mut opts = Options::new().causal(true);
+        if let Some(sc) = self.scale {
+            opts = opts.scale(sc);
+        }
+        let n = self.len;
+        let problem = Problem::new(
+            q.insert_axis(Axis(2)),
+            self.k.slice(s![.., .., ..n, ..]),
+            self.v.slice(s![.., .., ..n, ..]),
+            opts,
+        )?;
+        let (b, h, dv) = out.dim();
+        let mut o = Array4::zeros((b, h, 1, dv));
+        attention::run(self.variant, &problem, o.view_mut())?;
+        out.assign(&o.index_axis(Axis(2), 0));
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn state_bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * 4
+    }
+
+    fn bytes_read(&self) -> usize {
+        self.len
+            * self.shape.batch()
+            * self.shape.kv_heads()
+            * (self.shape.head_dim() + self.shape.v_dim())
+            * 4
+    }
+}
+
+/// The token stream: keys and values of every position, queries of the generated ones.
+struct Stream {
+    shape: Shape,
+    k: Array4<f32>,
+    v: Array4<f32>,
+    /// Queries at `context..context + tokens` for one context at a time.
+    queries: Box<dyn Fn(usize, usize) -> Array4<f32> + Sync>,
+    name: String,
+}
+
+fn stream(cfg: &DecodeConfig, len: usize) -> Result<Stream> {
+    let t = cfg.tokens;
+    match &cfg.workload {
+        Workload::Gaussian { scale } => {
+            let shape = Shape::new(1, cfg.heads, cfg.kv_heads, 1, 1, cfg.head_dim, cfg.head_dim)?;
+            let draw = |dims: (usize, usize, usize, usize), sc: f32, seed: u64| {
+                let mut r = StdRng::seed_from_u64(seed);
+                Array4::from_shape_simple_fn(dims, || {
+                    let x: f32 = StandardNormal.sample(&mut r);
+                    x * sc
+                })
+            };
+            let (h, hk, d, sc, seed) = (cfg.heads, cfg.kv_heads, cfg.head_dim, *scale, cfg.seed);
+            Ok(Stream {
+                shape,
+                k: draw((1, hk, len, d), sc, seed),
+                v: draw((1, hk, len, d), 1.0, seed + 1),
+                queries: Box::new(move |ctx, n| draw((1, h, n, d), sc, seed + 2 + ctx as u64)),
+                name: cfg.workload.to_string(),
+            })
+        }
+        Workload::Structured { layer } => {
+            let cal = Calibration::builtin().layer(*layer).ok_or_else(|| {
+                Error::bad_spec(cfg.workload.to_string(), "no such calibrated layer")
+            })?;
+            let (h, hk) = (cal.heads(), cal.kv_heads());
+            let shape = Shape::new(1, h, hk, 1, 1, 64, 64)?;
+            let mut k = Array4::zeros((1, hk, len, 64));
+            let mut v = Array4::zeros((1, hk, len, 64));
+            for g in 0..hk {
+                k.slice_mut(s![0, g, .., ..])
+                    .assign(&cal.keys(cfg.seed, g, len));
+                v.slice_mut(s![0, g, .., ..])
+                    .assign(&cal.values(cfg.seed, g, len));
+            }
+            let cal = cal.clone();
+            let seed = cfg.seed;
+            Ok(Stream {
+                shape,
+                k,
+                v,
+                queries: Box::new(move |ctx, n| {
+                    let rows: Vec<usize> = (ctx..ctx + n).collect();
+                    let mut q = Array4::zeros((1, h, n, 64));
+                    for head in 0..h {
+                        q.slice_mut(s![0, head, .., ..]).assign(&cal.queries(
+                            &cal.heads[head],
+                            seed,
+                            head,
+                            &rows,
+                        ));
+                    }
+                    q
+                }),
+                name: cfg.workload.to_string(),
+            })
+        }
+        Workload::Npy { dir } => {
+            let data = load_npy_dir(dir)?;
+            let qkv = data.qkv;
+            let (b, h, n, d) = qkv.q.dim();
+            let (_, hk, _, dv) = qkv.v.dim();
+            let shape = Shape::new(b, h, hk, 1, 1, d, dv)?;
+            let len = len.min(n);
+            let q = qkv.q;
+            let _ = t;
+            Ok(Stream {
+                shape,
+                k: qkv.k.slice(s![.., .., ..len, ..]).to_owned(),
+                v: qkv.v.slice(s![.., .., ..len, ..]).to_owned(),
+                queries: Box::new(move |ctx, m| q.slice(s![.., .., ctx..ctx + m, ..]).to_owned()),
+                name: cfg.workload.to_string(),
+            })
+        }
+    }
+}
+
+/// `bytes` in MiB or GiB for messages.
+fn fmt_bytes(bytes: u64) -> String {
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+/// The oracles a cell is compared with: dense causal attention, and for an exact variant
+/// the oracle under its own pattern.
+struct References<'a> {
+    dense: &'a Array4<f64>,
+    own: Option<&'a Array4<f64>>,
+}
+
+/// `||got - want||_F / ||want||_F` (the absolute norm when `want` is zero).
+fn rel_frobenius(got: &Array4<f32>, want: &Array4<f64>) -> f64 {
+    let (mut e, mut w) = (0.0f64, 0.0f64);
+    for (&a, &b) in got.iter().zip(want) {
+        e += (f64::from(a) - b).powi(2);
+        w += b * b;
+    }
+    if w > 0.0 { (e / w).sqrt() } else { e.sqrt() }
+}
+
+/// The error of each output row relative to its reference's norm: `(max, median)`.
+fn row_errors(got: &Array4<f32>, want: &Array4<f64>) -> (f64, f64) {
+    let dv = want.dim().3;
+    let mut errs: Vec<f64> = got
+        .to_shape((got.len() / dv, dv))
+        .expect("contiguous")
+        .outer_iter()
+        .zip(
+            want.to_shape((want.len() / dv, dv))
+                .expect("contiguous")
+                .outer_iter(),
+        )
+        .map(|(a, b)| {
+            let nb = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let e = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| (f64::from(x) - y).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if nb > 0.0 { e / nb } else { e }
+        })
+        .collect();
+    errs.sort_by(f64::total_cmp);
+    (
+        errs.last().copied().unwrap_or(f64::NAN),
+        crate::stats::median(&errs).unwrap_or(f64::NAN),
+    )
+}
+
+/// The median of `xs` with a 95% distribution-free interval: the order statistics at
+/// `n/2 -+ 1.96 sqrt(n)/2` (the binomial's normal approximation), clipped to the sample.
+pub fn median_interval(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let half = 1.96 * (n as f64).sqrt() / 2.0;
+    let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
+    let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
+    (crate::stats::median(&v).unwrap_or(f64::NAN), v[lo], v[hi])
+}
+
+/// Runs the benchmark over `variants`, writing `<out_dir>/<stamp>-<label>.csv` and `.json`
+/// (never overwriting), one CSV row per cell as it completes. `progress` is told each cell.
+pub fn run_decode(
+    cfg: &DecodeConfig,
+    variants: &[Box<dyn Attention>],
+    progress: impl FnMut(&DecodeRecord) + Send,
+) -> Result<DecodeRun> {
+    if cfg.contexts.is_empty() || cfg.tokens == 0 || variants.is_empty() {
+        return Err(ErrorKind::NoInput {
+            what: "contexts, tokens and variants to decode",
+        }
+        .into());
+    }
+    if cfg.threads == 0 {
+        return Err(ErrorKind::BadOption {
+            option: "threads",
+            message: "at least one worker thread is needed".into(),
+        }
+        .into());
+    }
+    if cfg.stores.is_empty() {
+        return Err(ErrorKind::NoInput {
+            what: "KV stores to decode with",
+        }
+        .into());
+    }
+    let longest = cfg.contexts.iter().max().copied().unwrap_or(0) + cfg.tokens;
+    // The inputs are the run's first allocation: refuse a stream beyond the budget.
+    let (kv_heads, head_dim) = match &cfg.workload {
+        Workload::Gaussian { .. } => (cfg.kv_heads, cfg.head_dim),
+        Workload::Structured { .. } => (3, crate::workload::structured::HEAD_DIM),
+        // Files already in memory bound their own size.
+        Workload::Npy { .. } => (0, 0),
+    };
+    let stream_bytes = longest as u64 * kv_heads as u64 * 2 * head_dim as u64 * 4;
+    if stream_bytes > cfg.memory_budget {
+        return Err(ErrorKind::BadOption {
+            option: "contexts",
+            message: format!(
+                "the inputs of {longest} tokens need {}, beyond the memory budget of {}",
+                fmt_bytes(stream_bytes),
+                fmt_bytes(cfg.memory_budget)
+            ),
+        }
+        .into());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .build()
+        .map_err(|e| {
+            Error::new(ErrorKind::BadOption {
+                option: "threads",
+                message: e.to_string(),
+            })
+        })?;
+    pool.install(|| run_in_pool(cfg, variants, progress))
+}
+
+fn run_in_pool(
+    cfg: &DecodeConfig,
+    variants: &[Box<dyn Attention>],
+    mut progress: impl FnMut(&DecodeRecord),
+) -> Result<DecodeRun> {
+    let longest = cfg.contexts.iter().max().copied().unwrap_or(0) + cfg.tokens;
+    let st = stream(cfg, longest)?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let limits = measure_limits();
+    let (run_id, csv_path, json_path, file) =
+        create_run_files(&cfg.out_dir, &utc_stamp(started), &cfg.label)?;
+    let mut writer = csv::Writer::from_writer(file);
+    let shape = st.shape;
+    let mut meta = DecodeMeta {
+        run_id: run_id.clone(),
+        started_utc: utc_iso(started),
+        duration_s: 0.0,
+        machine: Machine::detect(),
+        limits: limits.clone(),
+        command_line: std::env::args().collect(),
+        workload: st.name.clone(),
+        shape: [
+            shape.batch(),
+            shape.heads(),
+            shape.kv_heads(),
+            shape.head_dim(),
+            shape.v_dim(),
+        ],
+        contexts: cfg.contexts.clone(),
+        tokens: cfg.tokens,
+        variants: variants.iter().map(|v| v.to_string()).collect(),
+        threads: rayon::current_num_threads(),
+        seed: cfg.seed,
+    };
+    write_json(&json_path, &meta)?;
+    let available = st.k.dim().2;
+    let inputs = ((st.k.len() + st.v.len()) * 4) as u64;
+    for &ctx in &cfg.contexts {
+        let end = ctx + cfg.tokens;
+        let base = DecodeRecord {
+            variant: String::new(),
+            fidelity: String::new(),
+            mode: String::new(),
+            kv: String::new(),
+            context: ctx,
+            tokens: 0,
+            prefill_s: f64::NAN,
+            us_per_token: f64::NAN,
+            us_lo: f64::NAN,
+            us_hi: f64::NAN,
+            state_bytes: 0,
+            bytes_per_token: 0,
+            read_fraction: f64::NAN,
+            err_max: f64::NAN,
+            err_median: f64::NAN,
+            err_own: f64::NAN,
+            status: "skipped".into(),
+            reason: String::new(),
+        };
+        if end > available {
+            for v in variants {
+                for &store in &cfg.stores {
+                    let r = DecodeRecord {
+                        variant: v.to_string(),
+                        fidelity: v.fidelity().to_string(),
+                        kv: store.to_string(),
+                        reason: format!(
+                            "the workload has {available} tokens, the cell needs {end}"
+                        ),
+                        ..base.clone()
+                    };
+                    writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
+                    progress(&r);
+                }
+            }
+            continue;
+        }
+        let q = (st.queries)(ctx, cfg.tokens);
+        let k = st.k.slice(s![.., .., ..end, ..]);
+        let v = st.v.slice(s![.., .., ..end, ..]);
+        let problem = Problem::new(q.view(), k, v, Options::new().causal(true))?;
+        let dense = crate::oracle::oracle(&problem, None);
+        for variant in variants {
+            // Exact variants are also measured against their own pattern.
+            let own = match (variant.fidelity(), variant.pattern()) {
+                (Fidelity::Exact, Some(p)) => Some(crate::oracle::oracle(&problem, Some(p))),
+                (Fidelity::Exact, None) => Some(dense.clone()),
+                _ => None,
+            };
+            let refs = References {
+                dense: &dense,
+                own: own.as_ref(),
+            };
+            for &store in &cfg.stores {
+                let r = cell(
+                    cfg,
+                    &limits,
+                    variant.as_ref(),
+                    store,
+                    &shape,
+                    ctx,
+                    &q,
+                    k,
+                    v,
+                    &refs,
+                    inputs,
+                    &base,
+                );
+                writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
+                writer.flush().map_err(|e| Error::io(&csv_path, e))?;
+                progress(&r);
+            }
+        }
+    }
+    writer.flush().map_err(|e| Error::io(&csv_path, e))?;
+    let mut file = writer
+        .into_inner()
+        .map_err(|e| Error::io(&csv_path, std::io::Error::other(e.to_string())))?;
+    file.flush().map_err(|e| Error::io(&csv_path, e))?;
+    meta.duration_s = t0.elapsed().as_secs_f64();
+    // The JSON was created empty-then-written above; rewriting it with the duration is the
+    // one in-place write, to a file this run created.
+    write_json(&json_path, &meta)?;
+    Ok(DecodeRun {
+        run_id,
+        csv: csv_path,
+        json: json_path,
+    })
+}
+
+/// One cell: build, prefill, step `tokens` times, compare.
+#[allow(clippy::too_many_arguments)]
+fn cell(
+    cfg: &DecodeConfig,
+    limits: &Limits,
+    variant: &dyn Attention,
+    store: KvStore,
+    shape: &Shape,
+    ctx: usize,
+    q: &Array4<f32>,
+    k: ArrayView4<'_, f32>,
+    v: ArrayView4<'_, f32>,
+    refs: &References<'_>,
+    inputs: u64,
+    base: &DecodeRecord,
+) -> DecodeRecord {
+    let reference = refs.dense;
+    let mut r = DecodeRecord {
+        variant: variant.to_string(),
+        fidelity: variant.fidelity().to_string(),
+        kv: store.to_string(),
+        ..base.clone()
+    };
+    let opts = DecodeOptions {
+        kv: store,
+        capacity: ctx + cfg.tokens,
+        ..DecodeOptions::default()
+    };
+    // Guard rail: a cache of every token must fit beside the inputs (`inputs` bytes). Which
+    // decoders keep one is known before building any (a decoder allocates its capacity):
+    // all but the recurrent states and the ring buffers of streaming patterns.
+    let bounded = !cfg.stateless
+        && (variant.pattern().is_some_and(|p| p.streaming().is_some())
+            || matches!(
+                variant.fidelity(),
+                Fidelity::OtherKernel | Fidelity::Approximate
+            ));
+    let per_token = (shape.batch() * shape.kv_heads() * (shape.head_dim() + shape.v_dim())) as u64;
+    let fits = |bytes: u64| -> std::result::Result<(), String> {
+        let need = per_token * (ctx + cfg.tokens) as u64 * bytes;
+        if bounded || need + inputs <= cfg.memory_budget {
+            Ok(())
+        } else {
+            Err(format!(
+                "its cache of {} beside the inputs' {} exceeds the memory budget of {}",
+                fmt_bytes(need),
+                fmt_bytes(inputs),
+                fmt_bytes(cfg.memory_budget)
+            ))
+        }
+    };
+    if let Err(reason) = fits(store.bytes() as u64) {
+        r.mode = "stateful".into();
+        r.reason = reason;
+        return r;
+    }
+    let stateful = if cfg.stateless {
+        None
+    } else {
+        variant.decoder(shape, &opts)
+    };
+    r.mode = if stateful.is_some() {
+        "stateful"
+    } else {
+        "stateless"
+    }
+    .into();
+    // The stateless fallback keeps f32 arrays whatever the store.
+    if stateful.is_none()
+        && let Err(reason) = fits(4)
+    {
+        r.reason = reason;
+        return r;
+    }
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<DecodeRecord> {
+            let mut dec: Box<dyn Decoder + '_> = match stateful {
+                Some(d) => d?,
+                None => Box::new(Stateless::new(variant, shape, &opts)?),
+            };
+            let t = Instant::now();
+            dec.prefill(
+                k.slice(s![.., .., ..ctx, ..]),
+                v.slice(s![.., .., ..ctx, ..]),
+            )?;
+            let prefill_s = t.elapsed().as_secs_f64();
+            let (b, h, _, dv) = reference.dim();
+            let mut outs = Array4::<f32>::zeros((b, h, cfg.tokens, dv));
+            let mut times = Vec::with_capacity(cfg.tokens);
+            let mut o = Array3::zeros((b, h, dv));
+            let mut planned = cfg.tokens;
+            for i in 0..cfg.tokens {
+                if i >= planned {
+                    break;
+                }
+                let pos = ctx + i;
+                let t = Instant::now();
+                dec.step(
+                    q.slice(s![.., .., i, ..]),
+                    k.slice(s![.., .., pos, ..]),
+                    v.slice(s![.., .., pos, ..]),
+                    o.view_mut(),
+                )?;
+                let dt = t.elapsed().as_secs_f64();
+                times.push(dt);
+                outs.slice_mut(s![.., .., i, ..]).assign(&o);
+                if i == 0 && dt * cfg.tokens as f64 > cfg.cell_budget_s {
+                    planned = ((cfg.cell_budget_s / dt) as usize).clamp(3, cfg.tokens);
+                }
+            }
+            let n = times.len();
+            let (med, lo, hi) = median_interval(&times);
+            let got = outs.slice(s![.., .., ..n, ..]).to_owned();
+            let (emax, emed) = row_errors(&got, &reference.slice(s![.., .., ..n, ..]).to_owned());
+            let err_own = refs.own.map_or(f64::NAN, |own| {
+                rel_frobenius(&got, &own.slice(s![.., .., ..n, ..]).to_owned())
+            });
+            // NaN (an own reference but no finite error) is flagged too.
+            let within = err_own <= crate::check::EXACT_TOLERANCE;
+            let flagged = store == KvStore::F32 && refs.own.is_some() && !within;
+            let read = dec.bytes_read() as u64;
+            Ok(DecodeRecord {
+                tokens: n,
+                prefill_s,
+                us_per_token: med * 1e6,
+                us_lo: lo * 1e6,
+                us_hi: hi * 1e6,
+                state_bytes: dec.state_bytes() as u64,
+                bytes_per_token: read,
+                read_fraction: read as f64 / med / (limits.read_gbytes_per_s * 1e9),
+                err_max: emax,
+                err_median: emed,
+                err_own,
+                status: if flagged { "flagged" } else { "ok" }.into(),
+                reason: if n < cfg.tokens {
+                    format!(
+                        "{n} of {} tokens: the first took {:.2} s",
+                        cfg.tokens, times[0]
+                    )
+                } else {
+                    String::new()
+                },
+                ..r.clone()
+            })
+        }));
+    match result {
+        Ok(Ok(rec)) => rec,
+        Ok(Err(e)) => {
+            let refused = matches!(e.kind(), ErrorKind::Unsupported { .. });
+            r.status = if refused { "skipped" } else { "error" }.into();
+            r.reason = e.to_string();
+            r
+        }
+        Err(p) => {
+            r.status = "error".into();
+            r.reason = format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("?")
+            );
+            r
+        }
+    }
+}
