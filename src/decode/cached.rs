@@ -31,6 +31,62 @@ const SERIAL_SLOTS: usize = 4096;
 /// The smallest piece of a parallel scan, in slots.
 const MIN_PIECE: usize = 2048;
 
+/// The largest piece, in slots. A scan accumulates in f32, whose rounding error grows as the
+/// square root of the keys summed (measured on Gaussian inputs: 6e-7 relative at 1K keys,
+/// 1.3e-5 over pieces of 256K at a 1M context); pieces meet in f64 ([`GroupSum`]), so capping
+/// them bounds the error at any context.
+const MAX_PIECE: usize = 4096;
+
+/// A query group's state summed over pieces in f64: the exact merge of [`KvPartial`]s, with
+/// no rounding between pieces.
+struct GroupSum {
+    dv: usize,
+    m: Vec<f64>,
+    l: Vec<f64>,
+    acc: Vec<f64>,
+}
+
+impl GroupSum {
+    fn new(g: usize, dv: usize) -> Self {
+        Self {
+            dv,
+            m: vec![f64::NEG_INFINITY; g],
+            l: vec![0.0; g],
+            acc: vec![0.0; g * dv],
+        }
+    }
+
+    fn add(&mut self, p: &KvPartial) {
+        for i in 0..self.m.len() {
+            let pm = f64::from(p.m[i]);
+            if pm == f64::NEG_INFINITY {
+                continue;
+            }
+            let m = self.m[i].max(pm);
+            // exp(-inf) = 0 rescales an empty sum away.
+            let (a, b) = ((self.m[i] - m).exp(), (pm - m).exp());
+            self.l[i] = self.l[i] * a + f64::from(p.l[i]) * b;
+            let rows = i * self.dv..(i + 1) * self.dv;
+            for (x, &y) in self.acc[rows.clone()].iter_mut().zip(&p.acc[rows]) {
+                *x = *x * a + f64::from(y) * b;
+            }
+            self.m[i] = m;
+        }
+    }
+
+    /// Query `i`'s normalized output (zero when it saw no key).
+    fn write(&self, i: usize, out: &mut [f32]) {
+        let inv = if self.l[i] > 0.0 {
+            1.0 / self.l[i]
+        } else {
+            0.0
+        };
+        for (o, &a) in out.iter_mut().zip(&self.acc[i * self.dv..]) {
+            *o = (a * inv) as f32;
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Buf {
     F32(Vec<f32>),
@@ -355,13 +411,14 @@ impl Decoder for Cached {
         let total: usize = ranges.iter().map(|(_, r)| r.len()).sum();
         self.last_read = total * bn * hk * (d + dv) * self.main[0].store.bytes();
         let threads = rayon::current_num_threads();
-        let piece = if total * bn * hk <= SERIAL_SLOTS || threads == 1 {
-            usize::MAX
+        let serial = total * bn * hk <= SERIAL_SLOTS || threads == 1;
+        let piece = if serial {
+            MAX_PIECE
         } else {
             // At least two pieces per thread over all caches, each a whole number of blocks.
             (total * bn * hk)
                 .div_ceil(2 * threads)
-                .max(MIN_PIECE)
+                .clamp(MIN_PIECE, MAX_PIECE)
                 .next_multiple_of(KV_BLOCK)
         };
         let mut pieces = Vec::new();
@@ -389,21 +446,17 @@ impl Decoder for Cached {
             );
             (*c, st)
         };
-        let parts: Vec<(usize, KvPartial)> = if piece == usize::MAX {
+        let parts: Vec<(usize, KvPartial)> = if serial {
             pieces.iter().map(run).collect()
         } else {
             pieces.par_iter().map(run).collect()
         };
-        let mut merged: Vec<Option<KvPartial>> = vec![None; bn * hk];
-        for (c, st) in parts {
-            match &mut merged[c] {
-                Some(m) => m.merge(&st),
-                slot @ None => *slot = Some(st),
-            }
+        let mut merged: Vec<GroupSum> = (0..bn * hk).map(|_| GroupSum::new(g, dv)).collect();
+        for (c, st) in &parts {
+            merged[*c].add(st);
         }
         let mut row = vec![0f32; dv];
-        for (c, st) in merged.into_iter().enumerate() {
-            let st = st.expect("every cache scans its newest key");
+        for (c, st) in merged.iter().enumerate() {
             let (b, kvh) = (c / hk, c % hk);
             for i in 0..g {
                 st.write(i, &mut row);

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut3, Axis, s};
+use rayon::prelude::*;
 
 use super::{DecodeOptions, Decoder, check_prefill, check_step};
 use crate::error::{ErrorKind, Result};
@@ -50,17 +51,7 @@ impl State {
     /// Multiplies the state by `decay`, then adds `w_j f_j v_j^T` and `w_j f_j` over the rows
     /// of `f` (`[rows, m]`, true features `f e^c`) and `v` (`[rows, dv]`).
     fn add(&mut self, decay: f64, f: ArrayView2<f32>, c: f32, v: ArrayView2<f32>, w: &[f32]) {
-        let c = f64::from(c);
-        let mut keep = decay;
-        if c > self.log_scale {
-            keep *= if self.log_scale == f64::NEG_INFINITY {
-                0.0
-            } else {
-                (self.log_scale - c).exp()
-            };
-            self.log_scale = c;
-        }
-        let mult = (c - self.log_scale).exp();
+        let (keep, mult) = self.rescale(decay, c);
         if keep != 1.0 {
             self.s.iter_mut().for_each(|x| *x *= keep);
             self.z.iter_mut().for_each(|x| *x *= keep);
@@ -92,14 +83,58 @@ impl State {
         }
     }
 
-    /// `fq S` into `out`, divided by `fq z` when `normalize` (zero when that is not
-    /// positive).
-    fn read(&self, fq: &[f32], normalize: bool, out: &mut [f32]) {
-        let mut acc = vec![0f64; self.dv];
-        for (i, &f) in fq.iter().enumerate() {
-            let f = f64::from(f);
-            for (a, &x) in acc.iter_mut().zip(&self.s[i * self.dv..(i + 1) * self.dv]) {
-                *a += f * x;
+    /// Moves the state to the log-scale of new features `f e^c` and returns `(keep, mult)`:
+    /// the factor the old state is multiplied by (`decay` and any rescaling) and the one of
+    /// the new features.
+    fn rescale(&mut self, decay: f64, c: f32) -> (f64, f64) {
+        let c = f64::from(c);
+        let mut keep = decay;
+        if c > self.log_scale {
+            keep *= if self.log_scale == f64::NEG_INFINITY {
+                0.0
+            } else {
+                (self.log_scale - c).exp()
+            };
+            self.log_scale = c;
+        }
+        (keep, (c - self.log_scale).exp())
+    }
+
+    /// One token in one pass over the state: `S = keep S + f v^T`, `z = keep z + f` (`f`,
+    /// `[m]`, true features `f e^c`; `v`, `[dv]`), then each of the query feature rows `fqs`
+    /// (`[g][m]`) reads it into `out` (`[g][dv]`) as [`read`](State::read) would, while
+    /// the row is in cache. `acc` is scratch of `g * dv`.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        decay: f64,
+        f: &[f32],
+        c: f32,
+        v: &[f64],
+        fqs: &[f64],
+        normalize: bool,
+        acc: &mut [f64],
+        out: &mut [f32],
+    ) {
+        let (keep, mult) = self.rescale(decay, c);
+        let (m, dv) = (self.z.len(), self.dv);
+        let g = fqs.len() / m;
+        acc.fill(0.0);
+        let mut den = vec![0f64; g];
+        for i in 0..m {
+            let fi = f64::from(f[i]) * mult;
+            let z = self.z[i] * keep + fi;
+            self.z[i] = z;
+            let srow = &mut self.s[i * dv..(i + 1) * dv];
+            for (x, &y) in srow.iter_mut().zip(v) {
+                *x = *x * keep + fi * y;
+            }
+            for (q, (a, dq)) in acc.chunks_exact_mut(dv).zip(den.iter_mut()).enumerate() {
+                let fq = fqs[q * m + i];
+                *dq += fq * z;
+                for (a, &x) in a.iter_mut().zip(srow.iter()) {
+                    *a += fq * x;
+                }
             }
         }
         let scale = if self.log_scale == f64::NEG_INFINITY {
@@ -107,18 +142,15 @@ impl State {
         } else {
             self.log_scale.exp()
         };
-        let div = if normalize {
-            let den: f64 = fq
-                .iter()
-                .zip(&self.z)
-                .map(|(&f, &z)| f64::from(f) * z)
-                .sum();
-            if den > 0.0 { 1.0 / den } else { 0.0 }
-        } else {
-            scale
-        };
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = (a * div) as f32;
+        for ((o, a), dq) in out.chunks_exact_mut(dv).zip(acc.chunks_exact(dv)).zip(den) {
+            let div = match (normalize, dq > 0.0) {
+                (true, true) => 1.0 / dq,
+                (true, false) => 0.0,
+                (false, _) => scale,
+            };
+            for (o, &a) in o.iter_mut().zip(a) {
+                *o = (a * div) as f32;
+            }
         }
     }
 
@@ -126,6 +158,33 @@ impl State {
         (self.s.len() + self.z.len()) * 8 + 8
     }
 }
+
+/// Runs `work` on every state, on all threads when a step's work (`states x per_state`
+/// multiply-adds) outweighs a rayon round trip; returns the outputs in state order.
+fn for_each_state<F>(states: &mut [State], per_state: usize, work: F) -> Vec<Vec<f32>>
+where
+    F: Fn(usize, &mut State) -> Vec<f32> + Sync,
+{
+    if states.len() > 1
+        && states.len() * per_state >= PARALLEL_WORK
+        && rayon::current_num_threads() > 1
+    {
+        states
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, st)| work(i, st))
+            .collect()
+    } else {
+        states
+            .iter_mut()
+            .enumerate()
+            .map(|(i, st)| work(i, st))
+            .collect()
+    }
+}
+
+/// A step's multiply-adds above which its states are updated in parallel.
+const PARALLEL_WORK: usize = 1 << 15;
 
 /// Linear attention decoding. See the [module docs](self).
 #[derive(Debug)]
@@ -201,26 +260,38 @@ impl Decoder for LinearDecoder {
         mut out: ArrayViewMut3<'_, f32>,
     ) -> Result<()> {
         check_step(&self.shape, &q, &k, &v, &out)?;
-        let (hk, d, g) = (
+        let (hk, d, g, dv) = (
             self.shape.kv_heads(),
             self.shape.head_dim(),
             self.shape.group_size(),
+            self.shape.v_dim(),
         );
         let m = self.map.dim(d);
-        let mut fq = Array2::zeros((1, m));
-        let mut row = vec![0f32; self.shape.v_dim()];
-        for (i, st) in self.states.iter_mut().enumerate() {
+        let (map, scale) = (self.map.as_ref(), self.scale);
+        // One state per (sequence, KV head), read by its group of query heads.
+        let work = |i: usize, st: &mut State| -> Vec<f32> {
             let (b, kvh) = (i / hk, i % hk);
-            let kr = k.slice(s![b, kvh..kvh + 1, ..]);
-            let (f, c) = key_features(self.map.as_ref(), kr, self.scale, d);
-            st.add(1.0, f.view(), c, v.slice(s![b, kvh..kvh + 1, ..]), &[1.0]);
-            for h in kvh * g..(kvh + 1) * g {
-                self.map
-                    .map_queries(q.slice(s![b, h..h + 1, ..]), self.scale, fq.view_mut());
-                st.read(fq.as_slice().expect("owned"), true, &mut row);
-                out.slice_mut(s![b, h, ..])
+            let (f, c) = key_features(map, k.slice(s![b, kvh..kvh + 1, ..]), scale, d);
+            let vv: Vec<f64> = v.slice(s![b, kvh, ..]).iter().map(|&x| x.into()).collect();
+            let mut fq = Array2::zeros((g, m));
+            map.map_queries(
+                q.slice(s![b, kvh * g..(kvh + 1) * g, ..]),
+                scale,
+                fq.view_mut(),
+            );
+            let fqs: Vec<f64> = fq.iter().map(|&x| x.into()).collect();
+            let (mut acc, mut o) = (vec![0.0; g * dv], vec![0.0; g * dv]);
+            let f = f.as_slice().expect("owned");
+            st.step(1.0, f, c, &vv, &fqs, true, &mut acc, &mut o);
+            o
+        };
+        let outs = for_each_state(&mut self.states, m * dv * (1 + g), work);
+        for (i, o) in outs.iter().enumerate() {
+            let (b, kvh) = (i / hk, i % hk);
+            for (r, row) in o.chunks_exact(dv).enumerate() {
+                out.slice_mut(s![b, kvh * g + r, ..])
                     .iter_mut()
-                    .zip(&row)
+                    .zip(row)
                     .for_each(|(o, &x)| *o = x);
             }
         }
@@ -333,33 +404,59 @@ impl Decoder for Decayed {
         mut out: ArrayViewMut3<'_, f32>,
     ) -> Result<()> {
         check_step(&self.shape, &q, &k, &v, &out)?;
-        let (h, g, d) = (
+        let (h, hk, g, dv) = (
             self.shape.heads(),
+            self.shape.kv_heads(),
             self.shape.group_size(),
-            self.shape.head_dim(),
+            self.shape.v_dim(),
         );
-        let m = self.map.as_ref().map_or(d, |f| f.dim(d));
-        let mut fq = Array2::zeros((1, m));
-        let mut row = vec![0f32; self.shape.v_dim()];
-        for b in 0..self.shape.batch() {
-            for kvh in 0..self.shape.kv_heads() {
+        let m = self
+            .map
+            .as_ref()
+            .map_or(self.shape.head_dim(), |f| f.dim(self.shape.head_dim()));
+        // Each (sequence, KV head)'s key features and value, shared by its query heads.
+        let keys: Vec<(Array2<f32>, f32, Vec<f64>)> = (0..self.shape.batch() * hk)
+            .map(|i| {
+                let (b, kvh) = (i / hk, i % hk);
                 let (f, c) = self.keys(k.slice(s![b, kvh..kvh + 1, ..]));
-                let vv = v.slice(s![b, kvh..kvh + 1, ..]);
-                for head in kvh * g..(kvh + 1) * g {
-                    let st = &mut self.states[b * h + head];
-                    st.add(self.gammas[head], f.view(), c, vv, &[1.0]);
-                    let qr = q.slice(s![b, head..head + 1, ..]);
-                    match &self.map {
-                        Some(map) => map.map_queries(qr, self.scale, fq.view_mut()),
-                        None => fq.assign(&qr.mapv(|x| x * self.scale)),
-                    }
-                    st.read(fq.as_slice().expect("owned"), self.map.is_some(), &mut row);
-                    out.slice_mut(s![b, head, ..])
-                        .iter_mut()
-                        .zip(&row)
-                        .for_each(|(o, &x)| *o = x);
+                let vv = v.slice(s![b, kvh, ..]).iter().map(|&x| x.into()).collect();
+                (f, c, vv)
+            })
+            .collect();
+        let (map, scale, gammas) = (self.map.as_deref(), self.scale, &self.gammas);
+        // One state per (sequence, query head): each head has its own decay.
+        let work = |i: usize, st: &mut State| -> Vec<f32> {
+            let (b, head) = (i / h, i % h);
+            let (f, c, vv) = &keys[b * hk + head / g];
+            let qr = q.slice(s![b, head..head + 1, ..]);
+            let fqs: Vec<f64> = match map {
+                Some(map) => {
+                    let mut fq = Array2::zeros((1, m));
+                    map.map_queries(qr, scale, fq.view_mut());
+                    fq.iter().map(|&x| x.into()).collect()
                 }
-            }
+                None => qr.iter().map(|&x| f64::from(x * scale)).collect(),
+            };
+            let (mut acc, mut o) = (vec![0.0; dv], vec![0.0; dv]);
+            let f = f.as_slice().expect("owned");
+            st.step(
+                gammas[head],
+                f,
+                *c,
+                vv,
+                &fqs,
+                map.is_some(),
+                &mut acc,
+                &mut o,
+            );
+            o
+        };
+        let outs = for_each_state(&mut self.states, 2 * m * dv, work);
+        for (i, o) in outs.iter().enumerate() {
+            out.slice_mut(s![i / h, i % h, ..])
+                .iter_mut()
+                .zip(o)
+                .for_each(|(o, &x)| *o = x);
         }
         self.len += 1;
         Ok(())

@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::machine::measure_limits;
+use super::machine::{measure_limits, read_bandwidth};
 use super::runfiles::{create_run_files, utc_iso, utc_stamp};
 use crate::attention::{self, Attention, Fidelity, Problem};
 use crate::decode::{DecodeOptions, Decoder, KvStore};
@@ -31,7 +31,7 @@ use crate::options::Options;
 use crate::results::artefacts::write_json;
 use crate::results::decode::csv_error;
 pub use crate::results::decode::{DecodeMeta, DecodeRecord, read_decode_csv};
-use crate::results::record::{Limits, Machine};
+use crate::results::record::Machine;
 use crate::shape::Shape;
 use crate::workload::structured::Calibration;
 use crate::workload::{Workload, load_npy_dir};
@@ -481,6 +481,7 @@ fn run_in_pool(
             us_hi: f64::NAN,
             state_bytes: 0,
             bytes_per_token: 0,
+            read_gbytes_per_s: f64::NAN,
             read_fraction: f64::NAN,
             err_max: f64::NAN,
             err_median: f64::NAN,
@@ -525,7 +526,6 @@ fn run_in_pool(
             for &store in &cfg.stores {
                 let r = cell(
                     cfg,
-                    &limits,
                     variant.as_ref(),
                     store,
                     &shape,
@@ -563,7 +563,6 @@ fn run_in_pool(
 #[allow(clippy::too_many_arguments)]
 fn cell(
     cfg: &DecodeConfig,
-    limits: &Limits,
     variant: &dyn Attention,
     store: KvStore,
     shape: &Shape,
@@ -639,6 +638,8 @@ fn cell(
                 Some(d) => d?,
                 None => Box::new(Stateless::new(variant, shape, &opts)?),
             };
+            // The bandwidth of this moment, for the read fraction (after the allocations).
+            let bandwidth = read_bandwidth(4);
             let t = Instant::now();
             dec.prefill(
                 k.slice(s![.., .., ..ctx, ..]),
@@ -688,7 +689,8 @@ fn cell(
                 us_hi: hi * 1e6,
                 state_bytes: dec.state_bytes() as u64,
                 bytes_per_token: read,
-                read_fraction: read as f64 / med / (limits.read_gbytes_per_s * 1e9),
+                read_gbytes_per_s: bandwidth,
+                read_fraction: read as f64 / med / (bandwidth * 1e9),
                 err_max: emax,
                 err_median: emed,
                 err_own,

@@ -107,7 +107,6 @@ pub fn clock_mhz() -> Option<f64> {
 /// Measures [`Limits`] on the current rayon pool (about a second; up to two on a busy host).
 pub fn measure_limits() -> Limits {
     use crate::kernels::dispatch::{self, Isa};
-    use rayon::prelude::*;
     let isa = Isa::detect();
     let threads = rayon::current_num_threads();
     let rate = |iters: usize| {
@@ -144,19 +143,7 @@ pub fn measure_limits() -> Limits {
         all_trials.push(all_once());
     }
     let all = all_trials.iter().copied().fold(0.0, f64::max);
-    let buf = vec![1.0f32; 64 << 20];
-    let chunk = buf.len().div_ceil(threads);
-    let mut rates: Vec<f64> = (0..8)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            let s: f32 = buf.par_chunks(chunk).map(|c| dispatch::sum(isa, c)).sum();
-            std::hint::black_box(s);
-            (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .skip(1)
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    let bw = rates[rates.len() / 2];
+    let bw = read_bandwidth(8);
     Limits {
         isa: isa.to_string(),
         fma_gflops_one_core: one,
@@ -172,6 +159,28 @@ pub fn measure_limits() -> Limits {
         threads,
         read_gbytes_per_s: bw,
     }
+}
+
+/// Sustained read bandwidth, GB/s: every worker thread of the current pool summing its share
+/// of a 256 MiB buffer (far beyond the last-level cache), the median of `passes - 1` passes
+/// after a warm-up one.
+pub fn read_bandwidth(passes: usize) -> f64 {
+    use crate::kernels::dispatch::{self, Isa};
+    use rayon::prelude::*;
+    let isa = Isa::detect();
+    let buf = vec![1.0f32; 64 << 20];
+    let chunk = buf.len().div_ceil(rayon::current_num_threads());
+    let mut rates: Vec<f64> = (0..passes.max(2))
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let s: f32 = buf.par_chunks(chunk).map(|c| dispatch::sum(isa, c)).sum();
+            std::hint::black_box(s);
+            (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .skip(1)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
 }
 
 /// The GEMM reference rate of attention at `n_q` queries and `n_kv` keys: GFLOP/s of

@@ -247,6 +247,20 @@ unsafe fn kv_load<T, const E: u8>(p: *const T) -> __m512 {
     }
 }
 
+/// How many key blocks ahead [`scan`] prefetches. A block's K (`d x 16`) and V (`16 x dv`)
+/// are 4 KiB each at d = dv = 64 in f32, one page: the hardware prefetchers stop at page
+/// boundaries, and one block's work is longer than the out-of-order window, so without
+/// software prefetch each block's loads wait on memory in turn.
+const PREFETCH_BLOCKS: usize = 4;
+
+/// Prefetches the cache line at `p` into all levels. Never faults, whatever `p`.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    // SAFETY: a prefetch is a hint: it does not dereference `p` and never faults, so any
+    // address (here computed with wrapping arithmetic, possibly past the allocation) is fine.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
+}
+
 // Indices walk several register arrays (scores, accumulators, probabilities) in lockstep.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -289,11 +303,17 @@ fn scan<T: Copy, const E: u8, const G: usize, const C: usize>(
         let mut s0 = [_mm512_setzero_ps(); G];
         let mut s1 = [_mm512_setzero_ps(); G];
         let kb = block * KV_BLOCK * d;
+        let (kpf, vpf) = (
+            kp.wrapping_add(kb + PREFETCH_BLOCKS * KV_BLOCK * d),
+            vp.wrapping_add((block + PREFETCH_BLOCKS) * KV_BLOCK * dv),
+        );
         let mut c = 0;
         // Two sets of accumulators: twice the independent FMA chains when G is small.
         while c + 1 < d {
             // SAFETY: block < keys.end.next_multiple_of(16) / 16, so dimensions c and c + 1
             // of the block lie within k (asserted); q has G rows of d.
+            prefetch(kpf.wrapping_add(c * KV_BLOCK));
+            prefetch(kpf.wrapping_add((c + 1) * KV_BLOCK));
             unsafe {
                 let k0 = kv_load::<T, E>(kp.add(kb + c * KV_BLOCK));
                 let k1 = kv_load::<T, E>(kp.add(kb + (c + 1) * KV_BLOCK));
@@ -334,6 +354,7 @@ fn scan<T: Copy, const E: u8, const G: usize, const C: usize>(
         for j in lo..hi {
             let row = (block * KV_BLOCK + j) * dv;
             for c in 0..C {
+                prefetch(vpf.wrapping_add(j * dv + c * L));
                 // SAFETY: key block * 16 + j < keys.end, so its row of dv lies within v.
                 let x = unsafe { kv_load::<T, E>(vp.add(row + c * L)) };
                 for i in 0..G {

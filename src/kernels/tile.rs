@@ -128,40 +128,4 @@ impl KvPartial {
             acc: vec![0.0; g * dv],
         }
     }
-
-    /// Folds in the state of the same queries over other keys (exact: both are rescaled to
-    /// the larger maximum, in f64).
-    pub fn merge(&mut self, other: &KvPartial) {
-        assert!(
-            self.g == other.g && self.dv == other.dv,
-            "merging unlike states"
-        );
-        for i in 0..self.g {
-            let m = self.m[i].max(other.m[i]);
-            if m == f32::NEG_INFINITY {
-                continue;
-            }
-            let a = (f64::from(self.m[i]) - f64::from(m)).exp();
-            let b = (f64::from(other.m[i]) - f64::from(m)).exp();
-            self.l[i] = (f64::from(self.l[i]) * a + f64::from(other.l[i]) * b) as f32;
-            let rows = i * self.dv..(i + 1) * self.dv;
-            for (x, &y) in self.acc[rows.clone()].iter_mut().zip(&other.acc[rows]) {
-                *x = (f64::from(*x) * a + f64::from(y) * b) as f32;
-            }
-            self.m[i] = m;
-        }
-    }
-
-    /// Writes query `i`'s normalized output (zero when it saw no key).
-    pub fn write(&self, i: usize, out: &mut [f32]) {
-        let acc = &self.acc[i * self.dv..(i + 1) * self.dv];
-        let inv = if self.l[i] > 0.0 {
-            1.0 / self.l[i]
-        } else {
-            0.0
-        };
-        for (o, &a) in out.iter_mut().zip(acc) {
-            *o = a * inv;
-        }
-    }
 }

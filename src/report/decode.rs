@@ -206,6 +206,22 @@ fn references(lines: &[Line]) -> Vec<Line> {
     ]
 }
 
+/// The range of the per-cell bandwidth probes.
+fn spread(records: &[DecodeRecord]) -> String {
+    let bw: Vec<f64> = records
+        .iter()
+        .map(|r| r.read_gbytes_per_s)
+        .filter(|x| x.is_finite())
+        .collect();
+    let lo = bw.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = bw.iter().copied().fold(0.0, f64::max);
+    if bw.is_empty() {
+        "no cell ran".into()
+    } else {
+        format!("{lo:.1} to {hi:.1} GB/s")
+    }
+}
+
 fn fmt_us(x: f64) -> String {
     if !x.is_finite() {
         "-".into()
@@ -229,17 +245,18 @@ fn markdown(
         let [b, h, hk, d, dv] = m.shape;
         let _ = writeln!(
             t,
-            "Workload `{}`: batch {b}, {h} query heads over {hk} KV heads, d = {d}, dv = {dv}; {} tokens generated per cell after a prompt of each context; {} threads on {} ({}). Read bandwidth measured in the same run: {:.1} GB/s (median of passes over 256 MiB).\n",
+            "Workload `{}`: batch {b}, {h} query heads over {hk} KV heads, d = {d}, dv = {dv}; {} tokens generated per cell after a prompt of each context; {} threads on {} ({}). Read bandwidth at the start of the run: {:.1} GB/s (median of passes over 256 MiB); measured again before every cell: {}.\n",
             m.workload,
             m.tokens,
             m.threads,
             m.machine.cpu_model,
             m.limits.isa,
             m.limits.read_gbytes_per_s,
+            spread(records),
         );
     }
     t.push_str(
-        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; the slope is the log-log fit of the medians over the longer half of the contexts (1 = linear in the context, 0 = constant). The read fraction is the bytes the step reads (the state it scans) per time, over the run's measured read bandwidth.\n\n",
+        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; the slope is the log-log fit of the medians over the longer half of the contexts (1 = linear in the context, 0 = constant). The read fraction is the bytes a step reads (the state it scans) per time, over the read bandwidth measured just before the cell (on a shared machine it moves by tens of percent within minutes); above 100% the state fits in the caches.\n\n",
     );
     t.push_str("![time per token](decode_time.svg)\n\n");
     t.push_str("| decoder | mode | slope (95% interval) | us/token at the shortest | at the longest context | state at the longest | read % at the longest | error vs dense (median row) | error vs own definition (max) |\n|---|---|---|---|---|---|---|---|---|\n");

@@ -35,7 +35,10 @@ pub struct DecodeRecord {
     pub state_bytes: u64,
     /// Bytes the last step read.
     pub bytes_per_token: u64,
-    /// `bytes_per_token / us_per_token` over the run's measured read bandwidth.
+    /// Read bandwidth measured just before the cell (the shared machine's bandwidth moves
+    /// by tens of percent within minutes), GB/s.
+    pub read_gbytes_per_s: f64,
+    /// `bytes_per_token / us_per_token` over `read_gbytes_per_s`.
     pub read_fraction: f64,
     /// The largest relative error of a generated output row against dense f64 attention.
     pub err_max: f64,
