@@ -307,13 +307,6 @@ fn fmt_bytes(bytes: u64) -> String {
     }
 }
 
-/// The oracles a cell is compared with: dense causal attention, and for an exact variant
-/// the oracle under its own pattern.
-struct References<'a> {
-    dense: &'a Array4<f64>,
-    own: Option<&'a Array4<f64>>,
-}
-
 /// `||got - want||_F / ||want||_F` (the absolute norm when `want` is zero).
 fn rel_frobenius(got: &Array4<f32>, want: &Array4<f64>) -> f64 {
     let (mut e, mut w) = (0.0f64, 0.0f64);
@@ -512,35 +505,70 @@ fn run_in_pool(
         let v = st.v.slice(s![.., .., ..end, ..]);
         let problem = Problem::new(q.view(), k, v, Options::new().causal(true))?;
         let dense = crate::oracle::oracle(&problem, None);
-        for variant in variants {
-            // Exact variants are also measured against their own pattern.
-            let own = match (variant.fidelity(), variant.pattern()) {
+        // Exact variants are also measured against their own pattern.
+        let owns: Vec<Option<Array4<f64>>> = variants
+            .iter()
+            .map(|variant| match (variant.fidelity(), variant.pattern()) {
                 (Fidelity::Exact, Some(p)) => Some(crate::oracle::oracle(&problem, Some(p))),
                 (Fidelity::Exact, None) => Some(dense.clone()),
                 _ => None,
-            };
-            let refs = References {
-                dense: &dense,
-                own: own.as_ref(),
-            };
+            })
+            .collect();
+        // Every cell of the context is built and prefilled, then all are stepped in
+        // interleaved rounds, so a slow spell of the shared machine lands on a few tokens of
+        // every cell rather than on all tokens of one.
+        let mut held = 0u64;
+        let mut cells: Vec<Cell<'_>> = Vec::new();
+        for (variant, own) in variants.iter().zip(&owns) {
             for &store in &cfg.stores {
-                let r = cell(
+                let input = CellInput {
                     cfg,
-                    variant.as_ref(),
-                    store,
-                    &shape,
+                    shape: &shape,
                     ctx,
-                    &q,
                     k,
                     v,
-                    &refs,
-                    inputs,
+                    dense: &dense,
+                    own: own.as_ref(),
+                };
+                cells.push(open_cell(
+                    &input,
+                    variant.as_ref(),
+                    store,
+                    inputs + held,
                     &base,
-                );
-                writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
-                writer.flush().map_err(|e| Error::io(&csv_path, e))?;
-                progress(&r);
+                ));
+                if let Cell::Live(live) = cells.last().expect("pushed") {
+                    held += live.dec.state_bytes() as u64;
+                }
             }
+        }
+        let rounds = ROUNDS.min(cfg.tokens);
+        let per_round = cfg.tokens.div_ceil(rounds);
+        let mut bandwidths = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            bandwidths.push(read_bandwidth(4));
+            let n = cells.len();
+            for i in 0..n {
+                let c = &mut cells[(i + round) % n];
+                if let Cell::Live(live) = c {
+                    let upto = ((round + 1) * per_round).min(live.planned);
+                    if let Err(rec) = live.advance(upto, &q, k, v, ctx) {
+                        *c = Cell::Done(rec);
+                    }
+                }
+            }
+        }
+        let mut sorted = bandwidths.clone();
+        sorted.sort_by(f64::total_cmp);
+        let bandwidth = sorted[sorted.len() / 2];
+        for c in cells {
+            let r = match c {
+                Cell::Done(r) => *r,
+                Cell::Live(live) => live.finish(bandwidth),
+            };
+            writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
+            writer.flush().map_err(|e| Error::io(&csv_path, e))?;
+            progress(&r);
         }
     }
     writer.flush().map_err(|e| Error::io(&csv_path, e))?;
@@ -559,22 +587,72 @@ fn run_in_pool(
     })
 }
 
-/// One cell: build, prefill, step `tokens` times, compare.
-#[allow(clippy::too_many_arguments)]
-fn cell(
-    cfg: &DecodeConfig,
-    variant: &dyn Attention,
-    store: KvStore,
-    shape: &Shape,
+/// Rounds a context's cells are stepped in, interleaved.
+const ROUNDS: usize = 4;
+
+/// What every cell of one context shares.
+struct CellInput<'a> {
+    cfg: &'a DecodeConfig,
+    shape: &'a Shape,
     ctx: usize,
-    q: &Array4<f32>,
-    k: ArrayView4<'_, f32>,
-    v: ArrayView4<'_, f32>,
-    refs: &References<'_>,
-    inputs: u64,
+    k: ArrayView4<'a, f32>,
+    v: ArrayView4<'a, f32>,
+    dense: &'a Array4<f64>,
+    own: Option<&'a Array4<f64>>,
+}
+
+/// A cell: finished (skipped, failed) or live, with a prefilled decoder.
+enum Cell<'a> {
+    Done(Box<DecodeRecord>),
+    Live(Box<Live<'a>>),
+}
+
+/// A prefilled decoder and its tokens so far.
+struct Live<'a> {
+    rec: DecodeRecord,
+    store: KvStore,
+    tokens: usize,
+    dec: Box<dyn Decoder + 'a>,
+    dense: &'a Array4<f64>,
+    own: Option<&'a Array4<f64>>,
+    outs: Array4<f32>,
+    times: Vec<f64>,
+    planned: usize,
+    cell_budget_s: f64,
+}
+
+/// Why a run of a decoder stopped, as the cell's record.
+fn failed(mut r: DecodeRecord, outcome: std::thread::Result<Error>) -> DecodeRecord {
+    match outcome {
+        Ok(e) => {
+            let refused = matches!(e.kind(), ErrorKind::Unsupported { .. });
+            r.status = if refused { "skipped" } else { "error" }.into();
+            r.reason = e.to_string();
+        }
+        Err(p) => {
+            r.status = "error".into();
+            r.reason = format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("?")
+            );
+        }
+    }
+    r
+}
+
+/// Builds and prefills one cell's decoder, unless its cache would not fit beside the
+/// `held` bytes (inputs and the context's other decoders).
+fn open_cell<'a>(
+    input: &CellInput<'a>,
+    variant: &'a dyn Attention,
+    store: KvStore,
+    held: u64,
     base: &DecodeRecord,
-) -> DecodeRecord {
-    let reference = refs.dense;
+) -> Cell<'a> {
+    let (cfg, shape, ctx) = (input.cfg, input.shape, input.ctx);
     let mut r = DecodeRecord {
         variant: variant.to_string(),
         fidelity: variant.fidelity().to_string(),
@@ -586,9 +664,9 @@ fn cell(
         capacity: ctx + cfg.tokens,
         ..DecodeOptions::default()
     };
-    // Guard rail: a cache of every token must fit beside the inputs (`inputs` bytes). Which
-    // decoders keep one is known before building any (a decoder allocates its capacity):
-    // all but the recurrent states and the ring buffers of streaming patterns.
+    // Guard rail: a cache of every token must fit beside what is held. Which decoders keep
+    // one is known before building any (a decoder allocates its capacity): all but the
+    // recurrent states and the ring buffers of streaming patterns.
     let bounded = !cfg.stateless
         && (variant.pattern().is_some_and(|p| p.streaming().is_some())
             || matches!(
@@ -598,13 +676,13 @@ fn cell(
     let per_token = (shape.batch() * shape.kv_heads() * (shape.head_dim() + shape.v_dim())) as u64;
     let fits = |bytes: u64| -> std::result::Result<(), String> {
         let need = per_token * (ctx + cfg.tokens) as u64 * bytes;
-        if bounded || need + inputs <= cfg.memory_budget {
+        if bounded || need + held <= cfg.memory_budget {
             Ok(())
         } else {
             Err(format!(
-                "its cache of {} beside the inputs' {} exceeds the memory budget of {}",
+                "its cache of {} beside the inputs and the context's other decoders ({}) exceeds the memory budget of {}",
                 fmt_bytes(need),
-                fmt_bytes(inputs),
+                fmt_bytes(held),
                 fmt_bytes(cfg.memory_budget)
             ))
         }
@@ -612,7 +690,7 @@ fn cell(
     if let Err(reason) = fits(store.bytes() as u64) {
         r.mode = "stateful".into();
         r.reason = reason;
-        return r;
+        return Cell::Done(Box::new(r));
     }
     let stateful = if cfg.stateless {
         None
@@ -630,100 +708,119 @@ fn cell(
         && let Err(reason) = fits(4)
     {
         r.reason = reason;
-        return r;
+        return Cell::Done(Box::new(r));
     }
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<DecodeRecord> {
-            let mut dec: Box<dyn Decoder + '_> = match stateful {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> Result<(Box<dyn Decoder + 'a>, f64)> {
+            let mut dec: Box<dyn Decoder + 'a> = match stateful {
                 Some(d) => d?,
                 None => Box::new(Stateless::new(variant, shape, &opts)?),
             };
-            // The bandwidth of this moment, for the read fraction (after the allocations).
-            let bandwidth = read_bandwidth(4);
             let t = Instant::now();
             dec.prefill(
-                k.slice(s![.., .., ..ctx, ..]),
-                v.slice(s![.., .., ..ctx, ..]),
+                input.k.slice(s![.., .., ..ctx, ..]),
+                input.v.slice(s![.., .., ..ctx, ..]),
             )?;
-            let prefill_s = t.elapsed().as_secs_f64();
-            let (b, h, _, dv) = reference.dim();
-            let mut outs = Array4::<f32>::zeros((b, h, cfg.tokens, dv));
-            let mut times = Vec::with_capacity(cfg.tokens);
-            let mut o = Array3::zeros((b, h, dv));
-            let mut planned = cfg.tokens;
-            for i in 0..cfg.tokens {
-                if i >= planned {
-                    break;
-                }
-                let pos = ctx + i;
-                let t = Instant::now();
-                dec.step(
+            Ok((dec, t.elapsed().as_secs_f64()))
+        },
+    ));
+    match opened {
+        Ok(Ok((dec, prefill_s))) => {
+            let (b, h, _, dv) = input.dense.dim();
+            r.prefill_s = prefill_s;
+            Cell::Live(Box::new(Live {
+                rec: r,
+                store,
+                tokens: cfg.tokens,
+                dec,
+                dense: input.dense,
+                own: input.own,
+                outs: Array4::zeros((b, h, cfg.tokens, dv)),
+                times: Vec::with_capacity(cfg.tokens),
+                planned: cfg.tokens,
+                cell_budget_s: cfg.cell_budget_s,
+            }))
+        }
+        Ok(Err(e)) => Cell::Done(Box::new(failed(r, Ok(e)))),
+        Err(p) => Cell::Done(Box::new(failed(r, Err(p)))),
+    }
+}
+
+impl Live<'_> {
+    /// Generates tokens up to `upto` (of the queries `q` after the prompt of `ctx`), timing
+    /// each; the record of the failure if the decoder fails or panics.
+    fn advance(
+        &mut self,
+        upto: usize,
+        q: &Array4<f32>,
+        k: ArrayView4<'_, f32>,
+        v: ArrayView4<'_, f32>,
+        ctx: usize,
+    ) -> std::result::Result<(), Box<DecodeRecord>> {
+        let (b, h, _, dv) = self.outs.dim();
+        let mut o = Array3::zeros((b, h, dv));
+        while self.times.len() < upto.min(self.planned) {
+            let i = self.times.len();
+            let pos = ctx + i;
+            let t = Instant::now();
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.dec.step(
                     q.slice(s![.., .., i, ..]),
                     k.slice(s![.., .., pos, ..]),
                     v.slice(s![.., .., pos, ..]),
                     o.view_mut(),
-                )?;
-                let dt = t.elapsed().as_secs_f64();
-                times.push(dt);
-                outs.slice_mut(s![.., .., i, ..]).assign(&o);
-                if i == 0 && dt * cfg.tokens as f64 > cfg.cell_budget_s {
-                    planned = ((cfg.cell_budget_s / dt) as usize).clamp(3, cfg.tokens);
-                }
+                )
+            }));
+            let dt = t.elapsed().as_secs_f64();
+            match stepped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Box::new(failed(self.rec.clone(), Ok(e)))),
+                Err(p) => return Err(Box::new(failed(self.rec.clone(), Err(p)))),
             }
-            let n = times.len();
-            let (med, lo, hi) = median_interval(&times);
-            let got = outs.slice(s![.., .., ..n, ..]).to_owned();
-            let (emax, emed) = row_errors(&got, &reference.slice(s![.., .., ..n, ..]).to_owned());
-            let err_own = refs.own.map_or(f64::NAN, |own| {
-                rel_frobenius(&got, &own.slice(s![.., .., ..n, ..]).to_owned())
-            });
-            // NaN (an own reference but no finite error) is flagged too.
-            let within = err_own <= crate::check::EXACT_TOLERANCE;
-            let flagged = store == KvStore::F32 && refs.own.is_some() && !within;
-            let read = dec.bytes_read() as u64;
-            Ok(DecodeRecord {
-                tokens: n,
-                prefill_s,
-                us_per_token: med * 1e6,
-                us_lo: lo * 1e6,
-                us_hi: hi * 1e6,
-                state_bytes: dec.state_bytes() as u64,
-                bytes_per_token: read,
-                read_gbytes_per_s: bandwidth,
-                read_fraction: read as f64 / med / (bandwidth * 1e9),
-                err_max: emax,
-                err_median: emed,
-                err_own,
-                status: if flagged { "flagged" } else { "ok" }.into(),
-                reason: if n < cfg.tokens {
-                    format!(
-                        "{n} of {} tokens: the first took {:.2} s",
-                        cfg.tokens, times[0]
-                    )
-                } else {
-                    String::new()
-                },
-                ..r.clone()
-            })
-        }));
-    match result {
-        Ok(Ok(rec)) => rec,
-        Ok(Err(e)) => {
-            let refused = matches!(e.kind(), ErrorKind::Unsupported { .. });
-            r.status = if refused { "skipped" } else { "error" }.into();
-            r.reason = e.to_string();
-            r
+            self.times.push(dt);
+            self.outs.slice_mut(s![.., .., i, ..]).assign(&o);
+            if i == 0 && dt * self.tokens as f64 > self.cell_budget_s {
+                self.planned = ((self.cell_budget_s / dt) as usize).clamp(3, self.tokens);
+            }
         }
-        Err(p) => {
-            r.status = "error".into();
-            r.reason = format!(
-                "panicked: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("?")
-            );
-            r
+        Ok(())
+    }
+
+    /// The cell's record: times, state, read fraction against `bandwidth` (GB/s) and errors.
+    fn finish(self, bandwidth: f64) -> DecodeRecord {
+        let n = self.times.len();
+        let (med, lo, hi) = median_interval(&self.times);
+        let got = self.outs.slice(s![.., .., ..n, ..]).to_owned();
+        let (emax, emed) = row_errors(&got, &self.dense.slice(s![.., .., ..n, ..]).to_owned());
+        let err_own = self.own.map_or(f64::NAN, |own| {
+            rel_frobenius(&got, &own.slice(s![.., .., ..n, ..]).to_owned())
+        });
+        // NaN (an own reference but no finite error) is flagged too.
+        let within = err_own <= crate::check::EXACT_TOLERANCE;
+        let flagged = self.store == KvStore::F32 && self.own.is_some() && !within;
+        let read = self.dec.bytes_read() as u64;
+        DecodeRecord {
+            tokens: n,
+            us_per_token: med * 1e6,
+            us_lo: lo * 1e6,
+            us_hi: hi * 1e6,
+            state_bytes: self.dec.state_bytes() as u64,
+            bytes_per_token: read,
+            read_gbytes_per_s: bandwidth,
+            read_fraction: read as f64 / med / (bandwidth * 1e9),
+            err_max: emax,
+            err_median: emed,
+            err_own,
+            status: if flagged { "flagged" } else { "ok" }.into(),
+            reason: if n < self.tokens {
+                format!(
+                    "{n} of {} tokens: the first took {:.2} s",
+                    self.tokens, self.times[0]
+                )
+            } else {
+                String::new()
+            },
+            ..self.rec
         }
     }
 }

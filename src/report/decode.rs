@@ -245,7 +245,7 @@ fn markdown(
         let [b, h, hk, d, dv] = m.shape;
         let _ = writeln!(
             t,
-            "Workload `{}`: batch {b}, {h} query heads over {hk} KV heads, d = {d}, dv = {dv}; {} tokens generated per cell after a prompt of each context; {} threads on {} ({}). Read bandwidth at the start of the run: {:.1} GB/s (median of passes over 256 MiB); measured again before every cell: {}.\n",
+            "Workload `{}`: batch {b}, {h} query heads over {hk} KV heads, d = {d}, dv = {dv}; {} tokens generated per cell after a prompt of each context; {} threads on {} ({}). Read bandwidth at the start of the run: {:.1} GB/s (median of passes over 256 MiB); probed again before every round of every context: {}.\n",
             m.workload,
             m.tokens,
             m.threads,
@@ -256,7 +256,7 @@ fn markdown(
         );
     }
     t.push_str(
-        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; the slope is the log-log fit of the medians over the longer half of the contexts (1 = linear in the context, 0 = constant). The read fraction is the bytes a step reads (the state it scans) per time, over the read bandwidth measured just before the cell (on a shared machine it moves by tens of percent within minutes); above 100% the state fits in the caches.\n\n",
+        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; the slope is the log-log fit of the medians over the longer half of the contexts (1 = linear in the context, 0 = constant). The read fraction is the bytes a step reads (the state it scans) per time, over the median read bandwidth probed before each of the cell's rounds (on a shared machine it moves by tens of percent within minutes; the cells of a context are stepped in four interleaved rounds); above 100% the state fits in the caches.\n\n",
     );
     t.push_str("![time per token](decode_time.svg)\n\n");
     t.push_str("| decoder | mode | slope (95% interval) | us/token at the shortest | at the longest context | state at the longest | read % at the longest | error vs dense (median row) | error vs own definition (max) |\n|---|---|---|---|---|---|---|---|---|\n");

@@ -35,8 +35,9 @@ pub struct DecodeRecord {
     pub state_bytes: u64,
     /// Bytes the last step read.
     pub bytes_per_token: u64,
-    /// Read bandwidth measured just before the cell (the shared machine's bandwidth moves
-    /// by tens of percent within minutes), GB/s.
+    /// Read bandwidth while the cell ran, GB/s: the median of the probes before each of its
+    /// context's interleaved rounds (the shared machine's bandwidth moves by tens of percent
+    /// within minutes).
     pub read_gbytes_per_s: f64,
     /// `bytes_per_token / us_per_token` over `read_gbytes_per_s`.
     pub read_fraction: f64,
