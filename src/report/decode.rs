@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::charts::{Chart, Line, Stroke, palette, save};
-use super::fit::upper_half_fit;
+use super::fit::{Fit, loglog_fit, upper_half_fit};
 use super::format::{fmt_bytes, fmt_err};
 use crate::error::{Error, Result};
 use crate::results::artefacts::read_json;
@@ -256,23 +256,28 @@ fn markdown(
         );
     }
     t.push_str(
-        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; the slope is the log-log fit of the medians over the longer half of the contexts (1 = linear in the context, 0 = constant). The read fraction is the bytes a step reads (the state it scans) per time, over the median read bandwidth probed before each of the cell's rounds (on a shared machine it moves by tens of percent within minutes; the cells of a context are stepped in four interleaved rounds); above 100% the state fits in the caches.\n\n",
+        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; slopes are log-log least-squares fits of the medians with 95% intervals, over every context and over the longer half of them (1 = linear in the context, 0 = constant). The read fraction is the bytes a step reads (the state it scans) per time, over the median read bandwidth probed before each of the cell's rounds (on a shared machine it moves by tens of percent within minutes; the cells of a context are stepped in four interleaved rounds); above 100% the state fits in the caches.\n\n",
     );
     t.push_str("![time per token](decode_time.svg)\n\n");
-    t.push_str("| decoder | mode | slope (95% interval) | us/token at the shortest | at the longest context | state at the longest | read % at the longest | error vs dense (median row) | error vs own definition (max) |\n|---|---|---|---|---|---|---|---|---|\n");
+    t.push_str("| decoder | mode | slope, all contexts | slope, longer half | us/token at the shortest | at the longest context | state at the longest | read % at the longest | error vs dense (median row) | error vs own definition (max) |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for s in all {
         let pts: Vec<(f64, f64)> = s
             .rows
             .iter()
             .map(|r| (r.context as f64, r.us_per_token))
             .collect();
-        let slope = match upper_half_fit(&pts) {
+        let fmt_fit = |f: Option<Fit>| match f {
             Some(f) => match f.interval {
                 Some(i) => format!("{:.2} ({:.2}, {:.2})", f.slope, i.lo, i.hi),
                 None => format!("{:.2} (two points)", f.slope),
             },
             None => "-".into(),
         };
+        let slope = format!(
+            "{} | {}",
+            fmt_fit(loglog_fit(&pts)),
+            fmt_fit(upper_half_fit(&pts))
+        );
         let (first, last) = (s.rows.first(), s.rows.last());
         let cell = |r: Option<&DecodeRecord>| {
             r.map_or("-".into(), |r| {
@@ -320,17 +325,34 @@ fn markdown(
         }
         t.push('\n');
     }
-    let left: Vec<&DecodeRecord> = records
+    // Cells left out for the same reason are listed once, with their contexts.
+    let same = |a: &DecodeRecord, b: &DecodeRecord| {
+        (&a.variant, &a.kv, &a.mode, &a.status, &a.reason)
+            == (&b.variant, &b.kv, &b.mode, &b.status, &b.reason)
+    };
+    let mut left: Vec<(&DecodeRecord, Vec<usize>)> = Vec::new();
+    for r in records
         .iter()
         .filter(|r| r.status == "skipped" || r.status == "error" || !r.reason.is_empty())
-        .collect();
+    {
+        match left.iter_mut().find(|(k, _)| same(k, r)) {
+            Some((_, ctxs)) => ctxs.push(r.context),
+            None => left.push((r, vec![r.context])),
+        }
+    }
     if !left.is_empty() {
         t.push_str("## Skipped, failed or shortened cells\n\n");
-        for r in left {
+        for (r, ctxs) in left {
+            let ctxs: Vec<String> = ctxs.iter().map(usize::to_string).collect();
             let _ = writeln!(
                 t,
                 "- `{}` {} ({}) at context {}: {}: {}",
-                r.variant, r.kv, r.mode, r.context, r.status, r.reason
+                r.variant,
+                r.kv,
+                r.mode,
+                ctxs.join(", "),
+                r.status,
+                r.reason
             );
         }
         t.push('\n');
