@@ -372,7 +372,14 @@ fn decoders_refuse_bad_input_with_errors() {
     let qkv = inputs(1, 4, 2, 40, 16, 16, 1);
     let sh = heads(&qkv);
     let reg = Registry::builtin();
-    for spec in ["flash", "window(w=8)", "sinks", "linear", "retention"] {
+    for spec in [
+        "flash",
+        "window(w=8)",
+        "sinks",
+        "linear",
+        "retention",
+        "blocktopk",
+    ] {
         let v = reg.build(spec).unwrap();
         let mut dec = v.decoder(&sh, &DecodeOptions::default()).unwrap().unwrap();
         let mut o = Array3::zeros((1, 4, 16));
@@ -464,4 +471,42 @@ fn decoders_refuse_bad_input_with_errors() {
         assert!(v.decoder(&sh, &DecodeOptions::default()).unwrap().is_err());
     }
     let _ = Axis(0);
+}
+
+#[test]
+fn blocktopk_decoding_chooses_and_attends_as_the_batch_forward() {
+    // Each step is the batch forward of one query (the newest position) over every key so
+    // far: the same blocks chosen from the same summaries, attended exactly.
+    let qkv = inputs(1, 4, 2, 300, 32, 32, 21);
+    let p = 100;
+    for spec in [
+        "blocktopk(block=16,k=3,local=1,score=mean)",
+        "blocktopk(block=16,k=2,local=2,score=bound)",
+        "blocktopk(block=32,k=2,local=0)",
+    ] {
+        let (v, mut dec) = decoder(spec, &qkv, &DecodeOptions::default());
+        let got = decode(dec.as_mut(), &qkv, p);
+        let (b, h, n, _) = qkv.q.dim();
+        let dv = qkv.v.dim().3;
+        let mut want = Array4::<f32>::zeros((b, h, n - p, dv));
+        for t in p..n {
+            let prob = Problem::new(
+                qkv.q.slice(s![.., .., t..t + 1, ..]),
+                qkv.k.slice(s![.., .., ..=t, ..]),
+                qkv.v.slice(s![.., .., ..=t, ..]),
+                Options::new().causal(true),
+            )
+            .unwrap();
+            let mut o = Array4::zeros(prob.shape().out_dims());
+            run(v.as_ref(), &prob, o.view_mut()).unwrap();
+            want.slice_mut(s![.., .., t - p..t - p + 1, ..]).assign(&o);
+        }
+        let e = rel_err(got.view(), &want.mapv(f64::from));
+        assert!(e < 1e-5, "{spec}: {e:e}");
+        // The selection is real: a few of up to 19 blocks, far from dense attention.
+        let dense = reference(Registry::builtin().build("full").unwrap().as_ref(), &qkv, p);
+        assert!(rel_err(got.view(), &dense) > 1e-2, "{spec}");
+        // The cache and the summaries grow with the context.
+        assert!(dec.state_bytes() > 300 * 2 * 64 * 4, "{spec}");
+    }
 }

@@ -63,9 +63,9 @@ pub(super) enum Command {
 }
 
 /// The variants `decode` runs by default: the exact KV cache, a window and sinks in ring
-/// buffers, and the two recurrent states.
+/// buffers, block selection over the cache, and the two recurrent states.
 pub(super) const DECODE_VARIANTS: &str =
-    "flash,window(w=4096),sinks(s=4,w=4092),linear(phi=elu1),retention(phi=none)";
+    "flash,window(w=4096),sinks(s=4,w=4092),blocktopk,linear(phi=elu1),retention(phi=none)";
 
 #[derive(Debug, Args)]
 pub(super) struct DecodeArgs {

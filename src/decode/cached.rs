@@ -35,11 +35,11 @@ const MIN_PIECE: usize = 2048;
 /// square root of the keys summed (measured on Gaussian inputs: 6e-7 relative at 1K keys,
 /// 1.3e-5 over pieces of 256K at a 1M context); pieces meet in f64 ([`GroupSum`]), so capping
 /// them bounds the error at any context.
-const MAX_PIECE: usize = 4096;
+pub(crate) const MAX_PIECE: usize = 4096;
 
 /// A query group's state summed over pieces in f64: the exact merge of [`KvPartial`]s, with
 /// no rounding between pieces.
-struct GroupSum {
+pub(crate) struct GroupSum {
     dv: usize,
     m: Vec<f64>,
     l: Vec<f64>,
@@ -47,7 +47,7 @@ struct GroupSum {
 }
 
 impl GroupSum {
-    fn new(g: usize, dv: usize) -> Self {
+    pub(crate) fn new(g: usize, dv: usize) -> Self {
         Self {
             dv,
             m: vec![f64::NEG_INFINITY; g],
@@ -56,7 +56,7 @@ impl GroupSum {
         }
     }
 
-    fn add(&mut self, p: &KvPartial) {
+    pub(crate) fn add(&mut self, p: &KvPartial) {
         for i in 0..self.m.len() {
             let pm = f64::from(p.m[i]);
             if pm == f64::NEG_INFINITY {
@@ -75,7 +75,7 @@ impl GroupSum {
     }
 
     /// Query `i`'s normalized output (zero when it saw no key).
-    fn write(&self, i: usize, out: &mut [f32]) {
+    pub(crate) fn write(&self, i: usize, out: &mut [f32]) {
         let inv = if self.l[i] > 0.0 {
             1.0 / self.l[i]
         } else {

@@ -26,11 +26,15 @@
 use std::fmt;
 use std::ops::Range;
 
-use ndarray::{Array2, ArrayView2, Axis, s};
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut3, Axis, s};
+use rayon::prelude::*;
 
 use crate::attention::{Attention, Call, Cost, Fidelity, Options, Out};
 use crate::engine::{RowsScratch, SPLIT_KEYS, Tiling, attend_rows};
-use crate::error::Result;
+use crate::decode::cached::{GroupSum, KvCache};
+use crate::decode::{DecodeOptions, Decoder, check_prefill, check_step};
+use crate::error::{ErrorKind, Result};
+use crate::kernels::dispatch::{self, KvPartial};
 use crate::kernels::gemm::{gemm, gemm_flops};
 use crate::kernels::isa::Isa;
 use crate::modifier::Feature;
@@ -155,6 +159,7 @@ impl fmt::Display for BlockTopK {
 
 /// The summaries of one KV head's key blocks: the means (`[blocks, d]`), or the per-channel
 /// minima and maxima.
+#[derive(Debug)]
 enum Summary {
     Mean(Array2<f32>),
     Bound(Array2<f32>, Array2<f32>),
@@ -515,6 +520,21 @@ impl Attention for BlockTopK {
         Ok(())
     }
 
+    fn decoder(&self, shape: &Shape, opts: &DecodeOptions) -> Option<Result<Box<dyn Decoder>>> {
+        if let Some(sc) = opts.scale
+            && sc <= 0.0
+        {
+            return Some(Err(ErrorKind::Unsupported {
+                variant: self.to_string(),
+                reasons: vec![format!(
+                    "blocktopk ranks blocks by q . k and needs a positive score scale, got {sc}"
+                )],
+            }
+            .into()));
+        }
+        Some(BlockDecoder::new(*self, shape, opts).map(|d| Box::new(d) as Box<dyn Decoder>))
+    }
+
     fn chosen(&self, call: &Call<'_>, b: usize, h: usize, rows: &[usize]) -> Option<Vec<Vec<u32>>> {
         let shape = call.shape();
         let summaries = self.summaries(call);
@@ -539,6 +559,217 @@ impl Attention for BlockTopK {
             })
             .collect();
         Some(keys)
+    }
+}
+
+/// Decoding: a KV cache, the key blocks' summaries kept up to date as keys arrive, and per
+/// step and query head the choice [`BlockTopK::choose`] makes for a one-row query block
+/// (its own block and the `local - 1` before it forced, the `k` best of the others by score,
+/// ranked by the same GEMM on the same summaries), attended exactly over the kept blocks of
+/// the cache. A step costs O((n / block) d) for scoring plus O((k + local) block d).
+#[derive(Debug)]
+struct BlockDecoder {
+    sel: BlockTopK,
+    shape: Shape,
+    scale: f32,
+    isa: Isa,
+    caches: Vec<KvCache>,
+    /// Per (sequence, KV head): `score=mean`, the running sums of each block's keys (the
+    /// means are `sums * (1 / count)`, as [`Summary::of`] computes them).
+    sums: Vec<Array2<f32>>,
+    summaries: Vec<Summary>,
+    len: usize,
+    last_read: usize,
+}
+
+impl BlockDecoder {
+    fn new(sel: BlockTopK, shape: &Shape, opts: &DecodeOptions) -> Result<Self> {
+        opts.check()?;
+        let (bk, d, dv) = (shape.batch() * shape.kv_heads(), shape.head_dim(), shape.v_dim());
+        let cap = opts.capacity.max(1);
+        let blocks = cap.div_ceil(sel.block);
+        let empty = || match sel.score {
+            Score::Mean => Summary::Mean(Array2::zeros((blocks, d))),
+            Score::Bound => Summary::Bound(
+                Array2::from_elem((blocks, d), f32::INFINITY),
+                Array2::from_elem((blocks, d), f32::NEG_INFINITY),
+            ),
+        };
+        Ok(Self {
+            sel,
+            shape: *shape,
+            scale: opts.scale_for(shape),
+            isa: opts.isa(),
+            caches: (0..bk).map(|_| KvCache::new(opts.kv, d, dv, cap)).collect(),
+            sums: match sel.score {
+                Score::Mean => vec![Array2::zeros((blocks, d)); bk],
+                Score::Bound => Vec::new(),
+            },
+            summaries: (0..bk).map(|_| empty()).collect(),
+            len: 0,
+            last_read: 0,
+        })
+    }
+
+    /// Appends the key and value rows of every (sequence, KV head) at position `pos`.
+    fn append(&mut self, pos: usize, k: ArrayView2<f32>, v: ArrayView2<f32>) {
+        let (block, d) = (self.sel.block, self.shape.head_dim());
+        let c = pos / block;
+        for (i, cache) in self.caches.iter_mut().enumerate() {
+            if cache.slots() <= pos {
+                cache.grow((2 * cache.slots()).max(pos + 1));
+            }
+            cache.set(pos, k.row(i), v.row(i));
+            let grow = |a: &mut Array2<f32>, fill: f32| {
+                if a.nrows() <= c {
+                    let mut g = Array2::from_elem((2 * a.nrows().max(c + 1), d), fill);
+                    g.slice_mut(s![..a.nrows(), ..]).assign(a);
+                    *a = g;
+                }
+            };
+            match &mut self.summaries[i] {
+                Summary::Mean(mean) => {
+                    let sums = &mut self.sums[i];
+                    grow(sums, 0.0);
+                    grow(mean, 0.0);
+                    let mut row = sums.row_mut(c);
+                    row.zip_mut_with(&k.row(i), |m, &x| *m += x);
+                    let inv = 1.0 / (pos - c * block + 1) as f32;
+                    mean.row_mut(c).zip_mut_with(&row, |m, &x| *m = x * inv);
+                }
+                Summary::Bound(lo, hi) => {
+                    grow(lo, f32::INFINITY);
+                    grow(hi, f32::NEG_INFINITY);
+                    lo.row_mut(c).zip_mut_with(&k.row(i), |m, &x| *m = m.min(x));
+                    hi.row_mut(c).zip_mut_with(&k.row(i), |m, &x| *m = m.max(x));
+                }
+            }
+        }
+    }
+
+    /// The kept blocks (sorted) of query row `q` (unscaled) at position `p`.
+    fn kept(&self, summary: &Summary, q: ArrayView2<f32>, p: usize) -> Vec<u32> {
+        let sel = &self.sel;
+        let candidates = p / sel.block + 1;
+        let forced = if sel.local == 0 {
+            0..0
+        } else {
+            let own = candidates - 1;
+            (own + 1).saturating_sub(sel.local)..own + 1
+        };
+        if candidates - forced.len() <= sel.k {
+            return (0..candidates as u32).collect();
+        }
+        let (mut agg, mut buf) = (vec![0f32; candidates], Vec::new());
+        let mut parts = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+        summary.score(q, &mut agg, &mut buf, &mut parts);
+        let others: Vec<f32> = (0..candidates)
+            .filter(|c| !forced.contains(c))
+            .map(|c| agg[c])
+            .collect();
+        let mut idx = Vec::new();
+        top_k(&others, sel.k, &mut idx);
+        let mut kept: Vec<u32> = forced.clone().map(|c| c as u32).collect();
+        kept.extend(idx.iter().map(|&t| {
+            let t = t as usize;
+            (if t < forced.start { t } else { t + forced.len() }) as u32
+        }));
+        kept.sort_unstable();
+        kept
+    }
+}
+
+impl Decoder for BlockDecoder {
+    fn prefill(&mut self, k: ArrayView4<'_, f32>, v: ArrayView4<'_, f32>) -> Result<()> {
+        check_prefill(&self.shape, &k, &v)?;
+        let (bn, hk, p) = (self.shape.batch(), self.shape.kv_heads(), k.shape()[2]);
+        let (d, dv) = (self.shape.head_dim(), self.shape.v_dim());
+        for t in 0..p {
+            let kt = k.slice(s![.., .., t, ..]).to_shape((bn * hk, d)).expect("checked").to_owned();
+            let vt = v.slice(s![.., .., t, ..]).to_shape((bn * hk, dv)).expect("checked").to_owned();
+            self.append(self.len, kt.view(), vt.view());
+            self.len += 1;
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        q: ArrayView3<'_, f32>,
+        k: ArrayView3<'_, f32>,
+        v: ArrayView3<'_, f32>,
+        mut out: ArrayViewMut3<'_, f32>,
+    ) -> Result<()> {
+        check_step(&self.shape, &q, &k, &v, &out)?;
+        let (bn, hk, h) = (self.shape.batch(), self.shape.kv_heads(), self.shape.heads());
+        let (d, dv) = (self.shape.head_dim(), self.shape.v_dim());
+        let pos = self.len;
+        let kt = k.to_shape((bn * hk, d)).expect("checked").to_owned();
+        let vt = v.to_shape((bn * hk, dv)).expect("checked").to_owned();
+        self.append(pos, kt.view(), vt.view());
+        self.len = pos + 1;
+        let this = &*self;
+        let head = |i: usize| -> (Vec<f32>, usize) {
+            let (b, hh) = (i / h, i % h);
+            let c = b * hk + this.shape.kv_head_of(hh);
+            let qr = q.slice(s![b, hh..hh + 1, ..]);
+            let kept = this.kept(&this.summaries[c], qr, pos);
+            let qs: Vec<f32> = qr.iter().map(|&x| x * this.scale).collect();
+            let mut sum = GroupSum::new(1, dv);
+            let mut keys = 0;
+            for &blk in &kept {
+                let r = blk as usize * this.sel.block..((blk as usize + 1) * this.sel.block).min(pos + 1);
+                keys += r.len();
+                let mut st = KvPartial::new(1, dv);
+                dispatch::kv_scan(this.isa, &qs, d, this.caches[c].data(), r, &mut st);
+                sum.add(&st);
+            }
+            let mut row = vec![0f32; dv];
+            sum.write(0, &mut row);
+            (row, keys)
+        };
+        let rows: Vec<(Vec<f32>, usize)> = if bn * h > 1 && rayon::current_num_threads() > 1 {
+            (0..bn * h).into_par_iter().map(head).collect()
+        } else {
+            (0..bn * h).map(head).collect()
+        };
+        let bytes = self.caches[0].bytes() / self.caches[0].slots().max(1);
+        self.last_read = 0;
+        for (i, (row, keys)) in rows.iter().enumerate() {
+            out.slice_mut(s![i / h, i % h, ..])
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, &x)| *o = x);
+            // The kept keys, and the summaries scored (once per query head).
+            let blocks = pos / self.sel.block + 1;
+            let per_summary = match self.sel.score {
+                Score::Mean => 1,
+                Score::Bound => 2,
+            };
+            self.last_read += keys * bytes + blocks * d * 4 * per_summary;
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn state_bytes(&self) -> usize {
+        let summaries: usize = self
+            .summaries
+            .iter()
+            .map(|s| match s {
+                Summary::Mean(m) => m.len() * 4,
+                Summary::Bound(lo, hi) => (lo.len() + hi.len()) * 4,
+            })
+            .sum();
+        let sums: usize = self.sums.iter().map(|a| a.len() * 4).sum();
+        self.caches.iter().map(KvCache::bytes).sum::<usize>() + summaries + sums
+    }
+
+    fn bytes_read(&self) -> usize {
+        self.last_read
     }
 }
 
