@@ -22,7 +22,7 @@ fn temp_dir(name: &str) -> PathBuf {
 fn small(name: &str) -> DecodeConfig {
     DecodeConfig {
         contexts: vec![40, 300],
-        tokens: 5,
+        tokens: 6,
         heads: 4,
         kv_heads: 2,
         head_dim: 32,
@@ -60,7 +60,7 @@ fn every_cell_is_measured_against_the_oracle_and_written() {
             continue;
         }
         assert_eq!(r.status, "ok", "{r:?}");
-        assert_eq!(r.tokens, 5);
+        assert_eq!(r.tokens, 6);
         assert!(
             r.us_lo <= r.us_per_token && r.us_per_token <= r.us_hi,
             "{r:?}"
@@ -114,7 +114,7 @@ fn every_cell_is_measured_against_the_oracle_and_written() {
     // The JSON names the shape and the variants.
     let meta = std::fs::read_to_string(&run.json).unwrap();
     assert!(
-        meta.contains("\"tokens\": 5") && meta.contains("window(w=16)"),
+        meta.contains("\"tokens\": 6") && meta.contains("window(w=16)"),
         "{meta}"
     );
 }
@@ -285,4 +285,45 @@ fn the_report_draws_decode_results_and_refuses_to_mix_them() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/20261202T011523Z-minilm.csv");
     let e = attnbench::report::write_report(&[run.csv.clone(), sweep], Some(&out)).unwrap_err();
     assert!(e.to_string().contains("cannot share"), "{e}");
+}
+
+#[test]
+fn the_median_interval_uses_the_binomial_ranks_and_refuses_tiny_samples() {
+    use attnbench::harness::decode::median_interval;
+    let xs: Vec<f64> = (0..32).map(f64::from).rev().collect();
+    // 1-based ranks floor((32 - 1.96 sqrt 32) / 2) = 10 and ceil(1 + (32 + 11.09) / 2) = 23.
+    assert_eq!(median_interval(&xs), (15.5, 9.0, 22.0));
+    let (m, lo, hi) = median_interval(&[3.0, 1.0, 2.0]);
+    assert_eq!(m, 2.0);
+    assert!(lo.is_nan() && hi.is_nan());
+}
+
+#[test]
+fn a_cell_of_one_token_over_its_time_budget_still_runs() {
+    let cfg = DecodeConfig {
+        tokens: 1,
+        cell_budget_s: 0.0,
+        stores: vec![KvStore::F32],
+        ..small("one")
+    };
+    let variants = Registry::builtin().build_list("flash").unwrap();
+    let run = run_decode(&cfg, &variants, |_| {}).unwrap();
+    for r in read_decode_csv(&run.csv).unwrap() {
+        assert_eq!((r.status.as_str(), r.tokens), ("ok", 1), "{r:?}");
+        assert!(r.us_lo.is_nan(), "one token has no interval: {r:?}");
+    }
+}
+
+#[test]
+fn the_report_refuses_the_same_cell_from_two_runs() {
+    let cfg = DecodeConfig {
+        stores: vec![KvStore::F32],
+        ..small("twice")
+    };
+    let variants = Registry::builtin().build_list("flash").unwrap();
+    let a = run_decode(&cfg, &variants, |_| {}).unwrap();
+    let b = run_decode(&cfg, &variants, |_| {}).unwrap();
+    let out = cfg.out_dir.join("both");
+    let e = attnbench::report::write_report(&[a.csv, b.csv], Some(&out)).unwrap_err();
+    assert!(e.to_string().contains("more than one file"), "{e}");
 }

@@ -236,8 +236,10 @@ fn stream(cfg: &DecodeConfig, len: usize) -> Result<Stream> {
             Ok(Stream {
                 shape,
                 k: draw((1, hk, len, d), sc, seed),
-                v: draw((1, hk, len, d), 1.0, seed + 1),
-                queries: Box::new(move |ctx, n| draw((1, h, n, d), sc, seed + 2 + ctx as u64)),
+                v: draw((1, hk, len, d), 1.0, seed.wrapping_add(1)),
+                queries: Box::new(move |ctx, n| {
+                    draw((1, h, n, d), sc, seed.wrapping_add(2 + ctx as u64))
+                }),
                 name: cfg.workload.to_string(),
             })
         }
@@ -347,19 +349,22 @@ fn row_errors(got: &Array4<f32>, want: &Array4<f64>) -> (f64, f64) {
     )
 }
 
-/// The median of `xs` with a 95% distribution-free interval: the order statistics at
-/// `n/2 -+ 1.96 sqrt(n)/2` (the binomial's normal approximation), clipped to the sample.
+/// The median of `xs` with a 95% distribution-free interval: the order statistics of
+/// 1-based ranks `floor((n - 1.96 sqrt n) / 2)` and `ceil(1 + (n + 1.96 sqrt n) / 2)` (the
+/// binomial's normal approximation). Below 6 samples even the extremes cover less than 95%,
+/// and the interval is NaN (no verdict rests on it).
 pub fn median_interval(xs: &[f64]) -> (f64, f64, f64) {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, f64::NAN);
+    let median = crate::stats::median(&v).unwrap_or(f64::NAN);
+    if n < 6 {
+        return (median, f64::NAN, f64::NAN);
     }
-    let half = 1.96 * (n as f64).sqrt() / 2.0;
-    let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
-    let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
-    (crate::stats::median(&v).unwrap_or(f64::NAN), v[lo], v[hi])
+    let z = 1.96 * (n as f64).sqrt();
+    let lo = ((n as f64 - z) / 2.0).floor().max(1.0) as usize - 1;
+    let hi = ((1.0 + (n as f64 + z) / 2.0).ceil() as usize).min(n) - 1;
+    (median, v[lo], v[hi])
 }
 
 /// Runs the benchmark over `variants`, writing `<out_dir>/<stamp>-<label>.csv` and `.json`
@@ -666,17 +671,17 @@ fn open_cell<'a>(
     };
     // Guard rail: a cache of every token must fit beside what is held. Which decoders keep
     // one is known before building any (a decoder allocates its capacity): all but the
-    // recurrent states and the ring buffers of streaming patterns.
-    let bounded = !cfg.stateless
-        && (variant.pattern().is_some_and(|p| p.streaming().is_some())
-            || matches!(
-                variant.fidelity(),
-                Fidelity::OtherKernel | Fidelity::Approximate
-            ));
+    // recurrent states and the ring buffers of streaming patterns. The stateless fallback
+    // always keeps one, in f32.
+    let bounded = variant.pattern().is_some_and(|p| p.streaming().is_some())
+        || matches!(
+            variant.fidelity(),
+            Fidelity::OtherKernel | Fidelity::Approximate
+        );
     let per_token = (shape.batch() * shape.kv_heads() * (shape.head_dim() + shape.v_dim())) as u64;
     let fits = |bytes: u64| -> std::result::Result<(), String> {
         let need = per_token * (ctx + cfg.tokens) as u64 * bytes;
-        if bounded || need + held <= cfg.memory_budget {
+        if need + held <= cfg.memory_budget {
             Ok(())
         } else {
             Err(format!(
@@ -687,15 +692,30 @@ fn open_cell<'a>(
             ))
         }
     };
-    if let Err(reason) = fits(store.bytes() as u64) {
-        r.mode = "stateful".into();
+    if cfg.stateless {
+        r.mode = "stateless".into();
+        if let Err(reason) = fits(4) {
+            r.reason = reason;
+            return Cell::Done(Box::new(r));
+        }
+    } else if !bounded && let Err(reason) = fits(store.bytes() as u64) {
+        // A stateful cache of this store does not fit, nor would the f32 fallback.
+        r.mode = "not built".into();
         r.reason = reason;
         return Cell::Done(Box::new(r));
     }
     let stateful = if cfg.stateless {
         None
     } else {
-        variant.decoder(shape, &opts)
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            variant.decoder(shape, &opts)
+        })) {
+            Ok(d) => d,
+            Err(p) => {
+                r.mode = "stateful".into();
+                return Cell::Done(Box::new(failed(r, Err(p))));
+            }
+        }
     };
     r.mode = if stateful.is_some() {
         "stateful"
@@ -703,8 +723,9 @@ fn open_cell<'a>(
         "stateless"
     }
     .into();
-    // The stateless fallback keeps f32 arrays whatever the store.
+    // A variant without a decoder falls back to f32 arrays of every token, bounded or not.
     if stateful.is_none()
+        && !cfg.stateless
         && let Err(reason) = fits(4)
     {
         r.reason = reason;
@@ -780,7 +801,7 @@ impl Live<'_> {
             self.times.push(dt);
             self.outs.slice_mut(s![.., .., i, ..]).assign(&o);
             if i == 0 && dt * self.tokens as f64 > self.cell_budget_s {
-                self.planned = ((self.cell_budget_s / dt) as usize).clamp(3, self.tokens);
+                self.planned = ((self.cell_budget_s / dt) as usize).max(3).min(self.tokens);
             }
         }
         Ok(())

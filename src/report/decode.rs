@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::charts::{Chart, Line, Stroke, palette, save};
 use super::fit::{Fit, loglog_fit, upper_half_fit};
 use super::format::{fmt_bytes, fmt_err};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::results::artefacts::read_json;
 use crate::results::decode::{DecodeMeta, DecodeRecord, read_decode_csv};
 
@@ -80,11 +80,36 @@ fn series(records: &[DecodeRecord]) -> Vec<Series> {
 /// Writes the charts and `report.md` of the decode CSVs `csvs` into `dir`; returns the
 /// markdown's path.
 pub fn write(csvs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
-    let mut records = Vec::new();
+    let mut records: Vec<DecodeRecord> = Vec::new();
+    let mut meta: Option<DecodeMeta> = None;
     for path in csvs {
-        records.extend(read_decode_csv(path)?);
+        let these = read_decode_csv(path)?;
+        // Runs combine only when they measured the same inputs, each cell once.
+        let m: Option<DecodeMeta> = read_json(&path.with_extension("json"))?;
+        if let (Some(a), Some(b)) = (&meta, &m)
+            && (a.workload != b.workload || a.shape != b.shape || a.tokens != b.tokens)
+        {
+            return Err(mixed(
+                path,
+                "another workload, shape or token count than the first file",
+            ));
+        }
+        for r in &these {
+            if records.iter().any(|o| {
+                (&o.variant, &o.mode, &o.kv, o.context) == (&r.variant, &r.mode, &r.kv, r.context)
+            }) {
+                return Err(mixed(
+                    path,
+                    &format!(
+                        "`{}` {} at context {} appears in more than one file; report the runs separately",
+                        r.variant, r.kv, r.context
+                    ),
+                ));
+            }
+        }
+        records.extend(these);
+        meta = meta.or(m);
     }
-    let meta: Option<DecodeMeta> = read_json(&csvs[0].with_extension("json"))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let all = series(&records);
     let line = |s: &Series, i: usize, y: &dyn Fn(&DecodeRecord) -> f64| Line {
@@ -169,6 +194,13 @@ pub fn write(csvs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     let text = markdown(&records, &all, meta.as_ref(), csvs);
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
+}
+
+fn mixed(path: &Path, why: &str) -> Error {
+    Error::new(ErrorKind::BadOption {
+        option: "csv",
+        message: format!("{} cannot join this report: {why}", path.display()),
+    })
 }
 
 /// Dashed O(n) and O(1) lines through the first point of the slowest and the fastest series

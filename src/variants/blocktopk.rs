@@ -647,8 +647,9 @@ impl BlockDecoder {
         }
     }
 
-    /// The kept blocks (sorted) of query row `q` (unscaled) at position `p`.
-    fn kept(&self, summary: &Summary, q: ArrayView2<f32>, p: usize) -> Vec<u32> {
+    /// The kept blocks (sorted) of query row `q` (unscaled) at position `p`, and whether
+    /// they were scored (not every candidate kept).
+    fn kept(&self, summary: &Summary, q: ArrayView2<f32>, p: usize) -> (Vec<u32>, bool) {
         let sel = &self.sel;
         let candidates = p / sel.block + 1;
         let forced = if sel.local == 0 {
@@ -658,7 +659,7 @@ impl BlockDecoder {
             (own + 1).saturating_sub(sel.local)..own + 1
         };
         if candidates - forced.len() <= sel.k {
-            return (0..candidates as u32).collect();
+            return ((0..candidates as u32).collect(), false);
         }
         let (mut agg, mut buf) = (vec![0f32; candidates], Vec::new());
         let mut parts = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
@@ -675,7 +676,7 @@ impl BlockDecoder {
             (if t < forced.start { t } else { t + forced.len() }) as u32
         }));
         kept.sort_unstable();
-        kept
+        (kept, true)
     }
 }
 
@@ -709,11 +710,11 @@ impl Decoder for BlockDecoder {
         self.append(pos, kt.view(), vt.view());
         self.len = pos + 1;
         let this = &*self;
-        let head = |i: usize| -> (Vec<f32>, usize) {
+        let head = |i: usize| -> (Vec<f32>, usize, bool) {
             let (b, hh) = (i / h, i % h);
             let c = b * hk + this.shape.kv_head_of(hh);
             let qr = q.slice(s![b, hh..hh + 1, ..]);
-            let kept = this.kept(&this.summaries[c], qr, pos);
+            let (kept, scored) = this.kept(&this.summaries[c], qr, pos);
             let qs: Vec<f32> = qr.iter().map(|&x| x * this.scale).collect();
             let mut sum = GroupSum::new(1, dv);
             let mut keys = 0;
@@ -726,25 +727,26 @@ impl Decoder for BlockDecoder {
             }
             let mut row = vec![0f32; dv];
             sum.write(0, &mut row);
-            (row, keys)
+            (row, keys, scored)
         };
-        let rows: Vec<(Vec<f32>, usize)> = if bn * h > 1 && rayon::current_num_threads() > 1 {
+        let rows: Vec<(Vec<f32>, usize, bool)> = if bn * h > 1 && rayon::current_num_threads() > 1 {
             (0..bn * h).into_par_iter().map(head).collect()
         } else {
             (0..bn * h).map(head).collect()
         };
         let bytes = self.caches[0].bytes() / self.caches[0].slots().max(1);
         self.last_read = 0;
-        for (i, (row, keys)) in rows.iter().enumerate() {
+        for (i, (row, keys, scored)) in rows.iter().enumerate() {
             out.slice_mut(s![i / h, i % h, ..])
                 .iter_mut()
                 .zip(row)
                 .for_each(|(o, &x)| *o = x);
             // The kept keys, and the summaries scored (once per query head).
             let blocks = pos / self.sel.block + 1;
-            let per_summary = match self.sel.score {
-                Score::Mean => 1,
-                Score::Bound => 2,
+            let per_summary = match (self.sel.score, scored) {
+                (_, false) => 0,
+                (Score::Mean, true) => 1,
+                (Score::Bound, true) => 2,
             };
             self.last_read += keys * bytes + blocks * d * 4 * per_summary;
         }
