@@ -22,8 +22,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
+use super::cell::panic_message;
 use super::machine::{measure_limits, read_bandwidth};
 use super::runfiles::{create_run_files, utc_iso, utc_stamp};
+use super::thread_pool;
 use crate::attention::{self, Attention, Fidelity, Problem};
 use crate::decode::{DecodeOptions, Decoder, KvStore};
 use crate::error::{Error, ErrorKind, Result};
@@ -413,16 +415,7 @@ pub fn run_decode(
         }
         .into());
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.threads)
-        .build()
-        .map_err(|e| {
-            Error::new(ErrorKind::BadOption {
-                option: "threads",
-                message: e.to_string(),
-            })
-        })?;
-    pool.install(|| run_in_pool(cfg, variants, progress))
+    thread_pool(cfg.threads)?.install(|| run_in_pool(cfg, variants, progress))
 }
 
 fn run_in_pool(
@@ -636,13 +629,7 @@ fn failed(mut r: DecodeRecord, outcome: std::thread::Result<Error>) -> DecodeRec
         }
         Err(p) => {
             r.status = "error".into();
-            r.reason = format!(
-                "panicked: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("?")
-            );
+            r.reason = format!("panicked: {}", panic_message(&p));
         }
     }
     r

@@ -15,3 +15,16 @@ pub mod memory;
 pub mod runfiles;
 pub mod sweep;
 pub mod timing;
+
+/// A rayon pool of `threads` workers (0: rayon's default), a run's only pool.
+fn thread_pool(threads: usize) -> crate::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| {
+            crate::error::Error::new(crate::error::ErrorKind::BadOption {
+                option: "threads",
+                message: e.to_string(),
+            })
+        })
+}

@@ -120,15 +120,7 @@ pub fn run_sweep(
         Some(data) => data.meta.check(&cfg.opts)?,
         None => cfg.workload.meta()?.check(&cfg.opts)?,
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.threads)
-        .build()
-        .map_err(|e| {
-            Error::new(ErrorKind::BadOption {
-                option: "threads",
-                message: e.to_string(),
-            })
-        })?;
+    let pool = super::thread_pool(cfg.threads)?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
     let started = SystemTime::now();
     let (run_id, csv_path, json_path, csv_file) =
