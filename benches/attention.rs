@@ -49,7 +49,7 @@ fn bench_lengths(c: &mut Criterion) {
             let mut out = Array4::<f32>::zeros(shape.out_dims());
             group.throughput(Throughput::Elements((batch * heads * n * n) as u64));
             for v in &variants {
-                if !v.unsupported(&shape, &opts).is_empty() {
+                if !common::runnable(v.as_ref(), &shape, &opts) {
                     continue;
                 }
                 group.bench_with_input(BenchmarkId::new(v.to_string(), n), &n, |b, _| {
@@ -81,6 +81,9 @@ fn bench_decode(c: &mut Criterion) {
         let mut out = Array4::<f32>::zeros(shape.out_dims());
         group.throughput(Throughput::Elements((batch * heads * n_kv) as u64));
         for v in &variants {
+            if !common::runnable(v.as_ref(), &shape, &opts) {
+                continue;
+            }
             group.bench_with_input(BenchmarkId::new(v.to_string(), n_kv), &n_kv, |b, _| {
                 b.iter(|| {
                     attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward")

@@ -71,6 +71,33 @@ pub fn causal_flags() -> Vec<bool> {
     }
 }
 
+/// Whether `v` can run `shape` under `opts` within the run budget (half the RAM, as
+/// `sweep`'s default): its inputs, output and analytic workspace. Says why on stderr when not.
+pub fn runnable(v: &dyn Attention, shape: &Shape, opts: &attnbench::Options) -> bool {
+    let why = v.unsupported(shape, opts);
+    if !why.is_empty() {
+        return false;
+    }
+    let elems = |d: [usize; 4]| d.iter().product::<usize>() as u64;
+    let io = 4
+        * (elems(shape.q_dims())
+            + elems(shape.k_dims())
+            + elems(shape.v_dims())
+            + elems(shape.out_dims()));
+    let needed = io.saturating_add(v.cost(shape, opts, 1).workspace_bytes);
+    let budget = attnbench::harness::machine::default_budget();
+    if needed > budget {
+        eprintln!(
+            "skipped {v} at n = {}: needs ~{} MB, over the budget of {} MB (half the RAM)",
+            shape.n_kv(),
+            needed >> 20,
+            budget >> 20
+        );
+        return false;
+    }
+    true
+}
+
 /// Seeded Gaussian inputs.
 pub fn inputs(batch: usize, heads: usize, n_q: usize, n_kv: usize, d: usize) -> (Shape, Qkv) {
     let shape = Shape::new(batch, heads, heads, n_q, n_kv, d, d).expect("valid bench shape");

@@ -31,7 +31,7 @@ fn main() {
             let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).expect("valid");
             let mut out = Array4::<f32>::zeros(shape.out_dims());
             for v in &variants {
-                if !v.unsupported(&shape, &opts).is_empty() {
+                if !common::runnable(v.as_ref(), &shape, &opts) {
                     continue;
                 }
                 attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward");

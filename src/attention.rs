@@ -87,6 +87,7 @@ impl<'a> Problem<'a> {
         check_finite("q", &q)?;
         check_finite("k", &k)?;
         check_finite("v", &v)?;
+        check_range(&q, &k, &v)?;
         Ok(Self {
             q,
             k,
@@ -578,6 +579,52 @@ fn rank4<'a, D: Dimension>(
             got,
         })
     })
+}
+
+/// What f32 attention can hold: partial sums of `q . k` are bounded by `|q| |k|`
+/// (Cauchy-Schwarz) and those of `p . v` by `n_kv max|v|`; beyond `RANGE` (a quarter of
+/// `f32::MAX`) they could overflow.
+const RANGE: f64 = f32::MAX as f64 / 4.0;
+
+/// Refuses finite inputs whose scores or weighted sums could overflow `f32` (an exact
+/// kernel would then be wrong through no fault of its own).
+fn check_range(q: &ArrayView4<f32>, k: &ArrayView4<f32>, v: &ArrayView4<f32>) -> Result<()> {
+    let sq = |r: &[f32]| r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+    let max_norm = |a: &ArrayView4<f32>| {
+        let d = a.shape()[3];
+        match a.as_slice() {
+            Some(s) => s.chunks_exact(d).map(sq).fold(0.0, f64::max),
+            None => a
+                .rows()
+                .into_iter()
+                .map(|r| r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                .fold(0.0, f64::max),
+        }
+        .sqrt()
+    };
+    let (nq, nk) = (max_norm(q), max_norm(k));
+    if nq * nk > RANGE {
+        return Err(ErrorKind::InputRange {
+            message: format!(
+                "the largest |q| ({nq:.3e}) times the largest |k| ({nk:.3e}) is {:.3e}; scores could overflow f32 (max {:.3e})",
+                nq * nk,
+                f32::MAX
+            ),
+        }
+        .into());
+    }
+    let max_v = v.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+    let n_kv = v.shape()[2] as f64;
+    if max_v * n_kv > RANGE {
+        return Err(ErrorKind::InputRange {
+            message: format!(
+                "the largest |v| ({max_v:.3e}) times the {n_kv} keys is {:.3e}; weighted sums of v could overflow f32",
+                max_v * n_kv
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn check_finite(tensor: &'static str, a: &ArrayView4<f32>) -> Result<()> {

@@ -157,10 +157,46 @@ impl Outcome {
 
 /// Runs `variant` on `case` and compares it with the oracle.
 pub fn check(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
-    let why = reasons(variant, &case.shape, &case.opts, case.key_lengths.is_some());
-    if !why.is_empty() {
-        return Outcome::Unsupported(why);
-    }
+    check_within(variant, case, seed, u64::MAX)
+}
+
+/// Bytes a check of `variant` on `case` needs: the inputs, the output, the oracle's f64
+/// output and the variant's analytic workspace.
+pub fn check_bytes(variant: &dyn Attention, case: &Case) -> u64 {
+    let elems = |dims: [usize; 4]| dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
+    let s = &case.shape;
+    let io = (elems(s.q_dims()) + elems(s.k_dims()) + elems(s.v_dims()) + elems(s.out_dims()))
+        .saturating_mul(4);
+    let oracle = elems(s.out_dims()).saturating_mul(8);
+    io.saturating_add(oracle)
+        .saturating_add(variant.cost(s, &case.opts, 1).workspace_bytes)
+}
+
+/// Like [`check`], declining a case that needs more than `max_bytes` (see [`check_bytes`]),
+/// and reporting a panic of the variant as a failure of this case alone.
+pub fn check_within(variant: &dyn Attention, case: &Case, seed: u64, max_bytes: u64) -> Outcome {
+    // The variant's own code (its reasons, its cost, its kernel) may panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let why = reasons(variant, &case.shape, &case.opts, case.key_lengths.is_some());
+        if !why.is_empty() {
+            return Outcome::Unsupported(why);
+        }
+        let needed = check_bytes(variant, case);
+        if needed > max_bytes {
+            return Outcome::Unsupported(vec![format!(
+                "needs ~{} MB (inputs, output, oracle, workspace), over --max-memory {} MB",
+                needed >> 20,
+                max_bytes >> 20
+            )]);
+        }
+        checked(variant, case, seed)
+    }))
+    .unwrap_or_else(|panic| {
+        Outcome::Failed(format!("panicked: {}", crate::error::panic_message(&panic)))
+    })
+}
+
+fn checked(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
     let qkv = gaussian(&case.shape, case.input_scale, seed);
     let problem =
         Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), case.opts).and_then(|p| match &case

@@ -70,6 +70,11 @@ pub enum ErrorKind {
         /// The offending value.
         value: f32,
     },
+    /// Finite inputs whose scores or weighted sums could overflow `f32`.
+    InputRange {
+        /// What would overflow, with the magnitudes involved.
+        message: String,
+    },
     /// An option is out of its valid range.
     BadOption {
         /// The option's name.
@@ -237,6 +242,9 @@ impl fmt::Display for Error {
                 f,
                 "{tensor} holds a non-finite value {value} at [b, h, s, d] = {index:?}; inputs must be finite"
             ),
+            ErrorKind::InputRange { message } => {
+                write!(f, "inputs out of range for f32 attention: {message}")
+            }
             ErrorKind::BadOption { option, message } => {
                 write!(f, "invalid option {option}: {message}")
             }
@@ -274,3 +282,12 @@ impl std::error::Error for Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of a caught panic (its `&str` or `String` payload).
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -90,6 +90,22 @@ impl LayerConfig {
         self
     }
 
+    /// Bytes of the four projections' f32 weights (and biases).
+    pub fn weight_bytes(&self) -> u64 {
+        let (d, wq, wkv) = (
+            self.d_model as u64,
+            self.q_width() as u64,
+            self.kv_width() as u64,
+        );
+        let biases = if self.bias { wq + 2 * wkv + d } else { 0 };
+        4u64.saturating_mul(
+            (2 * d)
+                .saturating_mul(wq)
+                .saturating_add((2 * d).saturating_mul(wkv))
+                .saturating_add(biases),
+        )
+    }
+
     /// The width of the query projection, `heads * head_dim`.
     pub fn q_width(&self) -> usize {
         self.heads * self.head_dim

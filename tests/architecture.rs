@@ -321,6 +321,8 @@ fn unsafe_lives_in_the_listed_files_under_safety_comments() {
         "src/kernels/tiles.rs",
         "src/kernels/avx512.rs",
         "src/kernels/gemm.rs",
+        // One libc call: SIGXFSZ ignored, so a full file-size limit is an error, not a kill.
+        "src/cli/mod.rs",
     ];
     let mut files = Vec::new();
     rust_files(Path::new("src"), &mut files);

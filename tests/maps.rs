@@ -73,6 +73,7 @@ fn maps_of_the_real_activations_show_specialised_heads() {
         log: true,
         out_dir: dir.clone(),
         seed: 0,
+        max_memory: 4 << 30,
     };
     let out = write_maps(&cfg).unwrap();
     // 2 sequences x 3 heads, each with full + 2 variants.
@@ -128,6 +129,7 @@ fn bad_map_arguments_are_errors() {
         log: false,
         out_dir: temp_dir("bad"),
         seed: 0,
+        max_memory: 4 << 30,
     };
     let e = write_maps(&MapsConfig {
         heads: Some(vec![12]),

@@ -235,7 +235,7 @@ fn runs_combine_into_one_report() {
 }
 
 #[test]
-fn malformed_csv_names_the_line() {
+fn malformed_csv_names_the_row() {
     let dir = temp_dir("malformed");
     let csv = dir.join("bad.csv");
     write_csv(&csv, &power_law_rows()[..3]);
@@ -251,7 +251,7 @@ fn malformed_csv_names_the_line() {
     // The parser's own error is kept as the source.
     assert!(std::error::Error::source(&err).is_some(), "{err}");
     let e = err.to_string();
-    assert!(e.contains("bad.csv") && e.contains("line 3"), "{e}");
+    assert!(e.contains("bad.csv") && e.contains("row 2"), "{e}");
     std::fs::write(&csv, "").unwrap();
     let e = write_report(&[csv], Some(&dir.join("out"))).unwrap_err();
     assert!(e.to_string().contains("no result rows"), "{e}");

@@ -305,7 +305,7 @@ fn inputs_over_the_memory_budget_are_skipped_before_allocation() {
     assert_eq!(out.records[0].status, Status::Ok);
     assert_eq!(out.records[1].status, Status::Skipped);
     assert!(
-        out.records[1].note.contains("inputs and output alone"),
+        out.records[1].note.contains("inputs and oracle rows alone"),
         "{}",
         out.records[1].note
     );

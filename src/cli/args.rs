@@ -37,6 +37,10 @@ pub(super) enum Command {
         /// Seed of the random inputs.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Skip cases whose inputs, oracle and workspace exceed this many bytes (suffixes K,
+        /// M, G); default: half the machine's RAM.
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        max_memory: Option<u64>,
     },
     /// Measure time, peak memory and error of variants across sequence lengths; write
     /// results/<UTC time>-<label>.csv and .json.
@@ -137,14 +141,9 @@ pub(super) struct DecodeArgs {
 pub(super) fn decode_config(args: &DecodeArgs) -> Result<DecodeConfig, String> {
     let base = DecodeConfig::default();
     let npy_len = match &args.workload {
-        Workload::Npy { dir } => Some(
-            crate::workload::load_npy_dir(dir)
-                .map_err(|e| e.to_string())?
-                .qkv
-                .k
-                .dim()
-                .2,
-        ),
+        Workload::Npy { dir } => {
+            Some(crate::workload::npy_dir_len(dir).map_err(|e| e.to_string())?)
+        }
         _ => None,
     };
     let tokens = args
@@ -214,6 +213,10 @@ pub(super) struct MapsArgs {
     /// Output directory; default: reports/maps-<UTC time>.
     #[arg(long)]
     pub(super) out: Option<PathBuf>,
+    /// Refuse maps whose inputs and n x n matrices exceed this many bytes (suffixes K, M, G);
+    /// default: half the machine's RAM.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(super) max_memory: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +535,120 @@ mod tests {
         for bad in ["0", "1", "some", "2.5"] {
             let e = config(&["sweep", "--oracle-rows", bad]).unwrap_err();
             assert!(e.contains("row count"), "{bad}: {e}");
+        }
+    }
+
+    /// Flags of every subcommand with plausible, extreme and malformed values.
+    fn arg_vector() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        use proptest::prelude::*;
+        let command = prop::sample::select(vec![
+            "sweep", "run", "decode", "maps", "check", "report", "list",
+        ]);
+        let flag = prop::sample::select(vec![
+            "--variants",
+            "--lengths",
+            "--batch",
+            "--heads",
+            "--kv-heads",
+            "--head-dim",
+            "--causal",
+            "--alibi",
+            "--softcap",
+            "--rope",
+            "--n-q",
+            "--layer",
+            "--d-model",
+            "--threads",
+            "--workload",
+            "--seed",
+            "--oracle-rows",
+            "--rounds",
+            "--error-seeds",
+            "--repeats",
+            "--min-time",
+            "--max-memory",
+            "--max-seconds",
+            "--label",
+            "--quick",
+            "--contexts",
+            "--tokens",
+            "--stores",
+            "--cell-seconds",
+            "--stateless",
+            "--n",
+            "--log",
+            "--markdown",
+            "--no-report",
+            "--bogus",
+        ]);
+        let value = prop_oneof![
+            prop::sample::select(vec![
+                "0",
+                "1",
+                "-1",
+                "64",
+                "1e20",
+                "NaN",
+                "inf",
+                "18446744073709551615",
+                "99999999999999999999",
+                "256..8192",
+                "8192..256",
+                "1..1",
+                "0..0",
+                "16,32,",
+                ",",
+                "",
+                "full",
+                "flash,window(w=4)",
+                "gaussian",
+                "gaussian(scale=0)",
+                "npy:/nonexistent",
+                "structured(layer=99)",
+                "f32,f16",
+                "f64",
+                "1G",
+                "1X",
+                "all",
+                "2.5",
+            ])
+            .prop_map(str::to_string),
+            "[ -~]{0,12}",
+        ];
+        (
+            command,
+            prop::collection::vec((flag, prop::option::of(value)), 0..6),
+        )
+            .prop_map(|(c, flags)| {
+                let mut v = vec!["attnbench".to_string(), c.to_string()];
+                for (f, x) in flags {
+                    v.push(f.to_string());
+                    v.extend(x);
+                }
+                v
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Parsing and turning flags into a configuration (everything before a run
+        /// starts) never panics: it gives a configuration or a message.
+        #[test]
+        fn any_arguments_parse_to_a_config_or_an_error(args in arg_vector()) {
+            let Ok(cli) = Cli::try_parse_from(&args) else {
+                return Ok(());
+            };
+            match cli.command {
+                Command::Sweep(a) => drop(sweep_config(&a, false)),
+                Command::Run(a) => drop(sweep_config(&a, true)),
+                Command::Decode(a) => drop(decode_config(&a)),
+                _ => {}
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::{DecodeArgs, MapsArgs, SweepArgs, decode_config, sweep_config};
+use super::print_error;
 use super::progress::{print_summary, run_with_progress};
 use crate::attention::{Attention, Fidelity, Options};
 use crate::check::{self, Outcome};
@@ -17,12 +18,13 @@ pub(super) fn check(
     registry: &Registry,
     variants: Option<&str>,
     seed: u64,
+    max_memory: u64,
 ) -> io::Result<ExitCode> {
     let variants: Vec<Box<dyn Attention>> = match variants {
         Some(list) => match registry.build_list(list) {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("error: {e}");
+                print_error(&e);
                 return Ok(ExitCode::from(2));
             }
         },
@@ -35,13 +37,19 @@ pub(super) fn check(
         "{:<22} {:<34} {:>11} {:>11} {:>9}  result",
         "variant", "case", "max abs", "rel frob", "cosine"
     )?;
-    let mut failures = 0;
-    let mut total = 0;
+    let (mut failures, mut total, mut skipped) = (0, 0, 0);
+    let mut never_ran = Vec::new();
     for variant in &variants {
+        let mut ran = 0;
         for case in &cases {
-            let outcome = check::check(variant.as_ref(), case, seed);
+            let outcome = check::check_within(variant.as_ref(), case, seed, max_memory);
             total += 1;
             failures += usize::from(outcome.is_failure());
+            if matches!(outcome, Outcome::Unsupported(_)) {
+                skipped += 1;
+            } else {
+                ran += 1;
+            }
             let name = format!("{} ({})", case.name, case.shape);
             match outcome {
                 Outcome::Ran { stats, passed } => writeln!(
@@ -84,13 +92,27 @@ pub(super) fn check(
                 )?,
             }
         }
+        if ran == 0 {
+            never_ran.push(variant.to_string());
+        }
     }
+    let ran = total - skipped;
     writeln!(
         out,
-        "\n{} of {total} checks passed (exact variants: relative Frobenius error <= {:e} against the f64 oracle under their own pattern; approximate and other-kernel variants: finite output, error reported)",
-        total - failures,
+        "\n{} of {ran} checks passed, {skipped} of {total} skipped (exact variants: relative Frobenius error <= {:e} against the f64 oracle under their own pattern; approximate and other-kernel variants: finite output, error reported)",
+        ran - failures,
         check::EXACT_TOLERANCE
     )?;
+    drop(out);
+    if !never_ran.is_empty() {
+        // A variant that ran on no case was not checked: that is no pass.
+        eprintln!(
+            "error: {} ran on none of the {} cases (every case skipped; reasons above)",
+            never_ran.join(", "),
+            cases.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
@@ -112,7 +134,7 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
     let variants = match registry.build_list(&args.variants) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return Ok(ExitCode::from(2));
         }
     };
@@ -130,6 +152,9 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
         log: args.log,
         out_dir,
         seed: 0,
+        max_memory: args
+            .max_memory
+            .unwrap_or_else(crate::harness::machine::default_budget),
     };
     match crate::harness::maps::write_maps(&cfg) {
         Ok(out) => {
@@ -157,7 +182,7 @@ pub(super) fn maps(registry: &Registry, args: MapsArgs) -> io::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             Ok(ExitCode::from(2))
         }
     }
@@ -170,7 +195,7 @@ pub(super) fn report(csvs: &[PathBuf], out: Option<&Path>) -> io::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             Ok(ExitCode::from(2))
         }
     }
@@ -184,7 +209,7 @@ pub(super) fn sweep(
     let variants = match build_variants(registry, args.variants.as_deref()) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return Ok(ExitCode::from(2));
         }
     };
@@ -195,7 +220,7 @@ pub(super) fn sweep(
     let mut cfg = match sweep_config(&args, then_report) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return Ok(ExitCode::from(2));
         }
     };
@@ -223,7 +248,7 @@ pub(super) fn sweep(
             Ok(code)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             Ok(ExitCode::from(2))
         }
     }
@@ -233,14 +258,14 @@ pub(super) fn decode(registry: &Registry, args: DecodeArgs) -> io::Result<ExitCo
     let variants = match registry.build_list(&args.variants) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return Ok(ExitCode::from(2));
         }
     };
     let cfg = match decode_config(&args) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return Ok(ExitCode::from(2));
         }
     };
@@ -308,7 +333,7 @@ pub(super) fn decode(registry: &Registry, args: DecodeArgs) -> io::Result<ExitCo
             Ok(code)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             Ok(ExitCode::from(2))
         }
     }

@@ -48,20 +48,33 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    ignore_file_size_signal();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // clap echoes the bad value: line by line, made readable as our own errors are.
+            for line in e.to_string().lines() {
+                eprintln!("{}", readable(line));
+            }
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
         }
     };
     let result = match cli.command {
         Command::List { markdown } => list(&registry, markdown),
-        Command::Check { variants, seed } => commands::check(&registry, variants.as_deref(), seed),
+        Command::Check {
+            variants,
+            seed,
+            max_memory,
+        } => commands::check(
+            &registry,
+            variants.as_deref(),
+            seed,
+            max_memory.unwrap_or_else(crate::harness::machine::default_budget),
+        ),
         Command::Sweep(args) => commands::sweep(&registry, *args, false),
         Command::Run(args) => commands::sweep(&registry, *args, true),
         Command::Report { csv, out } => commands::report(&csv, out.as_deref()),
@@ -74,9 +87,57 @@ where
             if e.kind() == io::ErrorKind::BrokenPipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e}");
+            print_error(&e);
             ExitCode::from(2)
         }
+    }
+}
+
+/// Prints `error: <message>` to stderr as one readable line: control characters (a
+/// terminal escape in a spec) are shown escaped, and a word of more than 100 characters (a
+/// 100k-character spec echoed back) is shortened.
+pub(crate) fn print_error(e: &dyn std::fmt::Display) {
+    eprintln!("error: {}", readable(&e.to_string()));
+}
+
+/// `message` with control characters escaped and words over 100 characters shortened.
+fn readable(message: &str) -> String {
+    let escaped: String = message
+        .chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect();
+    escaped
+        .split(' ')
+        .map(|word| {
+            let n = word.chars().count();
+            if n > 100 {
+                let head: String = word.chars().take(60).collect();
+                format!("{head}...({} more characters)", n - 60)
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Makes a write beyond the file-size limit (`ulimit -f`) fail with `EFBIG`, like a full
+/// disk, instead of killing the process with SIGXFSZ: the run then ends with an error and
+/// its metadata says so.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: `signal` with `SIG_IGN` installs no handler code (nothing runs in signal
+    // context); it only changes the disposition of SIGXFSZ, which no other part of this
+    // process relies on.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

@@ -23,6 +23,7 @@ pub fn write_gallery(
     workload: &Workload,
     variants: &[Box<dyn Attention>],
     opts: Options,
+    budget: u64,
 ) -> Result<Gallery> {
     let n = data.max_len().min(GALLERY_MAX_N);
     let qkv = data.prefix(n);
@@ -67,6 +68,7 @@ pub fn write_gallery(
         log: true,
         out_dir: dir.clone(),
         seed: 0,
+        max_memory: budget,
     })?;
     let gallery = Gallery {
         workload: workload.to_string(),

@@ -12,7 +12,7 @@ use super::inputs::LayerInputs;
 use super::memory;
 use super::timing::{TimingConfig, minor_faults, samples, summarize, time};
 use crate::attention::{Attention, Fidelity, Options, Problem};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::oracle::{
     compare, dropped_mass, dropped_mass_chosen, oracle_chosen, oracle_rows, plain_f32_chosen,
     plain_f32_rows,
@@ -44,6 +44,7 @@ pub(super) fn too_big(
     v: &dyn Attention,
     shape: &Shape,
     bytes: u64,
+    held: u64,
 ) -> Record {
     let mut r = unmeasured(
         run_id,
@@ -57,8 +58,13 @@ pub(super) fn too_big(
     r.d_model = cfg.layer;
     r.status = Status::Skipped;
     r.note = format!(
-        "the inputs and output alone need ~{} MB, over --max-memory {} MB",
+        "the inputs and oracle rows alone need ~{} MB{}, over --max-memory {} MB",
         bytes >> 20,
+        if held > 0 {
+            format!(" beside the {} MB held for the other lengths", held >> 20)
+        } else {
+            String::new()
+        },
         cfg.max_memory >> 20
     );
     r
@@ -97,6 +103,11 @@ pub(super) struct Pending<'v> {
 }
 
 impl Pending<'_> {
+    /// Rounds timed so far.
+    pub(super) fn rounds_done(&self) -> usize {
+        self.rounds.len()
+    }
+
     /// Seconds of the cell's one untimed measured call.
     pub(super) fn first_call_seconds(&self) -> f64 {
         self.first_call.as_secs_f64()
@@ -369,14 +380,17 @@ impl Cell<'_> {
 
     /// The row of a cell after its rounds: pooled median, per-round medians and the interval,
     /// rates and fractions of the machine's limits.
-    pub(super) fn finish(&self, pending: Pending<'_>) -> Record {
+    /// The cell's row from the rounds timed so far.
+    pub(super) fn finish(&self, pending: &Pending<'_>) -> Record {
         let Pending {
             v,
-            mut record,
+            record,
             rounds,
             faults,
             ..
         } = pending;
+        let (v, faults) = (*v, *faults);
+        let mut record = record.clone();
         let r = &mut record;
         let all: Vec<Duration> = rounds.iter().flatten().copied().collect();
         if all.is_empty() {
@@ -505,14 +519,6 @@ pub(super) fn time_layer(
         median(&mut proj),
         median(&mut cores),
     ))
-}
-
-pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// A row for `variant` on `shape` with every measurement empty, status `ok` and no note.

@@ -89,7 +89,7 @@ impl Default for SweepConfig {
             timing: TimingConfig::default(),
             rounds: 3,
             error_seeds: 5,
-            max_memory: super::machine::total_memory().map_or(8 << 30, |m| m / 2),
+            max_memory: super::machine::default_budget(),
             max_seconds: 30.0,
             dense_oracle_max: 1024,
             sampled_rows: 64,

@@ -22,21 +22,21 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::cell::panic_message;
 use super::machine::{measure_limits, read_bandwidth};
-use super::runfiles::{create_run_files, utc_iso, utc_stamp};
+use super::runfiles::{create_run_files, end_run, utc_iso, utc_stamp};
 use super::thread_pool;
 use crate::attention::{self, Attention, Fidelity, Problem};
 use crate::decode::{DecodeOptions, Decoder, KvStore};
+use crate::error::panic_message;
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::Options;
 use crate::results::artefacts::write_json;
 use crate::results::decode::csv_error;
 pub use crate::results::decode::{DecodeMeta, DecodeRecord, read_decode_csv};
-use crate::results::record::Machine;
+use crate::results::record::{Machine, RunState};
 use crate::shape::Shape;
 use crate::workload::structured::Calibration;
-use crate::workload::{Workload, load_npy_dir};
+use crate::workload::{Workload, load_npy_dir_within};
 
 /// What a generation benchmark runs.
 #[derive(Debug, Clone)]
@@ -282,7 +282,7 @@ fn stream(cfg: &DecodeConfig, len: usize) -> Result<Stream> {
             })
         }
         Workload::Npy { dir } => {
-            let data = load_npy_dir(dir)?;
+            let data = load_npy_dir_within(dir, cfg.memory_budget)?;
             let qkv = data.qkv;
             let (b, h, n, d) = qkv.q.dim();
             let (_, hk, _, dv) = qkv.v.dim();
@@ -382,13 +382,7 @@ pub fn run_decode(
         }
         .into());
     }
-    if cfg.threads == 0 {
-        return Err(ErrorKind::BadOption {
-            option: "threads",
-            message: "at least one worker thread is needed".into(),
-        }
-        .into());
-    }
+    super::check_threads(cfg.threads)?;
     if cfg.stores.is_empty() {
         return Err(ErrorKind::NoInput {
             what: "KV stores to decode with",
@@ -453,131 +447,135 @@ fn run_in_pool(
         variants: variants.iter().map(|v| v.to_string()).collect(),
         threads: rayon::current_num_threads(),
         seed: cfg.seed,
+        state: RunState::Running,
+        notes: Vec::new(),
     };
     write_json(&json_path, &meta)?;
-    let available = st.k.dim().2;
-    let inputs = ((st.k.len() + st.v.len()) * 4) as u64;
-    for &ctx in &cfg.contexts {
-        let end = ctx + cfg.tokens;
-        let base = DecodeRecord {
-            variant: String::new(),
-            fidelity: String::new(),
-            mode: String::new(),
-            kv: String::new(),
-            context: ctx,
-            tokens: 0,
-            prefill_s: f64::NAN,
-            us_per_token: f64::NAN,
-            us_lo: f64::NAN,
-            us_hi: f64::NAN,
-            state_bytes: 0,
-            bytes_per_token: 0,
-            read_gbytes_per_s: f64::NAN,
-            read_fraction: f64::NAN,
-            err_max: f64::NAN,
-            err_median: f64::NAN,
-            err_own: f64::NAN,
-            status: "skipped".into(),
-            reason: String::new(),
-        };
-        if end > available {
-            for v in variants {
+    // Everything after the files exist: an error ends the run as `failed` in its metadata.
+    let body = (|| -> Result<()> {
+        let available = st.k.dim().2;
+        let inputs = ((st.k.len() + st.v.len()) * 4) as u64;
+        for &ctx in &cfg.contexts {
+            let end = ctx + cfg.tokens;
+            let base = DecodeRecord {
+                variant: String::new(),
+                fidelity: String::new(),
+                mode: String::new(),
+                kv: String::new(),
+                context: ctx,
+                tokens: 0,
+                prefill_s: f64::NAN,
+                us_per_token: f64::NAN,
+                us_lo: f64::NAN,
+                us_hi: f64::NAN,
+                state_bytes: 0,
+                bytes_per_token: 0,
+                read_gbytes_per_s: f64::NAN,
+                read_fraction: f64::NAN,
+                err_max: f64::NAN,
+                err_median: f64::NAN,
+                err_own: f64::NAN,
+                status: "skipped".into(),
+                reason: String::new(),
+            };
+            if end > available {
+                for v in variants {
+                    for &store in &cfg.stores {
+                        let r = DecodeRecord {
+                            variant: v.to_string(),
+                            fidelity: v.fidelity().to_string(),
+                            kv: store.to_string(),
+                            reason: format!(
+                                "the workload has {available} tokens, the cell needs {end}"
+                            ),
+                            ..base.clone()
+                        };
+                        writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
+                        progress(&r);
+                    }
+                }
+                continue;
+            }
+            let q = (st.queries)(ctx, cfg.tokens);
+            let k = st.k.slice(s![.., .., ..end, ..]);
+            let v = st.v.slice(s![.., .., ..end, ..]);
+            let problem = Problem::new(q.view(), k, v, Options::new().causal(true))?;
+            let dense = crate::oracle::oracle(&problem, None);
+            // Exact variants are also measured against their own pattern.
+            let owns: Vec<Option<Array4<f64>>> = variants
+                .iter()
+                .map(|variant| match (variant.fidelity(), variant.pattern()) {
+                    (Fidelity::Exact, Some(p)) => Some(crate::oracle::oracle(&problem, Some(p))),
+                    (Fidelity::Exact, None) => Some(dense.clone()),
+                    _ => None,
+                })
+                .collect();
+            // Every cell of the context is built and prefilled, then all are stepped in
+            // interleaved rounds, so a slow spell of the shared machine lands on a few tokens of
+            // every cell rather than on all tokens of one.
+            let mut held = 0u64;
+            let mut cells: Vec<Cell<'_>> = Vec::new();
+            for (variant, own) in variants.iter().zip(&owns) {
                 for &store in &cfg.stores {
-                    let r = DecodeRecord {
-                        variant: v.to_string(),
-                        fidelity: v.fidelity().to_string(),
-                        kv: store.to_string(),
-                        reason: format!(
-                            "the workload has {available} tokens, the cell needs {end}"
-                        ),
-                        ..base.clone()
+                    let input = CellInput {
+                        cfg,
+                        shape: &shape,
+                        ctx,
+                        k,
+                        v,
+                        dense: &dense,
+                        own: own.as_ref(),
                     };
-                    writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
-                    progress(&r);
-                }
-            }
-            continue;
-        }
-        let q = (st.queries)(ctx, cfg.tokens);
-        let k = st.k.slice(s![.., .., ..end, ..]);
-        let v = st.v.slice(s![.., .., ..end, ..]);
-        let problem = Problem::new(q.view(), k, v, Options::new().causal(true))?;
-        let dense = crate::oracle::oracle(&problem, None);
-        // Exact variants are also measured against their own pattern.
-        let owns: Vec<Option<Array4<f64>>> = variants
-            .iter()
-            .map(|variant| match (variant.fidelity(), variant.pattern()) {
-                (Fidelity::Exact, Some(p)) => Some(crate::oracle::oracle(&problem, Some(p))),
-                (Fidelity::Exact, None) => Some(dense.clone()),
-                _ => None,
-            })
-            .collect();
-        // Every cell of the context is built and prefilled, then all are stepped in
-        // interleaved rounds, so a slow spell of the shared machine lands on a few tokens of
-        // every cell rather than on all tokens of one.
-        let mut held = 0u64;
-        let mut cells: Vec<Cell<'_>> = Vec::new();
-        for (variant, own) in variants.iter().zip(&owns) {
-            for &store in &cfg.stores {
-                let input = CellInput {
-                    cfg,
-                    shape: &shape,
-                    ctx,
-                    k,
-                    v,
-                    dense: &dense,
-                    own: own.as_ref(),
-                };
-                cells.push(open_cell(
-                    &input,
-                    variant.as_ref(),
-                    store,
-                    inputs + held,
-                    &base,
-                ));
-                if let Cell::Live(live) = cells.last().expect("pushed") {
-                    held += live.dec.state_bytes() as u64;
-                }
-            }
-        }
-        let rounds = ROUNDS.min(cfg.tokens);
-        let per_round = cfg.tokens.div_ceil(rounds);
-        let mut bandwidths = Vec::with_capacity(rounds);
-        for round in 0..rounds {
-            bandwidths.push(read_bandwidth(4));
-            let n = cells.len();
-            for i in 0..n {
-                let c = &mut cells[(i + round) % n];
-                if let Cell::Live(live) = c {
-                    let upto = ((round + 1) * per_round).min(live.planned);
-                    if let Err(rec) = live.advance(upto, &q, k, v, ctx) {
-                        *c = Cell::Done(rec);
+                    cells.push(open_cell(
+                        &input,
+                        variant.as_ref(),
+                        store,
+                        inputs + held,
+                        &base,
+                    ));
+                    if let Cell::Live(live) = cells.last().expect("pushed") {
+                        held += live.dec.state_bytes() as u64;
                     }
                 }
             }
+            let rounds = ROUNDS.min(cfg.tokens);
+            let per_round = cfg.tokens.div_ceil(rounds);
+            let mut bandwidths = Vec::with_capacity(rounds);
+            for round in 0..rounds {
+                bandwidths.push(read_bandwidth(4));
+                let n = cells.len();
+                for i in 0..n {
+                    let c = &mut cells[(i + round) % n];
+                    if let Cell::Live(live) = c {
+                        let upto = ((round + 1) * per_round).min(live.planned);
+                        if let Err(rec) = live.advance(upto, &q, k, v, ctx) {
+                            *c = Cell::Done(rec);
+                        }
+                    }
+                }
+            }
+            let mut sorted = bandwidths.clone();
+            sorted.sort_by(f64::total_cmp);
+            let bandwidth = sorted[sorted.len() / 2];
+            for c in cells {
+                let r = match c {
+                    Cell::Done(r) => *r,
+                    Cell::Live(live) => live.finish(bandwidth),
+                };
+                writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
+                writer.flush().map_err(|e| Error::io(&csv_path, e))?;
+                progress(&r);
+            }
         }
-        let mut sorted = bandwidths.clone();
-        sorted.sort_by(f64::total_cmp);
-        let bandwidth = sorted[sorted.len() / 2];
-        for c in cells {
-            let r = match c {
-                Cell::Done(r) => *r,
-                Cell::Live(live) => live.finish(bandwidth),
-            };
-            writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
-            writer.flush().map_err(|e| Error::io(&csv_path, e))?;
-            progress(&r);
-        }
-    }
-    writer.flush().map_err(|e| Error::io(&csv_path, e))?;
-    let mut file = writer
-        .into_inner()
-        .map_err(|e| Error::io(&csv_path, std::io::Error::other(e.to_string())))?;
-    file.flush().map_err(|e| Error::io(&csv_path, e))?;
+        writer.flush().map_err(|e| Error::io(&csv_path, e))?;
+        let mut file = writer
+            .into_inner()
+            .map_err(|e| Error::io(&csv_path, std::io::Error::other(e.to_string())))?;
+        file.flush().map_err(|e| Error::io(&csv_path, e))?;
+        Ok(())
+    })();
     meta.duration_s = t0.elapsed().as_secs_f64();
-    // The JSON was created empty-then-written above; rewriting it with the duration is the
-    // one in-place write, to a file this run created.
-    write_json(&json_path, &meta)?;
+    end_run(&json_path, &mut meta, body)?;
     Ok(DecodeRun {
         run_id,
         csv: csv_path,

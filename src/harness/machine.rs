@@ -89,6 +89,11 @@ pub fn simd_features() -> Vec<String> {
     found
 }
 
+/// The default memory budget of a run: half the machine's RAM (8 GiB when unknown).
+pub fn default_budget() -> u64 {
+    total_memory().map_or(8 << 30, |m| m / 2)
+}
+
 /// Total RAM from `/proc/meminfo`, when readable.
 pub fn total_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

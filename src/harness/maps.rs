@@ -17,7 +17,7 @@ use crate::maps::{LOCAL_BAND, MapRow, MapStats, maps_table, write_csv};
 use crate::oracle;
 use crate::report::heatmaps::{WeightPanel, save_weight_maps};
 use crate::shape::Shape;
-use crate::workload::{Qkv, Workload, gaussian, load_npy_dir};
+use crate::workload::{Qkv, Workload, gaussian, load_npy_dir_within};
 
 /// What `attnbench maps` draws.
 #[derive(Debug)]
@@ -38,6 +38,9 @@ pub struct MapsConfig<'a> {
     pub out_dir: PathBuf,
     /// Seed of a Gaussian workload.
     pub seed: u64,
+    /// The memory budget in bytes: the inputs and the maps' `n x n` f64 matrices (with the
+    /// variants' workspaces) must fit in it, or nothing is computed.
+    pub max_memory: u64,
 }
 
 /// The files [`write_maps`] wrote.
@@ -57,11 +60,72 @@ fn bad(option: &'static str, message: String) -> Error {
     Error::new(ErrorKind::BadOption { option, message })
 }
 
+/// Bytes the maps of one head need at once beyond the inputs: full attention's `n x n` f64
+/// weights and their panel copy, each variant's weights and difference (and the difference's
+/// temporary), and the largest workspace of a variant computing its weights.
+fn map_bytes(cfg: &MapsConfig<'_>, shape: &Shape) -> u64 {
+    let n = shape.n_kv() as u64;
+    let matrices = 3 + 3 * cfg.variants.len() as u64;
+    let workspace = cfg
+        .variants
+        .iter()
+        .map(|v| v.cost(shape, &cfg.opts, 1).workspace_bytes)
+        .max()
+        .unwrap_or(0);
+    (8 * matrices)
+        .saturating_mul(n.saturating_mul(n))
+        .saturating_add(workspace)
+}
+
+/// Refuses maps of `shape` whose inputs and matrices exceed `cfg.max_memory`.
+fn check_budget(cfg: &MapsConfig<'_>, shape: &Shape) -> Result<()> {
+    let elems = |dims: [usize; 4]| dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
+    let inputs = elems(shape.q_dims())
+        .saturating_add(elems(shape.k_dims()))
+        .saturating_add(elems(shape.v_dims()))
+        .saturating_mul(4);
+    let needed = map_bytes(cfg, shape).saturating_add(inputs);
+    if needed > cfg.max_memory {
+        return Err(bad(
+            "max-memory",
+            format!(
+                "maps at n = {} need ~{} MB (n x n f64 weights of full attention and of {} variant(s), inputs, workspaces), over the budget of {} MB; draw a shorter prefix with --n",
+                shape.n_kv(),
+                needed >> 20,
+                cfg.variants.len(),
+                cfg.max_memory >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Draws the maps and writes `maps.csv` and `maps.md` into `cfg.out_dir`.
 pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
+    if let Some(h) = cfg.heads.as_ref().and_then(|heads| {
+        heads
+            .iter()
+            .enumerate()
+            .find(|(i, h)| heads[..*i].contains(h))
+            .map(|(_, h)| *h)
+    }) {
+        return Err(bad("heads", format!("head {h} is listed twice")));
+    }
+    for (i, v) in cfg.variants.iter().enumerate() {
+        let spec = v.to_string();
+        if spec == "full" {
+            return Err(bad(
+                "variants",
+                "full attention is always drawn first; leave `full` out of --variants".into(),
+            ));
+        }
+        if cfg.variants[..i].iter().any(|u| u.to_string() == spec) {
+            return Err(bad("variants", format!("{spec} is listed twice")));
+        }
+    }
     let (qkv, names) = match &cfg.workload {
         Workload::Npy { dir } => {
-            let data = load_npy_dir(dir)?;
+            let data = load_npy_dir_within(dir, cfg.max_memory)?;
             data.meta.check(&cfg.opts)?;
             (data.qkv, data.inputs)
         }
@@ -74,6 +138,9 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
             let cal = crate::workload::structured::Calibration::builtin()
                 .layer(*layer)
                 .expect("validated when parsed");
+            let d = crate::workload::structured::HEAD_DIM;
+            let shape = Shape::new(1, cal.heads(), cal.kv_heads(), n, n, d, d)?;
+            check_budget(cfg, &shape)?;
             (
                 cal.generate(n, n, cfg.seed),
                 vec![format!("structured_L{layer}")],
@@ -85,6 +152,7 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
                 return Err(bad("n", "must be at least 1".into()));
             }
             let shape = Shape::self_attention(1, 4, n, 64)?;
+            check_budget(cfg, &shape)?;
             (gaussian(&shape, *scale, cfg.seed), vec!["gaussian".into()])
         }
     };
@@ -120,6 +188,7 @@ pub fn write_maps(cfg: &MapsConfig<'_>) -> Result<MapsOutput> {
     };
     let opts = cfg.opts;
     let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts)?;
+    check_budget(cfg, &problem.shape())?;
     let csv_path = cfg.out_dir.join("maps.csv");
     if csv_path.exists() {
         return Err(Error::io(

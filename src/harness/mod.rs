@@ -16,8 +16,37 @@ pub mod runfiles;
 pub mod sweep;
 pub mod timing;
 
-/// A rayon pool of `threads` workers (0: rayon's default), a run's only pool.
+/// The most worker threads a run may ask for: 8 per available core. Beyond that a run
+/// measures the OS scheduler rather than the kernels, and a huge count would only start
+/// threads until the system gives out.
+pub fn max_threads() -> usize {
+    8 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Refuses a thread count of 0 or above [`max_threads`].
+pub(crate) fn check_threads(threads: usize) -> crate::Result<()> {
+    let max = max_threads();
+    if (1..=max).contains(&threads) {
+        return Ok(());
+    }
+    Err(crate::error::Error::new(
+        crate::error::ErrorKind::BadOption {
+            option: "threads",
+            message: if threads == 0 {
+                "must be at least 1".into()
+            } else {
+                format!(
+                    "{threads} is more than {max} (8 per core of the {} this machine has)",
+                    max / 8
+                )
+            },
+        },
+    ))
+}
+
+/// A rayon pool of `threads` workers, a run's only pool.
 fn thread_pool(threads: usize) -> crate::Result<rayon::ThreadPool> {
+    check_threads(threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

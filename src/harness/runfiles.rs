@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
+use crate::results::artefacts::write_json;
+use crate::results::record::RunState;
 
 /// Creates `<dir>/<stamp>-<label>.csv` and `.json`, adding `-2`, `-3`, ... when a run of the
 /// same name exists. Files are created with `create_new`, so nothing is ever overwritten.
@@ -53,6 +55,66 @@ pub(super) fn create_run_files(
         dir,
         std::io::Error::other("too many runs with the same name"),
     ))
+}
+
+/// Run metadata that records how the run ended.
+pub(super) trait Ending: serde::Serialize {
+    /// Sets the run's end state, with the error that ended it, if any.
+    fn set_end(&mut self, state: RunState, error: Option<String>);
+}
+
+impl Ending for crate::results::record::RunMeta {
+    fn set_end(&mut self, state: RunState, error: Option<String>) {
+        self.state = state;
+        self.notes.extend(error);
+    }
+}
+
+impl Ending for crate::results::decode::DecodeMeta {
+    fn set_end(&mut self, state: RunState, error: Option<String>) {
+        self.state = state;
+        self.notes.extend(error);
+    }
+}
+
+/// Records how the run ended in its JSON (replaced whole): `complete`, or `failed` with the
+/// error of `body`, which is then returned (it matters more than one writing the metadata).
+pub(super) fn end_run<M: Ending>(json: &Path, meta: &mut M, body: Result<()>) -> Result<()> {
+    match body {
+        Ok(()) => {
+            meta.set_end(RunState::Complete, None);
+            write_json(json, meta)
+        }
+        Err(e) => {
+            meta.set_end(RunState::Failed, Some(e.to_string()));
+            let _ = write_json(json, meta);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `rows` as the whole CSV at `path`: into a temporary file beside it, then renamed
+/// over it, so the file always holds whole rows of one consistent moment of the run, and a
+/// failed write (a full disk) leaves the previous contents.
+pub(super) fn replace_csv(path: &Path, rows: &[crate::results::record::Record]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let written = (|| -> std::result::Result<(), csv::Error> {
+        let mut writer = csv::Writer::from_path(&tmp)?;
+        for row in rows {
+            writer.serialize(row)?;
+        }
+        writer.flush()?;
+        Ok(())
+    })();
+    let renamed = written
+        .map_err(|e| Error::io(path, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    renamed
 }
 
 /// `(year, month, day, hour, minute, second)` in UTC.

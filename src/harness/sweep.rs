@@ -25,20 +25,21 @@ use std::time::{Instant, SystemTime};
 use ndarray::Array4;
 
 use super::artefacts::write_gallery;
-use super::cell::{Cell, Prepared, failed, panic_message, spec_of, too_big};
+use super::cell::{Cell, Prepared, failed, spec_of, too_big};
 pub use super::config::{FLAG_FLOOR, SweepConfig};
 use super::inputs::{LayerInputs, input_bytes, input_shape, inputs, layer_inputs};
 use super::machine::{measure_gemm, probe_gflops};
-use super::runfiles::{create_run_files, utc_iso, utc_stamp};
+use super::runfiles::{create_run_files, end_run, replace_csv, utc_iso, utc_stamp};
 use super::timing::TimingConfig;
 use crate::attention::{Attention, Problem};
+use crate::error::panic_message;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::LayerConfig;
 use crate::oracle::{oracle_rows, sample_rows};
 use crate::results::artefacts::{patterns_path, write_json};
-use crate::results::record::{Machine, Probe, Record, RunMeta, Settings, Status};
+use crate::results::record::{Machine, Probe, Record, RunMeta, RunState, Settings, Status};
 use crate::shape::Shape;
-use crate::workload::{Workload, load_npy_dir};
+use crate::workload::{Workload, load_npy_dir_within};
 
 /// Progress reports during a sweep.
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ pub fn run_sweep(
 ) -> Result<SweepOutput> {
     validate(cfg, variants)?;
     let npy = match &cfg.workload {
-        Workload::Npy { dir } => Some(load_npy_dir(dir)?),
+        Workload::Npy { dir } => Some(load_npy_dir_within(dir, cfg.max_memory)?),
         Workload::Gaussian { .. } | Workload::Structured { .. } => None,
     };
     if let Some(data) = &npy
@@ -140,184 +141,217 @@ pub fn run_sweep(
         probes: Vec::new(),
         settings: Some(settings(cfg)),
         limits: None,
+        state: RunState::Running,
+        notes: Vec::new(),
     };
     write_json(&json_path, &meta)?;
-    let mut writer = csv::Writer::from_writer(csv_file);
     let clock = Instant::now();
-    progress(Event::Start {
-        cells: cfg.lengths.len() * variants.len(),
-        steps: cfg.lengths.len() * variants.len() * (1 + cfg.rounds),
-    });
     let mut records = Vec::new();
-    pool.install(|| -> Result<()> {
-        progress(Event::Note(
-            "measuring the machine's FMA peak and read bandwidth",
-        ));
-        let limits = super::machine::measure_limits();
-        meta.limits = Some(limits.clone());
-        // Each round times its share of the cell's repeats and time.
-        let per_round = TimingConfig {
-            warmup: 0,
-            min_repeats: cfg.timing.min_repeats.div_ceil(cfg.rounds),
-            min_time: cfg.timing.min_time / cfg.rounds as u32,
-            max_repeats: (cfg.timing.max_repeats / cfg.rounds).max(1),
-        };
-        // Inputs of every length first: the rounds revisit every length, so they stay alive
-        // (the memory guard counts one length's inputs, as before; the default sweep holds
-        // ~100 MB of inputs at once).
-        let mut too_big_rows: Vec<(usize, Vec<Record>)> = Vec::new();
-        let mut held = Vec::new();
-        for &n in &cfg.lengths {
-            let shape = input_shape(cfg, npy.as_ref(), n)?;
-            let io = input_bytes(&shape);
-            if io > cfg.max_memory {
-                let rows = variants
-                    .iter()
-                    .map(|v| too_big(&run_id, cfg, v.as_ref(), &shape, io))
-                    .collect();
-                too_big_rows.push((n, rows));
-                continue;
-            }
-            let layer = layer_inputs(cfg, n)?;
-            let qkv = match &layer {
-                Some(l) => l.qkv()?,
-                None => inputs(cfg, npy.as_ref(), n),
-            };
-            held.push((n, qkv, layer));
-        }
-        let mut lengths = Vec::with_capacity(held.len());
-        for (n, qkv, layer) in &held {
-            let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), cfg.opts)?;
-            let shape = problem.shape();
-            let gemm_rate = measure_gemm(shape.n_q(), shape.n_kv(), shape.head_dim());
-            meta.gemm_gflops.push((*n, gemm_rate));
-            let rows = if shape.n_q() <= cfg.dense_oracle_max {
-                (0..shape.n_q()).collect()
-            } else {
-                sample_rows(shape.n_q(), cfg.sampled_rows, cfg.seed)
-            };
-            let dense = oracle_rows(&problem, None, &rows);
-            lengths.push(Length {
-                n: *n,
-                problem,
-                rows,
-                dense,
-                gemm_rate,
-                layer: layer.as_ref(),
+    // Everything after the files exist: an error ends the run as `failed` in its metadata.
+    let body =
+        (|| -> Result<()> {
+            // The CSV is rewritten whole (atomically) as cells gain rounds.
+            drop(csv_file);
+            progress(Event::Start {
+                cells: cfg.lengths.len() * variants.len(),
+                steps: cfg.lengths.len() * variants.len() * (1 + cfg.rounds),
             });
-        }
-        let cells: Vec<Cell<'_>> = lengths
-            .iter()
-            .map(|l| Cell {
-                cfg,
-                run_id: &run_id,
-                problem: &l.problem,
-                rows: &l.rows,
-                dense: &l.dense,
-                inputs: npy.as_ref().map_or(&[], |d| &d.inputs[..]),
-                gemm_rate: l.gemm_rate,
-                peak: limits.peak_for(cfg.threads),
-                bandwidth: limits.read_gbytes_per_s,
-                layer: l.layer,
-            })
-            .collect();
-        // Untimed measurements, length by length; the slowest single call at a shorter
-        // length decides the time guard.
-        let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
-        let mut prepared: Vec<Vec<Prepared<'_>>> = Vec::with_capacity(cells.len());
-        for (cell, l) in cells.iter().zip(&lengths) {
-            let mut row = Vec::with_capacity(variants.len());
-            for (v, last) in variants.iter().zip(last_seconds.iter_mut()) {
-                let spec = v.to_string();
-                progress(Event::Cell {
-                    variant: &spec,
-                    n: l.n,
-                });
-                // A variant or pattern that panics anywhere (cost, patterns, forward)
-                // becomes an error row; the sweep goes on.
-                let p = catch_unwind(AssertUnwindSafe(|| cell.prepare(v.as_ref(), *last)))
-                    .unwrap_or_else(|panic| {
-                        let mut r = cell.record(v.as_ref());
-                        r.status = Status::Error;
-                        r.note = format!("{spec} panicked: {}", panic_message(&panic));
-                        Prepared::Done(r)
-                    });
-                if let Prepared::Timing(pending) = &p {
-                    let t = pending.first_call_seconds();
-                    *last = Some(last.map_or(
-                        (l.n, t),
-                        |(ln, lt)| {
-                            if t > lt { (l.n, t) } else { (ln, lt) }
-                        },
-                    ));
+            pool.install(|| -> Result<()> {
+                progress(Event::Note(
+                    "measuring the machine's FMA peak and read bandwidth",
+                ));
+                let limits = super::machine::measure_limits();
+                meta.limits = Some(limits.clone());
+                // Each round times its share of the cell's repeats and time.
+                let per_round = TimingConfig {
+                    warmup: 0,
+                    min_repeats: cfg.timing.min_repeats.div_ceil(cfg.rounds),
+                    min_time: cfg.timing.min_time / cfg.rounds as u32,
+                    max_repeats: (cfg.timing.max_repeats / cfg.rounds).max(1),
+                };
+                // Inputs of every length first: the rounds revisit every length, so they stay alive
+                // (the memory guard counts one length's inputs, as before; the default sweep holds
+                // ~100 MB of inputs at once).
+                let mut too_big_rows: Vec<(usize, Vec<Record>)> = Vec::new();
+                let mut held = Vec::new();
+                let mut held_bytes = 0u64;
+                for &n in &cfg.lengths {
+                    let shape = input_shape(cfg, npy.as_ref(), n)?;
+                    // This length's inputs and its oracle's f64 rows, beside those held.
+                    let oracle_rows = if shape.n_q() <= cfg.dense_oracle_max {
+                        shape.n_q()
+                    } else {
+                        cfg.sampled_rows.min(shape.n_q())
+                    };
+                    let oracle = (8 * oracle_rows as u64)
+                        .saturating_mul((shape.batch() * shape.heads() * shape.v_dim()) as u64);
+                    let io = input_bytes(&shape).saturating_add(oracle);
+                    if io.saturating_add(held_bytes) > cfg.max_memory {
+                        let rows = variants
+                            .iter()
+                            .map(|v| too_big(&run_id, cfg, v.as_ref(), &shape, io, held_bytes))
+                            .collect();
+                        too_big_rows.push((n, rows));
+                        continue;
+                    }
+                    let layer = layer_inputs(cfg, n)?;
+                    let qkv = match &layer {
+                        Some(l) => l.qkv()?,
+                        None => inputs(cfg, npy.as_ref(), n),
+                    };
+                    held_bytes += io;
+                    held.push((n, qkv, layer));
                 }
-                row.push(p);
+                let mut lengths = Vec::with_capacity(held.len());
+                for (n, qkv, layer) in &held {
+                    let problem = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), cfg.opts)?;
+                    let shape = problem.shape();
+                    let gemm_rate = measure_gemm(shape.n_q(), shape.n_kv(), shape.head_dim());
+                    meta.gemm_gflops.push((*n, gemm_rate));
+                    let rows = if shape.n_q() <= cfg.dense_oracle_max {
+                        (0..shape.n_q()).collect()
+                    } else {
+                        sample_rows(shape.n_q(), cfg.sampled_rows, cfg.seed)
+                    };
+                    let dense = oracle_rows(&problem, None, &rows);
+                    lengths.push(Length {
+                        n: *n,
+                        problem,
+                        rows,
+                        dense,
+                        gemm_rate,
+                        layer: layer.as_ref(),
+                    });
+                }
+                let cells: Vec<Cell<'_>> = lengths
+                    .iter()
+                    .map(|l| Cell {
+                        cfg,
+                        run_id: &run_id,
+                        problem: &l.problem,
+                        rows: &l.rows,
+                        dense: &l.dense,
+                        inputs: npy.as_ref().map_or(&[], |d| &d.inputs[..]),
+                        gemm_rate: l.gemm_rate,
+                        peak: limits.peak_for(cfg.threads),
+                        bandwidth: limits.read_gbytes_per_s,
+                        layer: l.layer,
+                    })
+                    .collect();
+                // Untimed measurements, length by length; the slowest single call at a shorter
+                // length decides the time guard.
+                let mut last_seconds: Vec<Option<(usize, f64)>> = vec![None; variants.len()];
+                let mut prepared: Vec<Vec<Prepared<'_>>> = Vec::with_capacity(cells.len());
+                for (cell, l) in cells.iter().zip(&lengths) {
+                    let mut row = Vec::with_capacity(variants.len());
+                    for (v, last) in variants.iter().zip(last_seconds.iter_mut()) {
+                        let spec = v.to_string();
+                        progress(Event::Cell {
+                            variant: &spec,
+                            n: l.n,
+                        });
+                        // A variant or pattern that panics anywhere (cost, patterns, forward)
+                        // becomes an error row; the sweep goes on.
+                        let p = catch_unwind(AssertUnwindSafe(|| cell.prepare(v.as_ref(), *last)))
+                            .unwrap_or_else(|panic| {
+                                let mut r = cell.record(v.as_ref());
+                                r.status = Status::Error;
+                                r.note = format!("{spec} panicked: {}", panic_message(&panic));
+                                Prepared::Done(r)
+                            });
+                        if let Prepared::Timing(pending) = &p {
+                            let t = pending.first_call_seconds();
+                            *last = Some(last.map_or((l.n, t), |(ln, lt)| {
+                                if t > lt { (l.n, t) } else { (ln, lt) }
+                            }));
+                        }
+                        row.push(p);
+                    }
+                    prepared.push(row);
+                }
+                // The rows known so far (a cell's after its first round), rewritten whole after
+                // every length of every round: a run cut short keeps what it measured.
+                let rows_so_far = |prepared: &[Vec<Prepared<'_>>], all: bool| -> Vec<Record> {
+                    let mut finished: Vec<(usize, Vec<Record>)> = too_big_rows.clone();
+                    for ((cell, l), row) in cells.iter().zip(&lengths).zip(prepared) {
+                        let rows = row
+                            .iter()
+                            .filter_map(|p| match p {
+                                Prepared::Done(r) => Some(r.clone()),
+                                Prepared::Timing(pending) if all || pending.rounds_done() > 0 => {
+                                    Some(cell.finish(pending))
+                                }
+                                Prepared::Timing(_) => None,
+                            })
+                            .collect();
+                        finished.push((l.n, rows));
+                    }
+                    // Rows in length order, then variant order.
+                    finished.sort_by_key(|(n, _)| cfg.lengths.iter().position(|m| m == n));
+                    finished.into_iter().flat_map(|(_, rows)| rows).collect()
+                };
+                replace_csv(&csv_path, &rows_so_far(&prepared, false))?;
+                // The rounds span the whole sweep, lengths ascending in even rounds and descending
+                // in odd ones, so a slow spell of the machine falls on different lengths in
+                // different rounds (and shows in the intervals) instead of biasing one length.
+                let mut probes: Vec<Vec<f64>> = vec![Vec::new(); lengths.len()];
+                for round in 0..cfg.rounds {
+                    let order: Vec<usize> = if round % 2 == 0 {
+                        (0..lengths.len()).collect()
+                    } else {
+                        (0..lengths.len()).rev().collect()
+                    };
+                    for li in order {
+                        progress(Event::Round {
+                            round,
+                            rounds: cfg.rounds,
+                            n: lengths[li].n,
+                        });
+                        probes[li].push(probe_gflops());
+                        time_round(
+                            &cells[li],
+                            &mut prepared[li],
+                            round,
+                            &per_round,
+                            lengths[li].n,
+                            progress,
+                        );
+                        replace_csv(&csv_path, &rows_so_far(&prepared, false))?;
+                    }
+                }
+                for (l, p) in lengths.iter().zip(probes) {
+                    meta.probes.push(Probe { n: l.n, gflops: p });
+                }
+                let all = rows_so_far(&prepared, true);
+                replace_csv(&csv_path, &all)?;
+                for record in all {
+                    progress(Event::Done(&record));
+                    records.push(record);
+                }
+                Ok(())
+            })?;
+            // The report's artefacts, outside every timed region.
+            write_json(&patterns_path(&csv_path), &cfg.previews)?;
+            if let Some(data) = &npy {
+                progress(Event::Note(
+                    "drawing the attention maps of the real activations",
+                ));
+                if let Err(e) = write_gallery(
+                    &csv_path,
+                    data,
+                    &cfg.workload,
+                    variants,
+                    cfg.opts,
+                    cfg.max_memory,
+                ) {
+                    meta.notes
+                        .push(format!("attention-map gallery not drawn: {e}"));
+                }
             }
-            prepared.push(row);
-        }
-        // The rounds span the whole sweep, lengths ascending in even rounds and descending
-        // in odd ones, so a slow spell of the machine falls on different lengths in
-        // different rounds (and shows in the intervals) instead of biasing one length.
-        let mut probes: Vec<Vec<f64>> = vec![Vec::new(); lengths.len()];
-        for round in 0..cfg.rounds {
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..lengths.len()).collect()
-            } else {
-                (0..lengths.len()).rev().collect()
-            };
-            for li in order {
-                progress(Event::Round {
-                    round,
-                    rounds: cfg.rounds,
-                    n: lengths[li].n,
-                });
-                probes[li].push(probe_gflops());
-                time_round(
-                    &cells[li],
-                    &mut prepared[li],
-                    round,
-                    &per_round,
-                    lengths[li].n,
-                    progress,
-                );
-            }
-        }
-        for (l, p) in lengths.iter().zip(probes) {
-            meta.probes.push(Probe { n: l.n, gflops: p });
-        }
-        // Rows in length order, then variant order.
-        let mut finished: Vec<(usize, Vec<Record>)> = too_big_rows;
-        for ((cell, l), row) in cells.iter().zip(&lengths).zip(prepared) {
-            let rows = row
-                .into_iter()
-                .map(|p| match p {
-                    Prepared::Done(r) => r,
-                    Prepared::Timing(pending) => cell.finish(pending),
-                })
-                .collect();
-            finished.push((l.n, rows));
-        }
-        finished.sort_by_key(|(n, _)| cfg.lengths.iter().position(|m| m == n));
-        for record in finished.into_iter().flat_map(|(_, rows)| rows) {
-            writer
-                .serialize(&record)
-                .map_err(|e| Error::io(&csv_path, e))?;
-            writer.flush().map_err(|e| Error::io(&csv_path, e))?;
-            progress(Event::Done(&record));
-            records.push(record);
-        }
-        Ok(())
-    })?;
-    // The report's artefacts, outside every timed region.
-    write_json(&patterns_path(&csv_path), &cfg.previews)?;
-    if let Some(data) = &npy {
-        progress(Event::Note(
-            "drawing the attention maps of the real activations",
-        ));
-        write_gallery(&csv_path, data, &cfg.workload, variants, cfg.opts)?;
-    }
+            Ok(())
+        })();
     meta.duration_s = clock.elapsed().as_secs_f64();
-    write_json(&json_path, &meta)?;
+    end_run(&json_path, &mut meta, body)?;
     Ok(SweepOutput {
         csv: csv_path,
         json: json_path,
@@ -409,9 +443,7 @@ fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
             format!("lengths must be at least 1, got {:?}", cfg.lengths),
         );
     }
-    if cfg.threads == 0 {
-        return bad("threads", "must be at least 1".into());
-    }
+    super::check_threads(cfg.threads)?;
     if cfg.rounds == 0 {
         return bad("rounds", "must be at least 1".into());
     }
@@ -449,7 +481,25 @@ fn validate(cfg: &SweepConfig, variants: &[Box<dyn Attention>]) -> Result<()> {
                 ),
             );
         }
-        LayerConfig::new(d_model, cfg.heads)?.with_kv_heads(cfg.kv_heads)?;
+        let lc = LayerConfig::new(d_model, cfg.heads)?.with_kv_heads(cfg.kv_heads)?;
+        // Every length keeps a layer of its own (its weights and X) alive for the rounds.
+        let per_length = lc.weight_bytes().saturating_add(
+            (4 * cfg.batch as u64)
+                .saturating_mul(d_model as u64)
+                .saturating_mul(2 * cfg.lengths.iter().max().copied().unwrap_or(0) as u64),
+        );
+        let needed = per_length.saturating_mul(cfg.lengths.len() as u64);
+        if needed > cfg.max_memory {
+            return bad(
+                "d-model",
+                format!(
+                    "a layer of width {d_model} needs ~{} MB of weights and inputs for the {} lengths, over --max-memory {} MB",
+                    needed >> 20,
+                    cfg.lengths.len(),
+                    cfg.max_memory >> 20
+                ),
+            );
+        }
     }
     if matches!(cfg.workload, Workload::Gaussian { .. }) {
         Shape::new(

@@ -129,12 +129,28 @@ mod tests {
             min_time: Duration::from_millis(20),
             max_repeats: 100_000,
         };
+        // Timing stops at the first call that brings the total to 20 ms: the calls before
+        // it summed to less. (Sleeps overshoot on a loaded machine, so count them.)
+        let mut lengths = Vec::new();
         let t = time(&cfg, || {
+            let start = Instant::now();
             std::thread::sleep(Duration::from_millis(2));
+            lengths.push(start.elapsed());
             Ok::<(), ()>(())
         })
         .unwrap();
-        assert!(t.repeats >= 5 && t.repeats < 20, "{}", t.repeats);
+        assert_eq!(t.repeats, lengths.len());
+        let total: Duration = lengths.iter().sum();
+        let before_last: Duration = lengths[..lengths.len() - 1].iter().sum();
+        // Measured inside the call, each is a little shorter than time() measured it.
+        let overhead = Duration::from_micros(50) * t.repeats as u32;
+        assert!(total + overhead >= cfg.min_time, "{total:?}");
+        assert!(
+            before_last < cfg.min_time,
+            "{before_last:?} over {} calls",
+            t.repeats
+        );
+        assert!(t.repeats < 20, "{}", t.repeats);
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn range(values: impl Iterator<Item = f64>, log: bool, include_zero: bool) -> Op
     if !lo.is_finite() {
         return None;
     }
-    Some(if log {
+    let bounds = if log {
         let (lo, hi) = if lo == hi {
             (lo / 2.0, hi * 2.0)
         } else {
@@ -174,7 +174,9 @@ fn range(values: impl Iterator<Item = f64>, log: bool, include_zero: bool) -> Op
             lo - pad
         };
         (lo, hi + pad)
-    })
+    };
+    // Values near f64::MAX would overflow the padding; such an axis cannot be drawn.
+    (bounds.0.is_finite() && bounds.1.is_finite() && bounds.0 < bounds.1).then_some(bounds)
 }
 
 /// Moves x to log2(x) on a linear axis, so that ticks fall on powers of two.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::results::record::{Record, RunMeta};
+use crate::results::record::{Record, RunMeta, RunState};
 
 /// Rows read from one or more results CSVs, with any run metadata found beside them.
 #[derive(Debug, Clone)]
@@ -14,48 +14,210 @@ pub struct Results {
     pub files: Vec<PathBuf>,
     /// The JSON metadata beside each CSV, where present.
     pub metas: Vec<RunMeta>,
+    /// What a reader must know before trusting the figures: runs that ended early (and
+    /// the planned cells they lack), a last row cut short, unreadable metadata.
+    pub warnings: Vec<String>,
 }
 
-/// Reads results CSVs. A malformed file is an error naming the file and the line.
+/// Reads results CSVs. A malformed file, or a row with a value outside its physical range,
+/// is an error naming the file, the line and the column. A last line cut short by an
+/// interrupted write is left out with a warning, as are the cells an incomplete run lacks.
 pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
     let mut records = Vec::new();
     let mut metas = Vec::new();
+    let mut warnings = Vec::new();
     for path in paths {
-        records.extend(read_csv(path)?);
-        let json = path.with_extension("json");
-        if let Ok(text) = std::fs::read_to_string(&json)
-            && let Ok(meta) = serde_json::from_str::<RunMeta>(&text)
-        {
-            metas.push(meta);
+        let (rows, cut) = read_csv(path)?;
+        if cut {
+            warnings.push(format!(
+                "`{}`: its last line was cut short (an interrupted write) and is left out",
+                text(&path.display().to_string())
+            ));
         }
+        let json = path.with_extension("json");
+        match std::fs::read_to_string(&json) {
+            Ok(t) => match serde_json::from_str::<RunMeta>(&t) {
+                Ok(mut meta) => {
+                    let ended_early = completeness(&meta, &rows);
+                    if rows.is_empty() {
+                        return Err(Error::new(ErrorKind::Format {
+                            path: path.display().to_string(),
+                            message: match ended_early {
+                                Some(why) => format!("no result rows: {why}"),
+                                None => "no result rows".into(),
+                            },
+                        }));
+                    }
+                    warnings.extend(ended_early);
+                    sanitize_meta(&mut meta);
+                    metas.push(meta);
+                }
+                Err(e) => warnings.push(format!(
+                    "`{}` is unreadable ({}): the run's metadata is not shown",
+                    text(&json.display().to_string()),
+                    text(&e.to_string())
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if rows.is_empty() {
+                    return Err(Error::new(ErrorKind::Format {
+                        path: path.display().to_string(),
+                        message: "no result rows".into(),
+                    }));
+                }
+            }
+            Err(e) => warnings.push(format!(
+                "`{}` is unreadable: {}",
+                text(&json.display().to_string()),
+                text(&e.to_string())
+            )),
+        }
+        records.extend(rows);
     }
     Ok(Results {
         records,
         files: paths.to_vec(),
         metas,
+        warnings,
     })
 }
 
-fn read_csv(path: &Path) -> Result<Vec<Record>> {
+/// A warning when `meta`'s run did not end normally, naming the planned cells without a row.
+fn completeness(meta: &RunMeta, rows: &[Record]) -> Option<String> {
+    let how = match meta.state {
+        RunState::Complete => return None,
+        RunState::Running => {
+            "ended before its end without recording why (interrupted, killed, out of disk)"
+                .to_string()
+        }
+        RunState::Failed => format!("failed: {}", meta.notes.join("; ")),
+    };
+    let (mut missing, mut lacking) = (Vec::new(), 0);
+    for v in &meta.variants {
+        let lengths: Vec<String> = meta
+            .lengths
+            .iter()
+            .filter(|&&n| {
+                !rows
+                    .iter()
+                    .any(|r| r.run_id == meta.run_id && &r.variant == v && r.n_kv == n)
+            })
+            .map(|n| n.to_string())
+            .collect();
+        lacking += lengths.len();
+        if !lengths.is_empty() {
+            missing.push(format!("`{}` at n = {}", text(v), lengths.join(", ")));
+        }
+    }
+    let planned = meta.variants.len() * meta.lengths.len();
+    Some(format!(
+        "**incomplete run** `{}`: it {}; {lacking} of its {planned} planned cells have no row{}",
+        text(&meta.run_id),
+        text(&how),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", missing.join("; "))
+        }
+    ))
+}
+
+/// Text from a results file made safe for markdown tables and chart labels: control
+/// characters become spaces, `|` is escaped, `<`, `>` and `` ` `` cannot open HTML or code.
+pub(crate) fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => out.push('\''),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn sanitize_meta(meta: &mut RunMeta) {
+    let m = &mut meta.machine;
+    for s in [
+        &mut meta.run_id,
+        &mut meta.started_utc,
+        &mut meta.workload,
+        &mut m.cpu_model,
+        &mut m.os,
+        &mut m.rustc,
+        &mut m.crate_version,
+        &mut m.host,
+    ] {
+        *s = text(s);
+    }
+    for s in meta
+        .command_line
+        .iter_mut()
+        .chain(&mut meta.variants)
+        .chain(&mut meta.notes)
+        .chain(&mut m.simd)
+        .chain(&mut m.caches)
+        .chain(m.git_commit.as_mut())
+        .chain(m.thp.as_mut())
+    {
+        *s = text(s);
+    }
+}
+
+/// The bytes of `path` up to its last newline, and whether anything followed it (a last
+/// row cut short by an interrupted write).
+fn whole_lines(path: &Path) -> Result<(Vec<u8>, bool)> {
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let cut = keep < bytes.len();
+    bytes.truncate(keep);
+    Ok((bytes, cut))
+}
+
+fn read_csv(path: &Path) -> Result<(Vec<Record>, bool)> {
     let format = |message: String| {
         Error::new(ErrorKind::Format {
             path: path.display().to_string(),
             message,
         })
     };
-    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(format("a directory; expected a results CSV file".into()));
+    }
+    let (bytes, cut) = whole_lines(path)?;
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::format(path, format!("header: {e}"), e))?
+        .clone();
     let mut rows = Vec::new();
-    for row in reader.deserialize::<Record>() {
-        let row = row.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            Error::format(path, format!("line {line}: {e}"), e)
-        })?;
-        rows.push(row);
+    for (i, row) in reader.records().enumerate() {
+        // Data rows count from 1 (the header is row 0).
+        let at = format!("row {}", i + 1);
+        let row = row.map_err(|e| Error::format(path, format!("{at}: {e}"), e))?;
+        let mut record: Record = row
+            .deserialize(Some(&headers))
+            .map_err(|e| Error::format(path, format!("{at}: {e}"), e))?;
+        record
+            .validate()
+            .map_err(|m| format(format!("{at}: {m}")))?;
+        for s in [
+            &mut record.run_id,
+            &mut record.variant,
+            &mut record.name,
+            &mut record.workload,
+            &mut record.modifiers,
+            &mut record.note,
+            &mut record.err_by_input,
+        ] {
+            *s = text(s);
+        }
+        rows.push(record);
     }
-    if rows.is_empty() {
-        return Err(format("no result rows".into()));
-    }
-    Ok(rows)
+    Ok((rows, cut))
 }
 
 /// One measured point of a series.

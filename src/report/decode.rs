@@ -14,6 +14,7 @@ use super::format::{fmt_bytes, fmt_err};
 use crate::error::{Error, ErrorKind, Result};
 use crate::results::artefacts::read_json;
 use crate::results::decode::{DecodeMeta, DecodeRecord, read_decode_csv};
+use crate::results::record::RunState;
 
 /// Whether `path` is a generation benchmark's CSV (its header names `us_per_token`).
 pub fn is_decode_csv(path: &Path) -> Result<bool> {
@@ -82,10 +83,21 @@ fn series(records: &[DecodeRecord]) -> Vec<Series> {
 pub fn write(csvs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     let mut records: Vec<DecodeRecord> = Vec::new();
     let mut meta: Option<DecodeMeta> = None;
+    let mut ended_early: Vec<String> = Vec::new();
     for path in csvs {
         let these = read_decode_csv(path)?;
         // Runs combine only when they measured the same inputs, each cell once.
         let m: Option<DecodeMeta> = read_json(&path.with_extension("json"))?;
+        if let Some(m) = m.as_ref().filter(|m| m.state != RunState::Complete) {
+            ended_early.push(format!(
+                "- **incomplete run** `{}`: {}; the contexts after the last one shown were not measured\n",
+                crate::report::data::text(&m.run_id),
+                match m.state {
+                    RunState::Failed => format!("failed: {}", crate::report::data::text(&m.notes.join("; "))),
+                    _ => "it ended before its end without recording why (interrupted, killed, out of disk)".into(),
+                }
+            ));
+        }
         if let (Some(a), Some(b)) = (&meta, &m)
             && (a.workload != b.workload || a.shape != b.shape || a.tokens != b.tokens)
         {
@@ -191,7 +203,12 @@ pub fn write(csvs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     )?;
 
     let path = dir.join("report.md");
-    let text = markdown(&records, &all, meta.as_ref(), csvs);
+    let mut text = markdown(&records, &all, meta.as_ref(), csvs);
+    if !ended_early.is_empty() {
+        // Right under the title, before any figure.
+        let at = text.find("\n\n").map_or(0, |i| i + 2);
+        text.insert_str(at, &(ended_early.concat() + "\n"));
+    }
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }

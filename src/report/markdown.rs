@@ -232,6 +232,9 @@ pub(super) fn markdown_report(
 
     // Run metadata.
     let _ = writeln!(md, "## Run\n");
+    for w in &results.warnings {
+        let _ = writeln!(md, "- {w}");
+    }
     for meta in &results.metas {
         let m = &meta.machine;
         let _ = writeln!(
@@ -822,6 +825,8 @@ mod tests {
                 .collect(),
             settings: None,
             limits: None,
+            state: Default::default(),
+            notes: Vec::new(),
         }
     }
 

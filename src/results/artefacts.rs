@@ -76,9 +76,24 @@ pub struct Gallery {
 }
 
 /// Writes `value` as pretty JSON to `path`.
+///
+/// Written whole or not at all: into a temporary file beside `path`, synced, then renamed
+/// over it, so a full disk or a kill mid-write leaves the earlier contents intact.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    use std::io::Write;
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::io(path, e))?;
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
 }
 
 /// Reads JSON written by [`write_json`]; `None` when the file does not exist.

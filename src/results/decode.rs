@@ -85,11 +85,20 @@ pub struct DecodeMeta {
     pub threads: usize,
     /// The seed.
     pub seed: u64,
+    /// How the run ended (`running` in the file of a run cut short).
+    #[serde(default)]
+    pub state: crate::results::record::RunState,
+    /// Why the run failed, in words.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Reads a decode CSV.
+/// A last line cut short by an interrupted write is left out.
 pub fn read_decode_csv(path: &Path) -> Result<Vec<DecodeRecord>> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| csv_error(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut r = csv::Reader::from_reader(&bytes[..whole]);
     r.deserialize()
         .collect::<std::result::Result<Vec<DecodeRecord>, _>>()
         .map_err(|e| {

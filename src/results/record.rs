@@ -215,6 +215,103 @@ impl std::str::FromStr for Status {
     }
 }
 
+impl Record {
+    /// Checks every value against its physical range, so that a hand-edited or corrupted
+    /// file cannot put a negative time, a NaN ratio or an axis bound of `f64::MAX` into a
+    /// report. Errors that are not finite are allowed only on rows not `ok` (a kernel bug
+    /// can produce them).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        const MAX_SIZE: usize = 1 << 40;
+        for (column, v) in [
+            ("batch", self.batch),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("n_q", self.n_q),
+            ("n_kv", self.n_kv),
+            ("head_dim", self.head_dim),
+            ("threads", self.threads),
+        ] {
+            if !(1..=MAX_SIZE).contains(&v) {
+                return Err(format!("{column} is {v}; sizes are between 1 and 2^40"));
+            }
+        }
+        let range = |column: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool| match v {
+            Some(x) if !(x.is_finite() && x <= hi && (x > lo || (!lo_open && x == lo))) => {
+                Err(format!(
+                    "{column} is {x:e}; expected a finite value in {}{lo}, {hi:e}]",
+                    if lo_open { "(" } else { "[" }
+                ))
+            }
+            _ => Ok(()),
+        };
+        // Times: above zero, below 11.6 days a call.
+        const MAX_MS: f64 = 1e9;
+        for (column, v) in [
+            ("time_median_ms", self.time_median_ms),
+            ("time_min_ms", self.time_min_ms),
+            ("time_max_ms", self.time_max_ms),
+            ("time_ci_lo_ms", self.time_ci_lo_ms),
+            ("time_ci_hi_ms", self.time_ci_hi_ms),
+            ("layer_ms", self.layer_ms),
+            ("proj_ms", self.proj_ms),
+            ("core_ms", self.core_ms),
+        ] {
+            range(column, v, 0.0, MAX_MS, true)?;
+        }
+        for part in self.round_medians_ms.split(';').filter(|p| !p.is_empty()) {
+            let x = part
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("round_medians_ms holds '{part}', not a number"))?;
+            range("a round median", Some(x), 0.0, MAX_MS, true)?;
+        }
+        for (column, v) in [
+            ("page_faults", self.page_faults),
+            ("useful_flops", self.useful_flops),
+            ("executed_flops", self.executed_flops),
+            ("useful_gflops", self.useful_gflops),
+            ("executed_gflops", self.executed_gflops),
+            ("gemm_gflops", self.gemm_gflops),
+            ("pct_of_gemm", self.pct_of_gemm),
+            ("pct_of_peak", self.pct_of_peak),
+            ("pct_of_bandwidth", self.pct_of_bandwidth),
+        ] {
+            range(column, v, 0.0, 1e30, false)?;
+        }
+        for (column, v) in [
+            ("peak_bytes", self.peak_bytes),
+            ("workspace_bytes", self.workspace_bytes),
+        ] {
+            if let Some(b) = v.filter(|&b| b > 1 << 60) {
+                return Err(format!("{column} is {b}; over 2^60 bytes"));
+            }
+        }
+        range("density", self.density, 0.0, 1.0, false)?;
+        if self.status == Status::Ok {
+            for (column, v) in [
+                ("err_dense_rel", self.err_dense_rel),
+                ("err_dense_rel_sd", self.err_dense_rel_sd),
+                ("err_dense_max_abs", self.err_dense_max_abs),
+                ("err_own_rel", self.err_own_rel),
+                ("err_own_max_abs", self.err_own_max_abs),
+                ("tolerance", self.tolerance),
+                ("err_f32_plain", self.err_f32_plain),
+            ] {
+                range(column, v, 0.0, 1e12, false)?;
+            }
+            range(
+                "err_dense_cosine",
+                self.err_dense_cosine,
+                -1.000001,
+                1.000001,
+                false,
+            )?;
+            range("dropped_mass", self.dropped_mass, 0.0, 1.000001, false)?;
+        }
+        Ok(())
+    }
+}
+
 /// A run's JSON metadata, written beside its CSV.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {
@@ -248,6 +345,26 @@ pub struct RunMeta {
     pub settings: Option<Settings>,
     /// The machine's measured FMA peak and read bandwidth.
     pub limits: Option<Limits>,
+    /// How the run ended. Files written before this field are complete runs.
+    #[serde(default)]
+    pub state: RunState,
+    /// Why the run failed, or what it left out, in words.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// How a run ended, in its JSON metadata.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Written when the run starts: a run still `running` in its file was interrupted
+    /// (Ctrl-C, a kill, a crash, a full disk) before its end, and its CSV may lack cells.
+    Running,
+    /// The run ended with an error (in `notes`) before its end.
+    Failed,
+    /// Every planned cell has its row.
+    #[default]
+    Complete,
 }
 
 /// The machine and build of a run, recorded in its JSON metadata.

@@ -278,8 +278,26 @@ impl NpyData {
 
 /// Loads every `*_q.npy` / `*_k.npy` / `*_v.npy` triple of `dir`.
 pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
+    load_npy_dir_within(dir, u64::MAX)
+}
+
+/// The sequence length of an npy directory's first triple, from its headers (no data read).
+pub fn npy_dir_len(dir: &std::path::Path) -> crate::Result<usize> {
+    let prefixes = npy_prefixes(dir)?;
+    let path = dir.join(format!("{}_k.npy", prefixes[0]));
+    let header = crate::npy::read_header(&path)?;
+    match header.shape.len() {
+        3 | 4 => Ok(header.shape[header.shape.len() - 2]),
+        r => Err(crate::Error::new(crate::error::ErrorKind::Format {
+            path: path.display().to_string(),
+            message: format!("rank {r}; expected [heads, n, d] or [batch, heads, n, d]"),
+        })),
+    }
+}
+
+/// The sorted `*_q.npy` prefixes of `dir`: at least one, none with `;` or `=`.
+fn npy_prefixes(dir: &std::path::Path) -> crate::Result<Vec<String>> {
     use crate::error::{Error, ErrorKind};
-    let io = |path: &std::path::Path, e: std::io::Error| Error::io(path, e);
     let format = |path: &std::path::Path, message: String| {
         Error::new(ErrorKind::Format {
             path: path.display().to_string(),
@@ -287,7 +305,7 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
         })
     };
     let mut prefixes: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| io(dir, e))?
+        .map_err(|e| Error::io(dir, e))?
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| {
             entry
@@ -307,16 +325,52 @@ pub fn load_npy_dir(dir: &std::path::Path) -> crate::Result<NpyData> {
     if prefixes.is_empty() {
         return Err(format(dir, "no *_q.npy files in this directory".into()));
     }
+    Ok(prefixes)
+}
+
+/// Like [`load_npy_dir`], refusing (from the files' headers, before reading any data) a
+/// directory whose arrays would need more than `max_bytes` as `f32`, counted twice: the
+/// triples are stacked into one copy.
+pub fn load_npy_dir_within(dir: &std::path::Path, max_bytes: u64) -> crate::Result<NpyData> {
+    use crate::error::{Error, ErrorKind};
+    let format = |path: &std::path::Path, message: String| {
+        Error::new(ErrorKind::Format {
+            path: path.display().to_string(),
+            message,
+        })
+    };
+    let prefixes = npy_prefixes(dir)?;
+    let path_of = |prefix: &str, role: &str| -> crate::Result<std::path::PathBuf> {
+        let path = dir.join(format!("{prefix}_{role}.npy"));
+        // `symlink_metadata`: a dangling link exists, and the reader says it dangles.
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(format(
+                &path,
+                format!("missing: {prefix}_q.npy has no matching {prefix}_{role}.npy"),
+            ));
+        }
+        Ok(path)
+    };
+    let mut total = 0u64;
+    for prefix in &prefixes {
+        for role in ["q", "k", "v"] {
+            total += crate::npy::read_header(&path_of(prefix, role)?)?.f32_bytes();
+        }
+    }
+    if total.saturating_mul(2) > max_bytes {
+        return Err(format(
+            dir,
+            format!(
+                "the activations need {} MB as float32, twice while stacked: over the memory budget of {} MB",
+                total >> 20,
+                max_bytes >> 20
+            ),
+        ));
+    }
     let mut triples = Vec::new();
     for prefix in &prefixes {
         let load = |role: &str| -> crate::Result<ndarray::Array4<f32>> {
-            let path = dir.join(format!("{prefix}_{role}.npy"));
-            if !path.exists() {
-                return Err(format(
-                    &path,
-                    format!("missing: {prefix}_q.npy has no matching {prefix}_{role}.npy"),
-                ));
-            }
+            let path = path_of(prefix, role)?;
             let a = crate::npy::read_f32(&path)?;
             let a = match a.ndim() {
                 3 => a.insert_axis(ndarray::Axis(0)),
