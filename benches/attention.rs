@@ -5,8 +5,13 @@
 //! criterion draws one line per variant; a decode group (one query against a long KV, the
 //! stateless batch call) for `full`, `flash` and `linear`; and a generate group: one
 //! `Decoder::step` after a prompt of each decode length, for the KV cache (f32 and f16),
-//! window, blocktopk, linear and retention decoders. Throughput is (query, key) pairs per
-//! call.
+//! window, blocktopk, linear and retention decoders. Throughput is the (query, key) pairs a
+//! call's mask allows (about half of `n^2` causal, the pattern's pairs for sparse variants).
+//! Group names end in the worker threads, e.g. `b1_h8_d64_causal_t2`.
+//!
+//! `cargo bench` writes criterion's HTML report to `target/criterion/report/index.html`: its
+//! charts are drawn with plotters, which this crate builds with the bundled font
+//! (`ab_glyph`), so `main` registers that font before criterion draws anything.
 //!
 //! ```text
 //! cargo bench --bench attention
@@ -18,9 +23,7 @@ use std::time::{Duration, Instant};
 use attnbench::decode::{DecodeOptions, KvStore};
 use attnbench::workload::gaussian;
 use attnbench::{Options, Problem, Registry, Shape};
-use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use ndarray::{Array3, Array4, s};
 
 mod common;
@@ -38,8 +41,9 @@ fn bench_lengths(c: &mut Criterion) {
     let (batch, heads, d) = common::shape();
     for causal in common::causal_flags() {
         let mut group = c.benchmark_group(format!(
-            "b{batch}_h{heads}_d{d}_{}",
-            if causal { "causal" } else { "bidirectional" }
+            "b{batch}_h{heads}_d{d}_{}_t{}",
+            if causal { "causal" } else { "bidirectional" },
+            rayon::current_num_threads()
         ));
         configure(&mut group);
         for n in common::lengths() {
@@ -47,11 +51,11 @@ fn bench_lengths(c: &mut Criterion) {
             let opts = Options::new().causal(causal);
             let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).expect("valid");
             let mut out = Array4::<f32>::zeros(shape.out_dims());
-            group.throughput(Throughput::Elements((batch * heads * n * n) as u64));
             for v in &variants {
                 if !common::runnable(v.as_ref(), &shape, &opts) {
                     continue;
                 }
+                group.throughput(Throughput::Elements(common::pairs(v.as_ref(), &p)));
                 group.bench_with_input(BenchmarkId::new(v.to_string(), n), &n, |b, _| {
                     b.iter(|| {
                         attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward")
@@ -72,18 +76,21 @@ fn bench_decode(c: &mut Criterion) {
     let variants = Registry::builtin()
         .build_list("full,flash,linear(phi=elu1),linear(phi=favor,m=256)")
         .expect("valid specs");
-    let mut group = c.benchmark_group(format!("decode_b{batch}_h{heads}_d{d}"));
+    let mut group = c.benchmark_group(format!(
+        "decode_b{batch}_h{heads}_d{d}_t{}",
+        rayon::current_num_threads()
+    ));
     configure(&mut group);
     for n_kv in lengths {
         let (shape, qkv) = common::inputs(batch, heads, 1, n_kv, d);
         let opts = Options::new().causal(true);
         let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).expect("valid");
         let mut out = Array4::<f32>::zeros(shape.out_dims());
-        group.throughput(Throughput::Elements((batch * heads * n_kv) as u64));
         for v in &variants {
             if !common::runnable(v.as_ref(), &shape, &opts) {
                 continue;
             }
+            group.throughput(Throughput::Elements(common::pairs(v.as_ref(), &p)));
             group.bench_with_input(BenchmarkId::new(v.to_string(), n_kv), &n_kv, |b, _| {
                 b.iter(|| {
                     attnbench::attention::run(v.as_ref(), &p, out.view_mut()).expect("forward")
@@ -114,7 +121,10 @@ fn bench_generate(c: &mut Criterion) {
         ("retention(phi=none)", KvStore::F32),
     ];
     const ROOM: usize = 4096;
-    let mut group = c.benchmark_group(format!("generate_b{batch}_h{heads}_kv{kv_heads}_d{d}"));
+    let mut group = c.benchmark_group(format!(
+        "generate_b{batch}_h{heads}_kv{kv_heads}_d{d}_t{}",
+        rayon::current_num_threads()
+    ));
     configure(&mut group);
     for n in lengths {
         let shape = Shape::new(batch, heads, kv_heads, 1, n + 1, d, d).expect("valid");
@@ -168,4 +178,9 @@ fn bench_generate(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_lengths, bench_decode, bench_generate);
-criterion_main!(benches);
+
+fn main() {
+    attnbench::report::charts::register_font();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use attnbench::workload::{Qkv, gaussian};
-use attnbench::{Attention, Registry, Shape};
+use attnbench::{Attention, Pattern, Registry, Shape};
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -102,4 +102,14 @@ pub fn runnable(v: &dyn Attention, shape: &Shape, opts: &attnbench::Options) -> 
 pub fn inputs(batch: usize, heads: usize, n_q: usize, n_kv: usize, d: usize) -> (Shape, Qkv) {
     let shape = Shape::new(batch, heads, heads, n_q, n_kv, d, d).expect("valid bench shape");
     (shape, gaussian(&shape, 1.0, 0))
+}
+
+/// The (query, key) pairs one call of `v` on `p` attends: every pair its mask allows
+/// (causal masking and the variant's own pattern), over all batch entries and heads. The
+/// criterion throughput, so that a causal or sparse variant is not credited with `n^2` pairs.
+pub fn pairs(v: &dyn Attention, p: &attnbench::Problem<'_>) -> u64 {
+    let shape = p.shape();
+    let density = p.mask(v.pattern()).density(shape.geometry());
+    let all = (shape.batch() * shape.heads() * shape.n_q() * shape.n_kv()) as f64;
+    (density * all).round() as u64
 }

@@ -320,26 +320,39 @@ pub use crate::kernels::half::f16_to_f32;
 
 /// The bytes of a version-1.0 `.npy` file holding `data` with `shape` (for tests and tools).
 pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    encode("<f4", shape, data.iter().flat_map(|x| x.to_le_bytes()))
+}
+
+/// The bytes of a version-1.0 `.npy` file of `f64` values (`<f8`).
+pub fn encode_f64(shape: &[usize], data: &[f64]) -> Vec<u8> {
+    encode("<f8", shape, data.iter().flat_map(|x| x.to_le_bytes()))
+}
+
+/// The bytes of a version-1.0 `.npy` file of `i64` values (`<i8`).
+pub fn encode_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
+    encode("<i8", shape, data.iter().flat_map(|x| x.to_le_bytes()))
+}
+
+fn encode(descr: &str, shape: &[usize], data: impl Iterator<Item = u8>) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = if dims.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that the data starts on a 64-byte boundary, ending with a newline.
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for x in data {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
+    out.extend(data);
     out
 }
 

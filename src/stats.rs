@@ -90,6 +90,44 @@ pub fn geometric_interval(xs: &[f64]) -> Option<(f64, Interval)> {
     mean_interval(&logs).map(|(m, i)| (m.exp(), i.exp()))
 }
 
+/// The ratio of the geometric means of two independent samples of positive values (`a` over
+/// `b`, e.g. the round medians of one cell in two runs) and its [`LEVEL`] interval: Welch's
+/// t interval of the difference of the mean logarithms (unequal variances,
+/// Welch-Satterthwaite degrees of freedom), exponentiated. `None` unless both samples have
+/// at least two values, all positive and finite.
+pub fn welch_ratio(a: &[f64], b: &[f64]) -> Option<(f64, Interval)> {
+    let logs = |xs: &[f64]| -> Option<Vec<f64>> {
+        (xs.len() >= 2 && xs.iter().all(|&x| x.is_finite() && x > 0.0))
+            .then(|| xs.iter().map(|x| x.ln()).collect())
+    };
+    let (la, lb) = (logs(a)?, logs(b)?);
+    let moments = |v: &[f64]| {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var / n, n)
+    };
+    let ((ma, sa, na), (mb, sb, nb)) = (moments(&la), moments(&lb));
+    let diff = ma - mb;
+    let se2 = sa + sb;
+    if se2 == 0.0 {
+        return Some((diff.exp(), Interval { lo: diff, hi: diff }.exp()));
+    }
+    let df = se2 * se2 / (sa * sa / (na - 1.0) + sb * sb / (nb - 1.0));
+    let t = StudentsT::new(0.0, 1.0, df)
+        .ok()?
+        .inverse_cdf(0.5 + LEVEL / 2.0);
+    let half = t * se2.sqrt();
+    Some((
+        diff.exp(),
+        Interval {
+            lo: diff - half,
+            hi: diff + half,
+        }
+        .exp(),
+    ))
+}
+
 /// A least-squares line `y = slope x + intercept`, with the [`LEVEL`] interval of the slope
 /// from its standard error (residual variance, `points - 2` degrees of freedom).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,6 +185,26 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn welch_ratio_matches_a_hand_computation() {
+        // Logs 0, .1, .2 against .5, .6, .7: difference -0.5, each variance .01 / 3, so
+        // se = sqrt(.02 / 3) and the Welch-Satterthwaite df is exactly 4 (t = 2.7764).
+        let a: Vec<f64> = [0.0f64, 0.1, 0.2].iter().map(|x| x.exp()).collect();
+        let b: Vec<f64> = [0.5f64, 0.6, 0.7].iter().map(|x| x.exp()).collect();
+        let (ratio, ci) = welch_ratio(&a, &b).unwrap();
+        let half = 2.776445 * (0.02f64 / 3.0).sqrt();
+        assert!((ratio - (-0.5f64).exp()).abs() < 1e-12);
+        assert!((ci.lo - (-0.5 - half).exp()).abs() < 1e-5, "{ci:?}");
+        assert!((ci.hi - (-0.5 + half).exp()).abs() < 1e-5, "{ci:?}");
+        // One value, a zero or a NaN: no interval.
+        assert!(welch_ratio(&a[..1], &b).is_none());
+        assert!(welch_ratio(&[1.0, 0.0], &b).is_none());
+        assert!(welch_ratio(&[1.0, f64::NAN], &b).is_none());
+        // Identical constant samples: ratio 1, a point interval.
+        let (r, ci) = welch_ratio(&[2.0, 2.0], &[2.0, 2.0, 2.0]).unwrap();
+        assert_eq!((r, ci.lo, ci.hi), (1.0, 1.0, 1.0));
+    }
 
     #[test]
     fn t_quantiles_match_the_tables() {

@@ -234,6 +234,93 @@ fn runs_combine_into_one_report() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A baselines CSV (rows of `baselines/run.py`, run id of the sweep they ran on) and its
+/// JSON beside it.
+fn write_baselines(csv: &Path, rows: &[Record]) {
+    write_csv(csv, rows);
+    let json = r#"{"kind":"attnbench-baselines","run_id":"fixture","source":"a.json",
+        "started_utc":"2026-12-04T00:00:00Z","duration_s":12.0,"python":"3.11.7","threads":2,
+        "libraries":[{"name":"torch","variants":["torch.sdpa"],"versions":["torch 2.15.0"],
+        "notes":["torch.sdpa: does not materialise the score matrix"]}],
+        "skipped":["ort is not importable"]}"#;
+    std::fs::write(csv.with_extension("json"), json).unwrap();
+}
+
+#[test]
+fn external_baselines_join_their_run_and_are_compared_unpaired() {
+    let dir = temp_dir("baselines");
+    let (a, b) = (dir.join("a.csv"), dir.join("a-baselines.csv"));
+    let rows = power_law_rows();
+    write_csv(&a, &rows);
+    // torch.sdpa: half of full's time, with full's exact round pattern, so that a (wrong)
+    // pairing by round would give a zero-width interval.
+    let torch: Vec<Record> = rows
+        .iter()
+        .filter(|r| r.name == "full")
+        .map(|r| {
+            let mut t = r.clone();
+            t.variant = "torch.sdpa".into();
+            t.name = "torch.sdpa".into();
+            t.time_median_ms = r.time_median_ms.map(|x| x / 2.0);
+            t.round_medians_ms = rounds_of("full", t.time_median_ms.unwrap());
+            t
+        })
+        .collect();
+    write_baselines(&b, &torch);
+    let out = write_report(&[a, b], Some(&dir.join("out"))).unwrap();
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    assert!(md.contains("## External baselines"), "{md}");
+    assert!(
+        md.contains("torch.sdpa: does not materialise the score matrix"),
+        "{md}"
+    );
+    assert!(md.contains("- not run: ort is not importable"), "{md}");
+    // Same run id: compared with the run's own full attention, no run suffix on labels.
+    assert!(
+        md.contains("`torch.sdpa` is 2.00x faster than `full`"),
+        "{md}"
+    );
+    assert!(!md.contains("[fixture]"), "{md}");
+    // Unpaired: the interval has width although the round patterns are identical.
+    assert!(!md.contains("95% interval 2.00x-2.00x"), "{md}");
+    // The metadata is not reported as unreadable.
+    assert!(!md.contains("unreadable"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn causal_and_bidirectional_runs_show_what_masking_costs() {
+    let dir = temp_dir("causal");
+    let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
+    let rows = power_law_rows();
+    write_csv(&a, &rows);
+    let causal: Vec<Record> = rows
+        .iter()
+        .map(|r| {
+            let mut c = r.clone();
+            c.run_id = "causal".into();
+            c.causal = true;
+            c.time_median_ms = r.time_median_ms.map(|x| x * 0.6);
+            c.round_medians_ms = rounds_of(&r.name, c.time_median_ms.unwrap());
+            c
+        })
+        .collect();
+    write_csv(&b, &causal);
+    let out = write_report(&[a.clone(), b], Some(&dir.join("out"))).unwrap();
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    assert!(md.contains("## Causal masking"), "{md}");
+    let full = md
+        .lines()
+        .find(|l| l.starts_with("| `full` | 2 | 4096 |"))
+        .unwrap_or_else(|| panic!("a causal row for full at n = 4096: {md}"));
+    assert!(full.contains("| 0.60 ["), "{full}");
+    // One run alone has no such section.
+    let single = write_report(&[a], Some(&dir.join("single"))).unwrap();
+    let md = std::fs::read_to_string(&single.markdown).unwrap();
+    assert!(!md.contains("## Causal masking"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn malformed_csv_names_the_row() {
     let dir = temp_dir("malformed");

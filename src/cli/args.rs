@@ -54,6 +54,9 @@ pub(super) enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Compare two runs cell by cell: the time ratio with its interval, error and memory
+    /// changes and a verdict per cell; exits 1 when a --fail-on condition holds.
+    Compare(CompareArgs),
     /// Sweep, then report: the main job. Takes every `sweep` flag.
     Run(Box<SweepArgs>),
     /// Draw each head's attention weights under full attention and under each variant, with
@@ -220,6 +223,48 @@ pub(super) struct MapsArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct CompareArgs {
+    /// The reference run's results CSV (several: comma-separated).
+    #[arg(
+        value_name = "BASE.csv",
+        num_args = 1,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub(super) base: Vec<PathBuf>,
+    /// The run checked against it (several: comma-separated).
+    #[arg(
+        value_name = "NEW.csv",
+        num_args = 1,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub(super) new: Vec<PathBuf>,
+    /// Exit 1 when any of these holds, comma-separated: `slower` (a cell's verdict),
+    /// `slower>P%` (slower by more than P%), `error` (an error regressed), `memory>P%`,
+    /// `missing` (a base cell not measured in the new run).
+    #[arg(long, value_name = "COND,...", value_delimiter = ',', value_parser = parse_fail_on)]
+    pub(super) fail_on: Vec<crate::report::compare::FailOn>,
+    /// The smallest time change that counts as slower or faster, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+    pub(super) min_effect: f64,
+    /// Compare runs from different machines (a warning instead of an error).
+    #[arg(long)]
+    pub(super) allow_other_machine: bool,
+    /// Compare the new run's variant NEW_SPEC as the base's BASE_SPEC (a candidate
+    /// configuration against the current one); repeatable.
+    #[arg(long, value_name = "NEW_SPEC=BASE_SPEC", value_parser = crate::report::compare::parse_rename)]
+    pub(super) rename: Vec<(String, String)>,
+    /// Also write the markdown to this file (never over an existing one).
+    #[arg(long)]
+    pub(super) out: Option<PathBuf>,
+}
+
+fn parse_fail_on(text: &str) -> Result<crate::report::compare::FailOn, String> {
+    text.parse()
+}
+
+#[derive(Debug, Args)]
 pub(super) struct SweepArgs {
     /// Comma-separated variant specs, e.g. `full,flash,window(w=128)`; a budget list
     /// `{a,b,...}` stands for each value, e.g. `blocktopk(k={2,4,8})`.
@@ -315,6 +360,11 @@ pub(super) struct SweepArgs {
     /// Few lengths and repeats, for a smoke run (under 30 s).
     #[arg(long)]
     pub(super) quick: bool,
+    /// Also write each length's Q, K, V and the f64 oracle's rows as .npy files into
+    /// <out>/<run id>-inputs/, for external baselines on the same inputs
+    /// (baselines/run.py).
+    #[arg(long)]
+    pub(super) export_inputs: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -488,6 +538,7 @@ pub(super) fn sweep_config(args: &SweepArgs, run: bool) -> Result<SweepConfig, S
         label: args.label.clone().unwrap_or(base.label.clone()),
         dense_oracle_max,
         sampled_rows,
+        export_inputs: args.export_inputs,
         ..base
     })
 }

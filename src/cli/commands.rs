@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::args::{DecodeArgs, MapsArgs, SweepArgs, decode_config, sweep_config};
+use super::args::{CompareArgs, DecodeArgs, MapsArgs, SweepArgs, decode_config, sweep_config};
 use super::print_error;
 use super::progress::{print_summary, run_with_progress};
 use crate::attention::{Attention, Fidelity, Options};
@@ -199,6 +199,47 @@ pub(super) fn report(csvs: &[PathBuf], out: Option<&Path>) -> io::Result<ExitCod
             Ok(ExitCode::from(2))
         }
     }
+}
+
+pub(super) fn compare(args: CompareArgs) -> io::Result<ExitCode> {
+    use crate::report::compare::{CompareConfig, compare};
+    let cfg = CompareConfig {
+        base: args.base,
+        new: args.new,
+        min_effect: args.min_effect / 100.0,
+        fail_on: args.fail_on,
+        allow_other_machine: args.allow_other_machine,
+        rename: args.rename,
+    };
+    let comparison = match compare(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            print_error(&e);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let md = comparison.markdown(cfg.min_effect);
+    if let Some(out) = &args.out {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(out)
+            .and_then(|mut f| f.write_all(md.as_bytes()));
+        if let Err(e) = written {
+            print_error(&crate::error::Error::io(out, e));
+            return Ok(ExitCode::from(2));
+        }
+    }
+    io::stdout().write_all(md.as_bytes())?;
+    let failures = comparison.failures(&cfg.fail_on);
+    for f in &failures {
+        eprintln!("fail: {f}");
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub(super) fn sweep(

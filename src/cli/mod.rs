@@ -1,6 +1,6 @@
 //! The `attnbench` command line as a library entry point.
 //!
-//! [`main`] runs the whole CLI (`list`, `check`, `sweep`, `report`, `run`, `maps`, `decode`) over any
+//! [`main`] runs the whole CLI (`list`, `check`, `sweep`, `report`, `compare`, `run`, `maps`, `decode`) over any
 //! [`Registry`], so a crate that registers its own variants gets every command for them in a
 //! few lines, as `criterion_main!` does for benches:
 //!
@@ -78,6 +78,7 @@ where
         Command::Sweep(args) => commands::sweep(&registry, *args, false),
         Command::Run(args) => commands::sweep(&registry, *args, true),
         Command::Report { csv, out } => commands::report(&csv, out.as_deref()),
+        Command::Compare(args) => commands::compare(args),
         Command::Maps(args) => commands::maps(&registry, args),
         Command::Decode(args) => commands::decode(&registry, *args),
     };

@@ -70,6 +70,10 @@ pub struct SweepConfig {
     /// of the swept variants (the CLI does). Default: none, and the report's pattern figure
     /// then says that no previews were recorded.
     pub previews: Previews,
+    /// Write each length's Q, K, V and the f64 oracle's rows as `.npy` files into
+    /// `<out_dir>/<run id>-inputs/` (named in the JSON's `inputs_dir`), for external
+    /// baselines run on the same inputs (`baselines/run.py`). Default: off.
+    pub export_inputs: bool,
 }
 
 impl Default for SweepConfig {
@@ -97,6 +101,7 @@ impl Default for SweepConfig {
             label: "sweep".into(),
             command_line: std::env::args().collect(),
             previews: Previews::default(),
+            export_inputs: false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Measurement: wall time ([`timing`]), peak heap bytes ([`memory`]), the machine and its
 //! limits ([`machine`]), and the sweep ([`sweep`]: the loop; `cell`: one measured cell;
-//! `inputs`: a length's inputs) that puts them together into the results schema
+//! `inputs`: a length's inputs; `export`: them and the oracle's rows as `.npy` files for
+//! external baselines) that puts them together into the results schema
 //! ([`crate::results::record`]) in files that never clobber ([`runfiles`]), with the report's
 //! [`artefacts`] (pattern previews, the attention-map gallery drawn by [`maps`]) beside them.
 
@@ -8,6 +9,7 @@ pub mod artefacts;
 mod cell;
 mod config;
 pub mod decode;
+mod export;
 mod inputs;
 pub mod machine;
 pub mod maps;

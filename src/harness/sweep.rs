@@ -15,8 +15,10 @@
 //! times every variant's share of the repeats, the variants in an order rotated by one each
 //! round. A slow spell of the machine thus falls on different lengths and variants in
 //! different rounds, where the intervals see it, instead of biasing one length's slope. The
-//! rows are written when the last round ends (the JSON with every setting is written first).
-//! A variant that errors or panics is recorded as `error`; the sweep goes on.
+//! JSON with every setting is written first; the CSV is rewritten whole after every length
+//! of every round, so an interrupted run keeps what it measured. A variant that errors or
+//! panics is recorded as `error`; the sweep goes on. With [`SweepConfig::export_inputs`],
+//! each length's inputs and oracle rows are written beside the run ([`super::export`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -143,6 +145,7 @@ pub fn run_sweep(
         limits: None,
         state: RunState::Running,
         notes: Vec::new(),
+        inputs_dir: cfg.export_inputs.then(|| super::export::dir_name(&run_id)),
     };
     write_json(&json_path, &meta)?;
     let clock = Instant::now();
@@ -152,6 +155,11 @@ pub fn run_sweep(
         (|| -> Result<()> {
             // The CSV is rewritten whole (atomically) as cells gain rounds.
             drop(csv_file);
+            let export = if cfg.export_inputs {
+                Some(super::export::create(&cfg.out_dir, &run_id)?)
+            } else {
+                None
+            };
             progress(Event::Start {
                 cells: cfg.lengths.len() * variants.len(),
                 steps: cfg.lengths.len() * variants.len() * (1 + cfg.rounds),
@@ -214,6 +222,16 @@ pub fn run_sweep(
                         sample_rows(shape.n_q(), cfg.sampled_rows, cfg.seed)
                     };
                     let dense = oracle_rows(&problem, None, &rows);
+                    if let Some(dir) = &export {
+                        let e = super::export::Exported {
+                            q: problem.q(),
+                            k: problem.k(),
+                            v: problem.v(),
+                            rows: &rows,
+                            oracle: &dense,
+                        };
+                        super::export::write_length(dir, *n, &e)?;
+                    }
                     lengths.push(Length {
                         n: *n,
                         problem,

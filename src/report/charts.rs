@@ -101,7 +101,11 @@ pub fn palette(i: usize) -> RGBColor {
     COLORS[i % COLORS.len()]
 }
 
-pub(super) fn ensure_font() {
+/// Registers the bundled font (DejaVu Sans) as plotters' `sans-serif`, once per process.
+/// Plotters is built here with `ab_glyph`, which has no system fonts: anything that draws
+/// text with plotters (the report, and criterion's HTML report in the benches) calls this
+/// first, or drawing fails with `FontUnavailable`.
+pub fn register_font() {
     static FONT: Once = Once::new();
     FONT.call_once(|| {
         // The bundled font is valid OpenType; registration cannot fail for it.
@@ -122,7 +126,7 @@ pub(super) fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Writes `chart` as `<dir>/<stem>.svg` and `<dir>/<stem>.png`.
 pub fn save(chart: &Chart, dir: &Path, stem: &str) -> Result<()> {
-    ensure_font();
+    register_font();
     let svg = dir.join(format!("{stem}.svg"));
     {
         let root = SVGBackend::new(&svg, (WIDTH, HEIGHT)).into_drawing_area();

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::results::record::{Record, RunMeta, RunState};
+use crate::results::record::{BaselineMeta, Record, RunMeta, RunState};
 
 /// Rows read from one or more results CSVs, with any run metadata found beside them.
 #[derive(Debug, Clone)]
@@ -14,6 +14,8 @@ pub struct Results {
     pub files: Vec<PathBuf>,
     /// The JSON metadata beside each CSV, where present.
     pub metas: Vec<RunMeta>,
+    /// The metadata of CSVs of external baselines (`baselines/run.py`).
+    pub baselines: Vec<BaselineMeta>,
     /// What a reader must know before trusting the figures: runs that ended early (and
     /// the planned cells they lack), a last row cut short, unreadable metadata.
     pub warnings: Vec<String>,
@@ -25,6 +27,7 @@ pub struct Results {
 pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
     let mut records = Vec::new();
     let mut metas = Vec::new();
+    let mut baselines = Vec::new();
     let mut warnings = Vec::new();
     for path in paths {
         let (rows, cut) = read_csv(path)?;
@@ -36,6 +39,23 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
         }
         let json = path.with_extension("json");
         match std::fs::read_to_string(&json) {
+            Ok(t) if is_baselines(&t) => match serde_json::from_str::<BaselineMeta>(&t) {
+                Ok(mut meta) if !rows.is_empty() => {
+                    sanitize_baselines(&mut meta);
+                    baselines.push(meta);
+                }
+                Ok(_) => {
+                    return Err(Error::new(ErrorKind::Format {
+                        path: path.display().to_string(),
+                        message: "no result rows".into(),
+                    }));
+                }
+                Err(e) => warnings.push(format!(
+                    "`{}` is unreadable ({}): the baselines' metadata is not shown",
+                    text(&json.display().to_string()),
+                    text(&e.to_string())
+                )),
+            },
             Ok(t) => match serde_json::from_str::<RunMeta>(&t) {
                 Ok(mut meta) => {
                     let ended_early = completeness(&meta, &rows);
@@ -78,8 +98,40 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
         records,
         files: paths.to_vec(),
         metas,
+        baselines,
         warnings,
     })
+}
+
+/// Whether a JSON text is a baselines file (its `kind`), not a sweep's metadata.
+fn is_baselines(json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(json)
+        .is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some(BaselineMeta::KIND))
+}
+
+fn sanitize_baselines(meta: &mut BaselineMeta) {
+    for s in [
+        &mut meta.run_id,
+        &mut meta.source,
+        &mut meta.started_utc,
+        &mut meta.python,
+    ] {
+        *s = text(s);
+    }
+    for s in meta.command_line.iter_mut().chain(&mut meta.skipped) {
+        *s = text(s);
+    }
+    for lib in &mut meta.libraries {
+        lib.name = text(&lib.name);
+        for s in lib
+            .variants
+            .iter_mut()
+            .chain(&mut lib.versions)
+            .chain(&mut lib.notes)
+        {
+            *s = text(s);
+        }
+    }
 }
 
 /// A warning when `meta`'s run did not end normally, naming the planned cells without a row.
@@ -266,6 +318,10 @@ pub struct Series {
     pub group: String,
     /// Measured points (status `ok` or `flagged`), by increasing `n`.
     pub points: Vec<Point>,
+    /// Rows of an external baseline (`baselines/run.py`), timed in other processes after
+    /// the sweep: its rounds are not paired with the sweep's, so comparisons use unpaired
+    /// intervals (see [`mark_external`]).
+    pub external: bool,
 }
 
 impl Series {
@@ -351,6 +407,7 @@ pub fn series(records: &[Record]) -> Vec<Series> {
                     fidelity: r.fidelity,
                     group,
                     points: Vec::new(),
+                    external: false,
                 });
                 out.len() - 1
             }
@@ -382,6 +439,16 @@ pub fn series(records: &[Record]) -> Vec<Series> {
         s.points.sort_by_key(|p| p.n);
     }
     out
+}
+
+/// Marks the series of the external baselines among `all` (those of a baselines file's run
+/// and library variants).
+pub fn mark_external(all: &mut [Series], baselines: &[BaselineMeta]) {
+    for s in all {
+        s.external = baselines.iter().any(|b| {
+            b.run_id == s.run_id && b.libraries.iter().any(|l| l.variants.contains(&s.variant))
+        });
+    }
 }
 
 /// The baseline a comparison in `group` is made against: the series of registry name `name`

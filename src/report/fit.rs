@@ -108,6 +108,25 @@ impl Ratio {
         }
     }
 
+    /// The ratio of `times` over `reference` from independent runs (an external baseline
+    /// timed in another process after the sweep): Welch's interval on the two sets of log
+    /// round medians, unpaired ([`stats::welch_ratio`]); else the ratio of the medians, no
+    /// interval.
+    pub fn unpaired(n: usize, times: (&[f64], f64), reference: (&[f64], f64)) -> Ratio {
+        match stats::welch_ratio(times.0, reference.0) {
+            Some((ratio, ci)) => Ratio {
+                n,
+                ratio,
+                interval: Some(ci),
+            },
+            None => Ratio {
+                n,
+                ratio: times.1 / reference.1,
+                interval: None,
+            },
+        }
+    }
+
     /// Faster, slower, or indistinguishable at 95%.
     pub fn order(&self) -> Order {
         match self.interval {
@@ -162,16 +181,33 @@ pub enum Verdict {
     Mixed,
 }
 
+/// How a [`Ratio`] is formed from `(n, (rounds, median), (reference rounds, median))`.
+type RatioOf = fn(usize, (&[f64], f64), (&[f64], f64)) -> Ratio;
+
 impl Comparison {
     /// Compares `times` with `reference`, each `(n, per-round medians, median)`, at their
     /// common lengths.
     pub fn new(times: &[(usize, &[f64], f64)], reference: &[(usize, &[f64], f64)]) -> Self {
+        Self::with(times, reference, Ratio::paired)
+    }
+
+    /// Like [`Comparison::new`] for series of independent runs (rounds not paired; see
+    /// [`Ratio::unpaired`]).
+    pub fn unpaired(times: &[(usize, &[f64], f64)], reference: &[(usize, &[f64], f64)]) -> Self {
+        Self::with(times, reference, Ratio::unpaired)
+    }
+
+    fn with(
+        times: &[(usize, &[f64], f64)],
+        reference: &[(usize, &[f64], f64)],
+        ratio: RatioOf,
+    ) -> Self {
         let mut ratios: Vec<Ratio> = times
             .iter()
             .filter(|t| t.2 > 0.0)
             .filter_map(|&(n, rounds, median)| {
                 let r = reference.iter().find(|r| r.0 == n && r.2 > 0.0)?;
-                Some(Ratio::paired(n, (rounds, median), (r.1, r.2)))
+                Some(ratio(n, (rounds, median), (r.1, r.2)))
             })
             .collect();
         ratios.sort_by_key(|r| r.n);

@@ -309,7 +309,7 @@ pub fn write(recs: &[Record], dir: &Path) -> Result<String> {
         return Ok(md);
     }
     let several = all.len() > 1;
-    let _ = writeln!(md, "## Error-vs-time frontier\n");
+    let _ = writeln!(md, "\n## Error-vs-time frontier\n");
     let _ = writeln!(
         md,
         "Every variant at the largest length where at least three have a time and an error: its median time, its time relative to `flash` (median ratio), and its relative error against dense attention on each input. Families (a variant with its numeric parameters free) are joined across their budgets in the charts. A point is Pareto-optimal (*) on an input when no other is at least as fast and as accurate and better in one; times are medians, so neighbours closer than their intervals (the `time [95%]` column) may trade places in another run.\n"

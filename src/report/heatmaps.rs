@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::charts::{draw_error, ensure_font};
+use super::charts::{draw_error, register_font};
 use crate::error::Result;
 
 /// A grid of boolean heatmaps (allowed cells in colour), one panel per `(title, cells)`,
@@ -19,7 +19,7 @@ pub fn save_heatmaps(
     dir: &Path,
     stem: &str,
 ) -> Result<()> {
-    ensure_font();
+    register_font();
     let panel = 230u32;
     let columns = columns.max(1);
     let rows = panels.len().div_ceil(columns).max(1);
@@ -146,7 +146,7 @@ pub fn save_weight_maps(
     dir: &Path,
     stem: &str,
 ) -> Result<std::path::PathBuf> {
-    ensure_font();
+    register_font();
     let side = 256i32;
     let width = 20 + panels.len().max(1) as u32 * (side as u32 + 24);
     let png = dir.join(format!("{stem}.png"));

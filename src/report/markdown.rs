@@ -58,6 +58,9 @@ fn scaling(s: &Series, all: &[Series], drifting: &[(String, usize)]) -> Scaling 
         .filter_map(|p| p.pairs.map(|x| (p.n as f64, x)))
         .collect();
     let compare = |name: &str| match data::reference(all, name, &s.group) {
+        Some(r) if r.label != s.label && (s.external || r.external) => {
+            Some(Comparison::unpaired(&timings(s), &timings(r)))
+        }
         Some(r) if r.label != s.label => Some(Comparison::new(&timings(s), &timings(r))),
         _ => None,
     };
@@ -218,6 +221,160 @@ fn merge_warnings(metas: &[RunMeta]) -> Vec<String> {
     .collect()
 }
 
+/// What causal masking costs each variant, where the report holds the same cell causal and
+/// bidirectional (e.g. two runs differing only in `--causal`): the time ratio at the largest
+/// length both have, per variant and thread count. Empty otherwise.
+fn causal_section(recs: &[Record]) -> String {
+    let mut md = String::new();
+    let cell = |r: &Record| {
+        (
+            r.variant.clone(),
+            r.threads,
+            r.workload.clone(),
+            (r.batch, r.heads, r.kv_heads, r.head_dim),
+            r.n_q == r.n_kv,
+            r.modifiers.clone(),
+            r.d_model,
+        )
+    };
+    let measured = |r: &&Record| r.status.is_measured() && r.time_median_ms.is_some();
+    let mut lines = Vec::new();
+    let mut done = Vec::new();
+    for c in recs.iter().filter(measured).filter(|r| r.causal) {
+        let key = cell(c);
+        if done.contains(&key) {
+            continue;
+        }
+        // The largest length with both a causal and a bidirectional row.
+        let best = recs
+            .iter()
+            .filter(measured)
+            .filter(|b| !b.causal && cell(b) == key)
+            .filter_map(|b| {
+                let c = recs
+                    .iter()
+                    .filter(measured)
+                    .find(|c| c.causal && cell(c) == key && c.n_kv == b.n_kv)?;
+                Some((c, b))
+            })
+            .max_by_key(|(_, b)| b.n_kv);
+        done.push(key);
+        let Some((c, b)) = best else { continue };
+        let ratio = Ratio::unpaired(
+            b.n_kv,
+            (
+                &data::round_medians(c),
+                c.time_median_ms.unwrap_or(f64::NAN),
+            ),
+            (
+                &data::round_medians(b),
+                b.time_median_ms.unwrap_or(f64::NAN),
+            ),
+        );
+        lines.push(format!(
+            "| `{}` | {} | {} | {:.3} | {:.3} | {:.2}{} |",
+            c.variant,
+            c.threads,
+            c.n_kv,
+            c.time_median_ms.unwrap_or(f64::NAN),
+            b.time_median_ms.unwrap_or(f64::NAN),
+            ratio.ratio,
+            ratio
+                .interval
+                .map_or(String::new(), |ci| format!(" [{:.2}, {:.2}]", ci.lo, ci.hi))
+        ));
+    }
+    if lines.is_empty() {
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "## Causal masking
+"
+    );
+    let _ = writeln!(
+        md,
+        "Time of the causal cell over the bidirectional one at the largest length both have, with the 95% interval of the ratio (Welch's, on the two runs' round medians). Causal masking leaves about half the (query, key) pairs: a kernel that skips the masked ones approaches 0.5; one that masks a full score matrix stays near 1 or above.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| variant | threads | n | causal ms | bidirectional ms | causal / bidirectional [95% CI] |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for l in lines {
+        let _ = writeln!(md, "{l}");
+    }
+    let _ = writeln!(md);
+    md
+}
+
+/// The libraries of the external baselines among `results`, what they are and what was
+/// measured about them; empty without baselines.
+fn baselines_section(results: &Results) -> String {
+    let mut md = String::new();
+    if results.baselines.is_empty() {
+        return md;
+    }
+    let _ = writeln!(md, "## External baselines\n");
+    let _ = writeln!(
+        md,
+        "Rows from `baselines/run.py`: other libraries on the sweep's own exported inputs, scored against the same f64 oracle rows, with the same rounds, repeats and threads. Each library runs in its own process per round (its rounds interleave with the other libraries', not with the sweep's variants, which ran before: drift between the two runs is not inside their intervals). Their time includes allocating the output (attnbench's variants write into a buffer allocated once); their `peak_bytes` is the growth of the process's peak RSS during one call, output included, where attnbench's is heap bytes above the baseline.\n"
+    );
+    let _ = writeln!(md, "| library | rows | versions | measured |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for b in &results.baselines {
+        for lib in &b.libraries {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                lib.name,
+                lib.variants
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                lib.versions.join(", "),
+                if lib.notes.is_empty() {
+                    "-".to_string()
+                } else {
+                    lib.notes.join("; ")
+                }
+            );
+        }
+    }
+    let _ = writeln!(md);
+    for b in &results.baselines {
+        let source = results.metas.iter().find(|m| m.run_id == b.run_id);
+        match source {
+            None => {
+                let _ = writeln!(
+                    md,
+                    "- **warning**: the baselines of run `{}` are shown without that run's own results",
+                    b.run_id
+                );
+            }
+            Some(m) if m.threads != b.threads => {
+                let _ = writeln!(
+                    md,
+                    "- **warning**: the baselines of run `{}` ran on {} threads, the run on {}",
+                    b.run_id, b.threads, m.threads
+                );
+            }
+            Some(_) => {}
+        }
+        let _ = writeln!(
+            md,
+            "- baselines of run `{}`: Python {}, {} threads, started {}, {:.0} s",
+            b.run_id, b.python, b.threads, b.started_utc, b.duration_s
+        );
+        for s in &b.skipped {
+            let _ = writeln!(md, "- not run: {s}");
+        }
+    }
+    let _ = writeln!(md);
+    md
+}
+
 /// `report.md` of `results` (its series `all`), without the gallery.
 pub(super) fn markdown_report(
     results: &Results,
@@ -366,6 +523,8 @@ pub(super) fn markdown_report(
         })
         .collect();
     let _ = writeln!(md, "- results: {}\n", files.join(", "));
+    md.push_str(&baselines_section(results));
+    md.push_str(&causal_section(recs));
 
     // Summary.
     let _ = writeln!(md, "## Summary\n");
@@ -399,7 +558,7 @@ pub(super) fn markdown_report(
     let _ = writeln!(md, "## Scaling fits and crossovers\n");
     let _ = writeln!(
         md,
-        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), every round's median a point, with the slope's 95% interval [lo, hi] (Student t on the fit's residuals). Pair slope: the same fit of the (query, key) pairs an exact variant's mask allows, the time slope its pattern implies (a time slope well above it is the engine's cost, not the pattern's). Against `full` and `flash`, each length's time ratio is paired by round (the two ran in the same round, close in time) and has a 95% interval; a variant is faster or slower at a length only where that interval excludes 1, and a crossover is stated only between a length where it is established slower and one where it is established faster (its length interpolated in log space); elsewhere the two are indistinguishable.\n"
+        "Least-squares slope of log(time) and log(peak bytes) against log(n) over the larger half of the lengths (1 = linear, 2 = quadratic), every round's median a point, with the slope's 95% interval [lo, hi] (Student t on the fit's residuals). Pair slope: the same fit of the (query, key) pairs an exact variant's mask allows, the time slope its pattern implies (a time slope well above it is the engine's cost, not the pattern's). Against `full` and `flash`, each length's time ratio is paired by round (the two ran in the same round, close in time) and has a 95% interval (external baselines, timed after the sweep in other processes, are not paired: Welch's interval on the two sets of round medians); a variant is faster or slower at a length only where that interval excludes 1, and a crossover is stated only between a length where it is established slower and one where it is established faster (its length interpolated in log space); elsewhere the two are indistinguishable.\n"
     );
     if !drifting.is_empty() {
         let _ = writeln!(
@@ -679,7 +838,12 @@ fn summary(all: &[Series], recs: &[Record]) -> Vec<String> {
             let Some(p) = s.points.iter().find(|p| p.n == n) else {
                 continue;
             };
-            let ratio = Ratio::paired(n, (&p.rounds, p.time_ms), (&rp.rounds, rp.time_ms));
+            let between = if s.external || r.external {
+                Ratio::unpaired
+            } else {
+                Ratio::paired
+            };
+            let ratio = between(n, (&p.rounds, p.time_ms), (&rp.rounds, rp.time_ms));
             // Three significant digits.
             let times = |x: f64| {
                 if x < 9.995 {
@@ -827,6 +991,7 @@ mod tests {
             limits: None,
             state: Default::default(),
             notes: Vec::new(),
+            inputs_dir: None,
         }
     }
 

@@ -10,11 +10,13 @@
 //! - `figures`: one builder per chart and [`FIGURES`], the list of what a report draws.
 //! - `markdown`: `report.md`; `format`: number formatting.
 //! - [`decode`]: the report of a generation benchmark (`attnbench decode`).
+//! - [`compare`]: two runs cell by cell, for regressions (`attnbench compare`).
 //! - `gallery`: the pattern previews and the attention-map gallery from the artefacts.
 //!
 //! [`write_report`] is the entry point.
 
 pub mod charts;
+pub mod compare;
 pub mod data;
 pub mod decode;
 mod figures;
@@ -86,7 +88,8 @@ pub fn write_report(csvs: &[PathBuf], out: Option<&Path>) -> Result<ReportOutput
     let previews = gallery::previews(csvs)?;
     let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let all = series(&results.records);
+    let mut all = series(&results.records);
+    data::mark_external(&mut all, &results.baselines);
     let colored: Vec<(Series, plotters::style::RGBColor)> = all
         .iter()
         .cloned()

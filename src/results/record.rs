@@ -351,6 +351,10 @@ pub struct RunMeta {
     /// Why the run failed, or what it left out, in words.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// With `--export-inputs`: the directory beside the JSON holding each length's inputs
+    /// and oracle rows as `.npy` files (`<run id>-inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_dir: Option<String>,
 }
 
 /// How a run ended, in its JSON metadata.
@@ -515,4 +519,51 @@ pub struct Limits {
     /// one. (On a shared VM single passes ranged from 23 to 42 GB/s; the median is the rate
     /// a long decode can count on, the maximum a burst.)
     pub read_gbytes_per_s: f64,
+}
+
+/// The JSON beside a CSV of external baselines (`baselines/run.py`): rows timed by other
+/// libraries on the exported inputs of the sweep `run_id`, in that sweep's schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineMeta {
+    /// Always [`BaselineMeta::KIND`].
+    pub kind: String,
+    /// The sweep whose inputs and oracle rows the baselines ran on (also their rows' run id).
+    pub run_id: String,
+    /// The sweep's JSON file name.
+    pub source: String,
+    /// UTC start time, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started_utc: String,
+    /// Wall time of the script, seconds.
+    pub duration_s: f64,
+    /// The command line of the script.
+    #[serde(default)]
+    pub command_line: Vec<String>,
+    /// The Python version.
+    pub python: String,
+    /// Worker threads every library was given.
+    pub threads: usize,
+    /// The libraries that ran.
+    pub libraries: Vec<BaselineLibrary>,
+    /// Libraries not run, and why (not installed, a worker that failed).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+impl BaselineMeta {
+    /// The `kind` of a baselines JSON.
+    pub const KIND: &'static str = "attnbench-baselines";
+}
+
+/// One library of a [`BaselineMeta`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineLibrary {
+    /// `numpy`, `torch` or `ort`.
+    pub name: String,
+    /// The variants (rows) it contributes, e.g. `torch.sdpa`.
+    pub variants: Vec<String>,
+    /// Package versions and settings, e.g. `torch 2.15.0`, `cpu capability AVX512`.
+    pub versions: Vec<String>,
+    /// What was measured about it that a reader should know, e.g. whether its peak memory
+    /// shows the n x n score matrix.
+    pub notes: Vec<String>,
 }
