@@ -18,7 +18,7 @@
 //! JSON with every setting is written first; the CSV is rewritten whole after every length
 //! of every round, so an interrupted run keeps what it measured. A variant that errors or
 //! panics is recorded as `error`; the sweep goes on. With [`SweepConfig::export_inputs`],
-//! each length's inputs and oracle rows are written beside the run ([`super::export`]).
+//! each length's inputs and oracle rows are written beside the run (module `export`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;

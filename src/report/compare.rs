@@ -151,6 +151,11 @@ pub struct CellChange {
     pub error_regressed: bool,
     /// `new / base` peak bytes, when both were measured.
     pub memory_ratio: Option<f64>,
+    /// The drift probe (the same small GEMM, timed at the start of every round of every
+    /// length in both runs) at this length: its rate in the base run over that in the new
+    /// one (geometric means over the rounds), i.e. how much slower the machine itself ran the new run (1.1: 10% slower).
+    /// A time ratio near it is the machine, not the code.
+    pub machine_ratio: Option<f64>,
 }
 
 /// The comparison of two runs.
@@ -256,7 +261,22 @@ pub fn compare(cfg: &CompareConfig) -> Result<Comparison> {
             missing.push(k);
             continue;
         };
-        cells.push(change(k, b, n, cfg.min_effect));
+        let mut c = change(k, b, n, cfg.min_effect);
+        c.machine_ratio = match (probe_rate(&base, b), probe_rate(&new, n)) {
+            (Some(pb), Some(pn)) => Some(pb / pn),
+            _ => None,
+        };
+        cells.push(c);
+    }
+    let machine: Vec<f64> = cells.iter().filter_map(|c| c.machine_ratio).collect();
+    if let Some((m, _)) =
+        crate::stats::geometric_interval(&machine).filter(|(m, _)| (m.ln()).abs() > 0.05f64.ln_1p())
+    {
+        warnings.push(format!(
+            "**the machine itself ran {:.2}x {} in the new run** (the drift probe, a fixed GEMM timed in every round of both runs, geometric mean over the cells): time ratios near that are the machine, not the change",
+            if m > 1.0 { m } else { 1.0 / m },
+            if m > 1.0 { "slower" } else { "faster" }
+        ));
     }
     let added = new
         .records
@@ -305,7 +325,16 @@ fn change(cell: String, b: &Record, n: &Record, min_effect: f64) -> CellChange {
             (Some(pb), Some(pn)) if pb > 0 => Some(pn as f64 / pb as f64),
             _ => None,
         },
+        machine_ratio: None,
     }
+}
+
+/// The drift probe's rate in `r`'s run at its length, from the run's metadata: the geometric
+/// mean over its rounds (a slow round counts, as it does in the cell's times).
+fn probe_rate(results: &Results, r: &Record) -> Option<f64> {
+    let meta = results.metas.iter().find(|m| m.run_id == r.run_id)?;
+    let probe = meta.probes.iter().find(|p| p.n == r.n_kv)?;
+    crate::stats::geometric_interval(&probe.gflops).map(|(g, _)| g)
 }
 
 /// Refuses runs of different machines (unless allowed) and warns about other differences.
@@ -402,19 +431,19 @@ impl Comparison {
         }
         let _ = writeln!(
             md,
-            "\nTime ratio `new / base` with its 95% interval (Welch's t on the log round medians); `slower`/`faster` when the interval excludes 1 and the change is at least {:.0}%. Error: relative error against dense attention; `regressed` above 1.1x the base and 1e-7.\n",
+            "\nTime ratio `new / base` with its 95% interval (Welch's t on the log round medians); `slower`/`faster` when the interval excludes 1 and the change is at least {:.0}%. Machine: the drift probe's time in the new run over the base (a fixed GEMM timed in every round of both; 1.10: the machine ran 10% slower), to tell a change of the machine from one of the code. Error: relative error against dense attention; `regressed` above 1.1x the base and 1e-7.\n",
             100.0 * min_effect
         );
         let _ = writeln!(
             md,
-            "| cell | base ms | new ms | new/base [95% CI] | verdict | error base -> new | peak memory new/base |"
+            "| cell | base ms | new ms | new/base [95% CI] | verdict | machine new/base | error base -> new | peak memory new/base |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         let sci = |e: Option<f64>| e.map_or("-".into(), |e| format!("{e:.2e}"));
         for c in &self.cells {
             let _ = writeln!(
                 md,
-                "| `{}` | {:.3} | {:.3} | {:.3}{} | {} | {} -> {}{} | {} |",
+                "| `{}` | {:.3} | {:.3} | {:.3}{} | {} | {} | {} -> {}{} | {} |",
                 c.cell,
                 c.times.0,
                 c.times.1,
@@ -425,6 +454,7 @@ impl Comparison {
                     TimeVerdict::Slower | TimeVerdict::Faster => format!("**{}**", c.verdict),
                     v => v.to_string(),
                 },
+                c.machine_ratio.map_or("-".into(), |m| format!("{m:.2}")),
                 sci(c.errors.0),
                 sci(c.errors.1),
                 if c.error_regressed {

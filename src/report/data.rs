@@ -38,18 +38,19 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
             ));
         }
         let json = path.with_extension("json");
+        let no_rows = |why: Option<&str>| {
+            Error::new(ErrorKind::Format {
+                path: path.display().to_string(),
+                message: why.map_or("no result rows".into(), |w| format!("no result rows: {w}")),
+            })
+        };
         match std::fs::read_to_string(&json) {
             Ok(t) if is_baselines(&t) => match serde_json::from_str::<BaselineMeta>(&t) {
                 Ok(mut meta) if !rows.is_empty() => {
                     sanitize_baselines(&mut meta);
                     baselines.push(meta);
                 }
-                Ok(_) => {
-                    return Err(Error::new(ErrorKind::Format {
-                        path: path.display().to_string(),
-                        message: "no result rows".into(),
-                    }));
-                }
+                Ok(_) => return Err(no_rows(None)),
                 Err(e) => warnings.push(format!(
                     "`{}` is unreadable ({}): the baselines' metadata is not shown",
                     text(&json.display().to_string()),
@@ -60,13 +61,7 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
                 Ok(mut meta) => {
                     let ended_early = completeness(&meta, &rows);
                     if rows.is_empty() {
-                        return Err(Error::new(ErrorKind::Format {
-                            path: path.display().to_string(),
-                            message: match ended_early {
-                                Some(why) => format!("no result rows: {why}"),
-                                None => "no result rows".into(),
-                            },
-                        }));
+                        return Err(no_rows(ended_early.as_deref()));
                     }
                     warnings.extend(ended_early);
                     sanitize_meta(&mut meta);
@@ -80,10 +75,7 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Results> {
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if rows.is_empty() {
-                    return Err(Error::new(ErrorKind::Format {
-                        path: path.display().to_string(),
-                        message: "no result rows".into(),
-                    }));
+                    return Err(no_rows(None));
                 }
             }
             Err(e) => warnings.push(format!(

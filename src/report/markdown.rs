@@ -287,11 +287,7 @@ fn causal_section(recs: &[Record]) -> String {
     if lines.is_empty() {
         return md;
     }
-    let _ = writeln!(
-        md,
-        "## Causal masking
-"
-    );
+    let _ = writeln!(md, "## Causal masking\n");
     let _ = writeln!(
         md,
         "Time of the causal cell over the bidirectional one at the largest length both have, with the 95% interval of the ratio (Welch's, on the two runs' round medians). Causal masking leaves about half the (query, key) pairs: a kernel that skips the masked ones approaches 0.5; one that masks a full score matrix stays near 1 or above.\n"
@@ -318,7 +314,7 @@ fn baselines_section(results: &Results) -> String {
     let _ = writeln!(md, "## External baselines\n");
     let _ = writeln!(
         md,
-        "Rows from `baselines/run.py`: other libraries on the sweep's own exported inputs, scored against the same f64 oracle rows, with the same rounds, repeats and threads. Each library runs in its own process per round (its rounds interleave with the other libraries', not with the sweep's variants, which ran before: drift between the two runs is not inside their intervals). Their time includes allocating the output (attnbench's variants write into a buffer allocated once); their `peak_bytes` is the growth of the process's peak RSS during one call, output included, where attnbench's is heap bytes above the baseline.\n"
+        "Rows from `baselines/run.py`: other libraries on the sweep's own exported inputs, scored against the same f64 oracle rows, with the same rounds, repeats and threads. Each library runs in its own process per round (its rounds interleave with the other libraries', not with the sweep's variants, which ran before: drift between the two runs is not inside their intervals). Their time includes allocating the output (attnbench's variants write into a buffer allocated once); their `peak_bytes` is the growth of the peak RSS over the first call in a fresh process (output and whatever the library initialises lazily included), where attnbench's is heap bytes above the baseline. Each process warms up with at least two calls (until a call is within 10% of the fastest before it), because one is not enough for every library.\n"
     );
     let _ = writeln!(md, "| library | rows | versions | measured |");
     let _ = writeln!(md, "|---|---|---|---|");
