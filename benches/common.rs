@@ -78,13 +78,10 @@ pub fn runnable(v: &dyn Attention, shape: &Shape, opts: &attnbench::Options) -> 
     if !why.is_empty() {
         return false;
     }
-    let elems = |d: [usize; 4]| d.iter().product::<usize>() as u64;
-    let io = 4
-        * (elems(shape.q_dims())
-            + elems(shape.k_dims())
-            + elems(shape.v_dims())
-            + elems(shape.out_dims()));
-    let needed = io.saturating_add(v.cost(shape, opts, 1).workspace_bytes);
+    let needed = shape
+        .input_bytes()
+        .saturating_add(shape.output_bytes())
+        .saturating_add(v.cost(shape, opts, 1).workspace_bytes);
     let budget = attnbench::harness::machine::default_budget();
     if needed > budget {
         eprintln!(

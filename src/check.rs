@@ -163,12 +163,12 @@ pub fn check(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
 /// Bytes a check of `variant` on `case` needs: the inputs, the output, the oracle's f64
 /// output and the variant's analytic workspace.
 pub fn check_bytes(variant: &dyn Attention, case: &Case) -> u64 {
-    let elems = |dims: [usize; 4]| dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
     let s = &case.shape;
-    let io = (elems(s.q_dims()) + elems(s.k_dims()) + elems(s.v_dims()) + elems(s.out_dims()))
-        .saturating_mul(4);
-    let oracle = elems(s.out_dims()).saturating_mul(8);
-    io.saturating_add(oracle)
+    // The f64 oracle is twice the f32 output.
+    let oracle = s.output_bytes().saturating_mul(2);
+    s.input_bytes()
+        .saturating_add(s.output_bytes())
+        .saturating_add(oracle)
         .saturating_add(variant.cost(s, &case.opts, 1).workspace_bytes)
 }
 

@@ -32,6 +32,11 @@ pub struct Shape {
     v_dim: usize,
 }
 
+/// Bytes of an `f32` tensor of `dims`, saturating.
+fn f32_bytes(dims: [usize; 4]) -> u64 {
+    dims.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64))
+}
+
 impl Shape {
     /// A self-attention shape: `n_q = n_kv = n`, `kv_heads = heads`, `v_dim = head_dim`.
     pub fn self_attention(batch: usize, heads: usize, n: usize, head_dim: usize) -> Result<Self> {
@@ -153,6 +158,18 @@ impl Shape {
         [self.batch, self.heads, self.n_q, self.v_dim]
     }
 
+    /// Bytes of the `f32` inputs of one call: Q, K and V (saturating at `u64::MAX`).
+    pub fn input_bytes(&self) -> u64 {
+        [self.q_dims(), self.k_dims(), self.v_dims()]
+            .iter()
+            .fold(0u64, |a, &d| a.saturating_add(f32_bytes(d)))
+    }
+
+    /// Bytes of the `f32` output of one call (saturating at `u64::MAX`).
+    pub fn output_bytes(&self) -> u64 {
+        f32_bytes(self.out_dims())
+    }
+
     /// Query heads that share one key/value head (`heads / kv_heads`).
     pub fn group_size(&self) -> usize {
         self.heads / self.kv_heads
@@ -198,5 +215,25 @@ fn check_nonzero(tensor: &'static str, dims: &[usize; 4]) -> Result<()> {
             shape: dims.to_vec(),
         })),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shape;
+
+    #[test]
+    fn tensor_bytes_count_every_f32_of_q_k_v_and_the_output() {
+        // b2, 8 query heads on 2 KV heads, 5 queries against 7 keys, d 3, d_v 4.
+        let s = Shape::new(2, 8, 2, 5, 7, 3, 4).unwrap();
+        assert_eq!(
+            s.input_bytes(),
+            4 * (2 * 8 * 5 * 3 + 2 * 2 * 7 * 3 + 2 * 2 * 7 * 4)
+        );
+        assert_eq!(s.output_bytes(), 4 * 2 * 8 * 5 * 4);
+        // Sizes beyond u64 saturate instead of wrapping.
+        let huge = Shape::new(1 << 24, 1 << 10, 1 << 10, 1 << 20, 1 << 20, 1 << 10, 1).unwrap();
+        assert_eq!(huge.input_bytes(), u64::MAX);
+        assert_eq!(huge.output_bytes(), 4u64 << 54);
     }
 }

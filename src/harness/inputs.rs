@@ -1,5 +1,5 @@
 //! A sweep's inputs at one length: Q, K and V (seeded Gaussian, or a prefix of the `npy:`
-//! workload), the multi-head layer and its `X` for layer sweeps, and their size.
+//! workload), the multi-head layer and its `X` for layer sweeps, and the shape at each length.
 
 use ndarray::{Array3, Axis};
 
@@ -119,17 +119,4 @@ pub(super) fn input_shape(cfg: &SweepConfig, npy: Option<&NpyData>, n: usize) ->
         (None, None, _) => (cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim),
     };
     Shape::new(b, h, h_kv, cfg.n_q.unwrap_or(n), n, d, d)
-}
-
-/// Bytes of Q, K, V and the output of `shape`.
-pub(super) fn input_bytes(shape: &Shape) -> u64 {
-    let (b, h, h_kv, d) = (
-        shape.batch() as u128,
-        shape.heads() as u128,
-        shape.kv_heads() as u128,
-        shape.head_dim() as u128,
-    );
-    let (n_q, n) = (shape.n_q() as u128, shape.n_kv() as u128);
-    let elems = b * d * (2 * h * n_q + 2 * h_kv * n);
-    u64::try_from(elems * 4).unwrap_or(u64::MAX)
 }

@@ -79,12 +79,7 @@ fn map_bytes(cfg: &MapsConfig<'_>, shape: &Shape) -> u64 {
 
 /// Refuses maps of `shape` whose inputs and matrices exceed `cfg.max_memory`.
 fn check_budget(cfg: &MapsConfig<'_>, shape: &Shape) -> Result<()> {
-    let elems = |dims: [usize; 4]| dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
-    let inputs = elems(shape.q_dims())
-        .saturating_add(elems(shape.k_dims()))
-        .saturating_add(elems(shape.v_dims()))
-        .saturating_mul(4);
-    let needed = map_bytes(cfg, shape).saturating_add(inputs);
+    let needed = map_bytes(cfg, shape).saturating_add(shape.input_bytes());
     if needed > cfg.max_memory {
         return Err(bad(
             "max-memory",

@@ -29,7 +29,7 @@ use ndarray::Array4;
 use super::artefacts::write_gallery;
 use super::cell::{Cell, Prepared, failed, spec_of, too_big};
 pub use super::config::{FLAG_FLOOR, SweepConfig};
-use super::inputs::{LayerInputs, input_bytes, input_shape, inputs, layer_inputs};
+use super::inputs::{LayerInputs, input_shape, inputs, layer_inputs};
 use super::machine::{measure_gemm, probe_gflops};
 use super::runfiles::{create_run_files, end_run, replace_csv, utc_iso, utc_stamp};
 use super::timing::TimingConfig;
@@ -193,7 +193,10 @@ pub fn run_sweep(
                     };
                     let oracle = (8 * oracle_rows as u64)
                         .saturating_mul((shape.batch() * shape.heads() * shape.v_dim()) as u64);
-                    let io = input_bytes(&shape).saturating_add(oracle);
+                    let io = shape
+                        .input_bytes()
+                        .saturating_add(shape.output_bytes())
+                        .saturating_add(oracle);
                     if io.saturating_add(held_bytes) > cfg.max_memory {
                         let rows = variants
                             .iter()
