@@ -6,7 +6,9 @@
 //! ```
 //!
 //! If the 512-bit rate equals the 256-bit rate, the core executes 512-bit FMAs at half width
-//! (two 256-bit halves), and its peak is what the 256-bit path already reaches.
+//! (two 256-bit halves), and its peak is what the 256-bit path already reaches. Where the CPU
+//! has AVX512-BF16, the `vdpbf16ps` rate is printed too: `flash(dtype=bf16)` can only beat
+//! `f32` where it exceeds the 512-bit FMA rate.
 
 use attnbench::kernels::dispatch::{Isa, Path, fma_chains};
 
@@ -28,6 +30,17 @@ fn main() {
             })
             .fold(0.0, f64::max);
         println!("{isa:>10}: {best:7.1} GFLOP/s");
+    }
+    if let Some(tok) = attnbench::kernels::dispatch::Bf16Dot::detect(Isa::detect()) {
+        let best = (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let (flops, v) = attnbench::kernels::dispatch::bf16_dot_chains(tok, iters / 2);
+                std::hint::black_box(v);
+                flops / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max);
+        println!("vdpbf16ps: {best:7.1} GFLOP/s (a multiply and an add per bf16 pair)");
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .build()

@@ -37,6 +37,27 @@ pub enum Fidelity {
     Selected,
 }
 
+/// The storage precision of a variant's inputs and probabilities ([`Attention::precision`]);
+/// accumulation and the softmax are `f32` in both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// `f32` throughout.
+    #[default]
+    F32,
+    /// Q, K, V and the probabilities rounded to `bfloat16`, both products accumulated in
+    /// `f32`.
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 impl fmt::Display for Fidelity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
@@ -256,6 +277,13 @@ pub trait Attention: fmt::Debug + fmt::Display + Send + Sync {
 
     /// Whether the output is exact softmax attention under [`pattern`](Attention::pattern).
     fn fidelity(&self) -> Fidelity;
+
+    /// The precision its inputs and probabilities are stored in: an exact variant in `bf16`
+    /// is held to twice the error of a plain `bf16` computation
+    /// ([`plain_bf16_rows`](crate::oracle::plain_bf16_rows)) rather than of a plain `f32` one.
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
 
     /// The pairs this variant attends exactly; `None` means dense.
     fn pattern(&self) -> Option<&dyn Pattern> {

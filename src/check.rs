@@ -9,8 +9,10 @@
 
 use ndarray::Array4;
 
-use crate::attention::{Attention, Fidelity, Options, Problem, ROPE_BASE, chosen, reasons, run};
-use crate::oracle::{ErrorStats, compare, oracle, oracle_chosen};
+use crate::attention::{
+    Attention, Fidelity, Options, Precision, Problem, ROPE_BASE, chosen, reasons, run,
+};
+use crate::oracle::{ErrorStats, compare, oracle, oracle_chosen, plain_bf16_rows};
 use crate::shape::Shape;
 use crate::workload::gaussian;
 
@@ -233,8 +235,28 @@ fn checked(variant: &dyn Attention, case: &Case, seed: u64) -> Outcome {
     };
     let stats = compare(out.view(), reference.view());
     let finite = out.iter().all(|x| x.is_finite());
-    let passed = finite && (!exact || stats.rel_frobenius <= EXACT_TOLERANCE);
+    let passed =
+        finite && (!exact || stats.rel_frobenius <= exact_tolerance(variant, &problem, &reference));
     Outcome::Ran { stats, passed }
+}
+
+/// The relative error an exact `variant` may have against `reference` (the f64 oracle of
+/// every row of `problem` under its keys): [`EXACT_TOLERANCE`] in `f32`; in `bf16`, twice a
+/// plain `bf16` computation's error ([`plain_bf16_rows`], FlashAttention's rule for low
+/// precision) plus [`EXACT_TOLERANCE`].
+pub fn exact_tolerance(
+    variant: &dyn Attention,
+    problem: &Problem<'_>,
+    reference: &Array4<f64>,
+) -> f64 {
+    match variant.precision() {
+        Precision::F32 => EXACT_TOLERANCE,
+        Precision::Bf16 => {
+            let rows: Vec<usize> = (0..problem.shape().n_q()).collect();
+            let plain = plain_bf16_rows(problem, variant.pattern(), &rows);
+            2.0 * compare(plain.view(), reference.view()).rel_frobenius + EXACT_TOLERANCE
+        }
+    }
 }
 
 #[cfg(test)]

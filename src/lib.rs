@@ -90,7 +90,8 @@ pub mod workload;
 struct ReadmeDoctests;
 
 pub use attention::{
-    Attention, Call, Cost, Fidelity, Options, Out, Problem, ROPE_BASE, attend, attend_into, reasons,
+    Attention, Call, Cost, Fidelity, Options, Out, Precision, Problem, ROPE_BASE, attend,
+    attend_into, reasons,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use modifier::Feature;

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::index;
 
 use crate::attention::{Chosen, Problem};
+use crate::kernels::half::round_bf16;
 use crate::modifier::{ScoreMods, rope_row_f64};
 use crate::parallel::for_each_head;
 use crate::pattern::{Geometry, Mask, Pattern};
@@ -120,7 +121,23 @@ pub fn plain_f32_rows(
     rows: &[usize],
 ) -> Array4<f32> {
     let mask = problem.mask(pattern);
-    plain_f32_with(problem, Keys::Mask(&mask), rows)
+    plain_f32_with(problem, Keys::Mask(&mask), rows, false)
+}
+
+/// A plain `bf16` attention of the query rows `rows` under `pattern`, as a framework's `bf16`
+/// path computes it: Q, K (after RoPE) and V rounded to `bf16`; each score a dot product of
+/// `bf16` values accumulated in `f32`, scaled and rounded to `bf16` (a `bf16` matrix
+/// product's output); the softmax in `f32` over those scores, its normalized probabilities
+/// rounded to `bf16`; `P V` accumulated in `f32` and rounded to `bf16`. The reference of the
+/// low-precision rule: an exact `bf16` variant's error against the `f64` oracle must stay
+/// within twice this computation's (FlashAttention's criterion for low precision).
+pub fn plain_bf16_rows(
+    problem: &Problem<'_>,
+    pattern: Option<&dyn Pattern>,
+    rows: &[usize],
+) -> Array4<f32> {
+    let mask = problem.mask(pattern);
+    plain_f32_with(problem, Keys::Mask(&mask), rows, true)
 }
 
 /// Like [`plain_f32_rows`] under the keys a variant chose (as [`oracle_chosen`]).
@@ -133,10 +150,17 @@ pub fn plain_f32_chosen(problem: &Problem<'_>, chosen: &Chosen) -> Array4<f32> {
         "chosen keys do not fit the problem"
     );
     let mask = problem.mask(None);
-    plain_f32_with(problem, Keys::Chosen(&mask, chosen), chosen.rows())
+    plain_f32_with(problem, Keys::Chosen(&mask, chosen), chosen.rows(), false)
 }
 
-fn plain_f32_with(problem: &Problem<'_>, keys: Keys<'_>, rows: &[usize]) -> Array4<f32> {
+/// The plain `f32` computation, or with `bf16` the rounding steps of [`plain_bf16_rows`].
+fn plain_f32_with(
+    problem: &Problem<'_>,
+    keys: Keys<'_>,
+    rows: &[usize],
+    bf16: bool,
+) -> Array4<f32> {
+    let r = |x: f32| if bf16 { round_bf16(x) } else { x };
     let shape = problem.shape();
     assert!(
         rows.iter().all(|&r| r < shape.n_q()),
@@ -160,22 +184,39 @@ fn plain_f32_with(problem: &Problem<'_>, keys: Keys<'_>, rows: &[usize]) -> Arra
         let key_len = problem.key_len(b);
         let mut scores = vec![0f32; key_len];
         let mut acc = vec![0f32; shape.v_dim()];
-        for (r, &i) in rows.iter().enumerate() {
+        for (row, &i) in rows.iter().enumerate() {
             for (j, s) in scores.iter_mut().enumerate() {
                 let mut dot = 0f32;
-                for (a, b) in qh.row(i).iter().zip(kh.row(j)) {
-                    dot += a * b;
+                for (&a, &b) in qh.row(i).iter().zip(kh.row(j)) {
+                    dot += r(a) * r(b);
                 }
-                *s = dot * scale;
+                *s = r(dot * scale);
             }
             mods.apply_row(i, 0, &mut scores);
-            let allowed = |j: &usize| keys.allows(g, (b, h, r), i, *j);
+            let allowed = |j: &usize| keys.allows(g, (b, h, row), i, *j);
             let m = (0..key_len)
                 .filter(allowed)
                 .map(|j| scores[j])
                 .fold(f32::NEG_INFINITY, f32::max);
             acc.fill(0.0);
             let mut total = 0f32;
+            if bf16 {
+                // Normalized probabilities, rounded like a bf16 tensor, then P V.
+                let total: f32 = (0..key_len)
+                    .filter(allowed)
+                    .map(|j| (scores[j] - m).exp())
+                    .sum();
+                for j in (0..key_len).filter(|j| total > 0.0 && allowed(j)) {
+                    let p = r((scores[j] - m).exp() / total);
+                    for (o, &x) in acc.iter_mut().zip(vh.row(j)) {
+                        *o += p * r(x);
+                    }
+                }
+                for (o, a) in head_out.row_mut(row).iter_mut().zip(&acc) {
+                    *o = r(*a);
+                }
+                continue;
+            }
             for j in (0..key_len).filter(allowed) {
                 let p = (scores[j] - m).exp();
                 total += p;
@@ -183,7 +224,7 @@ fn plain_f32_with(problem: &Problem<'_>, keys: Keys<'_>, rows: &[usize]) -> Arra
                     *o += p * x;
                 }
             }
-            let mut out_row = head_out.row_mut(r);
+            let mut out_row = head_out.row_mut(row);
             for (o, a) in out_row.iter_mut().zip(&acc) {
                 *o = if total > 0.0 { a / total } else { 0.0 };
             }

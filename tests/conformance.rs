@@ -2,7 +2,7 @@
 //! sizes chosen to stress tile edges, against the f64 oracle on every check case. A variant
 //! added to the registry is tested here without writing a test.
 
-use attnbench::check::{self, EXACT_TOLERANCE, Outcome};
+use attnbench::check::{self, Outcome, exact_tolerance};
 use attnbench::oracle::{compare, oracle};
 use attnbench::workload::gaussian;
 use attnbench::{Attention, Fidelity, Options, Problem, Registry, Shape, attend};
@@ -16,6 +16,7 @@ fn variants_under_test() -> Vec<Box<dyn Attention>> {
         reg.build_list(concat!(
             "flash(bq=1,bk=1),flash(bq=7,bk=5),flash(bq=128,bk=128),flash(bq=16,bk=1024),",
             "flash(isa=avx512),flash(isa=avx2),flash(isa=portable),flash(bq=7,bk=5,isa=portable),",
+            "flash(dtype=bf16),flash(dtype=bf16,isa=portable),flash(bq=7,bk=6,dtype=bf16),",
             "window(w=0),window(w=5),local(block=16),strided(stride=7),fixed(block=16,c=4),",
             "longformer(w=8,g=2),bigbird(block=8,w=3,g=1,r=2,seed=3),dilated(w=5,dilation=3)"
         ))
@@ -46,12 +47,16 @@ fn every_variant_passes_every_case() {
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
 }
 
-fn exact_error(v: &dyn Attention, shape: Shape, causal: bool, seed: u64) -> f64 {
+/// The error of an exact variant against the f64 oracle, and the tolerance it is held to
+/// (its precision's: `check::exact_tolerance`).
+fn exact_error(v: &dyn Attention, shape: Shape, causal: bool, seed: u64) -> (f64, f64) {
     let qkv = gaussian(&shape, 1.0, seed);
     let opts = Options::new().causal(causal);
     let out = attend(v, qkv.q.view(), qkv.k.view(), qkv.v.view(), &opts).unwrap();
     let p = Problem::new(qkv.q.view(), qkv.k.view(), qkv.v.view(), opts).unwrap();
-    compare(out.view(), oracle(&p, v.pattern()).view()).rel_frobenius
+    let reference = oracle(&p, v.pattern());
+    let e = compare(out.view(), reference.view()).rel_frobenius;
+    (e, exact_tolerance(v, &p, &reference))
 }
 
 #[test]
@@ -78,10 +83,10 @@ fn edge_shapes() {
                 continue;
             }
             for causal in [false, true] {
-                let e = exact_error(v.as_ref(), shape, causal, 7);
+                let (e, tolerance) = exact_error(v.as_ref(), shape, causal, 7);
                 assert!(
-                    e <= EXACT_TOLERANCE,
-                    "{v} on {shape} causal={causal}: {e:e}"
+                    e <= tolerance,
+                    "{v} on {shape} causal={causal}: {e:e} > {tolerance:e}"
                 );
             }
         }
@@ -132,7 +137,12 @@ fn strided_views_are_accepted() {
             .mapv(f64::from)
         };
         let e = compare(got, reference.view()).rel_frobenius;
-        assert!(e <= EXACT_TOLERANCE, "{variant}: {e:e}");
+        let tolerance = if variant.fidelity() == Fidelity::Exact {
+            exact_tolerance(variant.as_ref(), &p, &reference)
+        } else {
+            check::EXACT_TOLERANCE
+        };
+        assert!(e <= tolerance, "{variant}: {e:e} > {tolerance:e}");
     }
 }
 
@@ -198,7 +208,7 @@ fn gathered_parts_match_the_oracle_where_the_engine_takes_them() {
                     .unwrap();
                 let e = compare(out.view(), oracle(&p, v.pattern()).view()).rel_frobenius;
                 assert!(
-                    e <= EXACT_TOLERANCE,
+                    e <= check::EXACT_TOLERANCE,
                     "{v} threads={threads} causal={causal} alibi={alibi}: {e:e}"
                 );
             }

@@ -31,6 +31,7 @@ fn measured_peaks_follow_the_analytic_workspace() {
         "nystrom",
         "linformer(proj=gauss)",
         "linformer(proj=mean)",
+        "flash(dtype=bf16)",
     ] {
         let v = reg.build(spec).unwrap();
         for causal in [false, true] {

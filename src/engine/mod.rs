@@ -38,6 +38,7 @@ use crate::pattern::{Mask, Pattern, Tile};
 use crate::shape::Shape;
 
 use split::split_kv_forward;
+pub(crate) use task::Bf16Kv;
 use task::{Task, Workspace};
 
 /// Query and key block sizes of the tiled engine.
@@ -180,15 +181,7 @@ fn worker_bytes(t: Tiling, s: &Shape) -> u64 {
         bq: t.bq.min(s.n_q()),
         bk: t.bk.min(s.n_kv()),
     };
-    let (ldq, ldv) = (dispatch::padded(t.bq), dispatch::padded(s.v_dim()));
-    let floats = s.head_dim() * ldq
-        + t.bk * s.head_dim()
-        + t.bk * ldv
-        + t.bk * ldq
-        + t.bq * ldv
-        + 5 * ldq
-        + t.bk;
-    floats as u64 * 4
+    Workspace::bytes(t, s.head_dim(), s.v_dim())
 }
 
 /// Keys a task accumulates in `f32` at most before its partial result is merged (in `f64`)
@@ -226,9 +219,50 @@ pub fn tiled_forward(
     isa: Isa,
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
+    forward_with(p, mask, tiling, isa, None, out);
+}
+
+/// [`tiled_forward`] in `bf16`: Q, K, V and every tile's probabilities rounded to `bfloat16`,
+/// both products accumulated in `f32` (with `vdpbf16ps` where the CPU has AVX512-BF16), the
+/// softmax and the output in `f32`. K and V are converted once per call ([`bf16_bytes`]).
+/// Always on the tile path (a pattern's gathered parts are `f32` only).
+pub fn tiled_forward_bf16(
+    p: &Call<'_>,
+    mask: Mask<'_>,
+    tiling: Tiling,
+    isa: Isa,
+    out: ndarray::ArrayViewMut4<'_, f32>,
+) {
+    let kv = Bf16Kv::new(p);
+    forward_with(p, mask, tiling, isa, Some(&kv), out);
+}
+
+/// The bytes [`tiled_forward_bf16`] adds to [`tiled_cost`]: the converted keys and values and
+/// each busy worker's pair-interleaved buffers.
+pub fn bf16_bytes(shape: &Shape, tiling: Tiling, threads: usize) -> u64 {
+    let t = Tiling {
+        bq: tiling.bq.min(shape.n_q()),
+        bk: tiling.bk.min(shape.n_kv()),
+    };
+    let tasks = shape.batch() * shape.heads() * shape.n_q().div_ceil(t.bq);
+    // Split keys run up to two workspaces per thread (the block's and its ranges').
+    let workers = 2 * tasks.min(threads) as u64;
+    Bf16Kv::bytes(shape) + workers * Workspace::bf16_bytes(t, shape.head_dim())
+}
+
+/// The engine's forward, in `f32` or (with `bf16`) on the converted keys and values.
+fn forward_with(
+    p: &Call<'_>,
+    mask: Mask<'_>,
+    tiling: Tiling,
+    isa: Isa,
+    bf16: Option<&Bf16Kv>,
+    out: ndarray::ArrayViewMut4<'_, f32>,
+) {
     let shape = p.shape();
     mask.prepare(shape.geometry());
-    if parts::use_parts(&shape, p.opts().alibi, p.threads())
+    if bf16.is_none()
+        && parts::use_parts(&shape, p.opts().alibi, p.threads())
         && let Some(parts) = mask.parts(shape.geometry(), p.opts().causal)
     {
         parts::parts_forward(p, &parts, tiling, isa, out);
@@ -236,7 +270,7 @@ pub fn tiled_forward(
     }
     if kv_splits(&shape, tiling, p.threads()) > 1 {
         let for_threads = splits_for_threads(&shape, tiling, p.threads());
-        split_kv_forward(p, mask, tiling, isa, for_threads, out);
+        split_kv_forward(p, mask, tiling, isa, bf16, for_threads, out);
         return;
     }
     for_each_row_block(
@@ -250,7 +284,9 @@ pub fn tiled_forward(
             };
             Workspace::new(t, shape.head_dim(), shape.v_dim())
         },
-        |ws, b, h, r0, block_out| run_block(p, mask, tiling.bk, isa, ws, (b, h, r0), block_out),
+        |ws, b, h, r0, block_out| {
+            run_block(p, mask, (tiling.bk, isa, bf16), ws, (b, h, r0), block_out)
+        },
     );
 }
 
@@ -259,14 +295,17 @@ pub fn tiled_forward(
 fn run_block(
     p: &Call<'_>,
     mask: Mask<'_>,
-    bk: usize,
-    isa: Isa,
+    (bk, isa, bf16): (usize, Isa, Option<&Bf16Kv>),
     ws: &mut Workspace,
     (b, h, r0): (usize, usize, usize),
     block_out: ndarray::ArrayViewMut2<'_, f32>,
 ) {
     let rows = r0..r0 + block_out.nrows();
     let task = Task::new(p, mask, (b, h, rows), 0..p.shape().n_kv(), bk, isa);
+    let task = match bf16 {
+        Some(kv) => task.with_bf16(kv.head(b, p.shape().kv_head_of(h))),
+        None => task,
+    };
     task.run(ws, block_out);
 }
 
@@ -308,8 +347,7 @@ pub(crate) fn attend_rows(
     run_block(
         p,
         mask,
-        bk.min(p.shape().n_kv()),
-        isa,
+        (bk.min(p.shape().n_kv()), isa, None),
         &mut ws.0,
         (b, h, r0),
         out,

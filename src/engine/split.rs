@@ -21,6 +21,7 @@ pub(super) fn split_kv_forward(
     mask: Mask<'_>,
     tiling: Tiling,
     isa: Isa,
+    bf16: Option<&super::Bf16Kv>,
     for_threads: usize,
     out: ndarray::ArrayViewMut4<'_, f32>,
 ) {
@@ -38,7 +39,7 @@ pub(super) fn split_kv_forward(
             .max((starts.len() * tiling.bk).div_ceil(SPLIT_KEYS))
             .min(starts.len());
         if splits <= 1 {
-            run_block(p, mask, tiling.bk, isa, ws, (b, h, r0), block_out);
+            run_block(p, mask, (tiling.bk, isa, bf16), ws, (b, h, r0), block_out);
             return;
         }
         let ldv = dispatch::padded(shape.v_dim());
@@ -51,6 +52,10 @@ pub(super) fn split_kv_forward(
                 let k0 = starts[a];
                 let k1 = (starts[z - 1] + tiling.bk).min(shape.n_kv());
                 let task = Task::new(p, mask, (b, h, r0..r0 + rows), k0..k1, tiling.bk, isa);
+                let task = match bf16 {
+                    Some(kv) => task.with_bf16(kv.head(b, shape.kv_head_of(h))),
+                    None => task,
+                };
                 task.accumulate(ws);
                 (
                     ws.m[..rows].to_vec(),

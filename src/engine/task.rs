@@ -6,18 +6,25 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
 use super::Tiling;
 use crate::attention::Call;
 use crate::kernels::dispatch::{self, Isa};
+use crate::kernels::half::{bf16_to_f32, f32_to_bf16, round_bf16};
+use crate::kernels::tile::AlignedBuf;
 use crate::modifier::ScoreMods;
 use crate::pattern::{Gather, Geometry, Group, KeyMajor, Mask, Pattern, Tile};
 
 /// Per-worker scratch, in the transposed layout of [`dispatch::Tile`]: the query block
 /// transposed, one key tile, one padded value tile, the key-major score tile, the accumulator
-/// and the online-softmax state.
+/// (transposed while the tiles run, `d_v x ldq`, then in rows) and the online-softmax state.
+/// The buffers the tile products load vectors from or store them to start on a cache line.
 pub(super) struct Workspace {
-    pub(super) qt: Vec<f32>,
+    pub(super) qt: AlignedBuf,
     pub(super) k: Vec<f32>,
     pub(super) v: Vec<f32>,
-    pub(super) st: Vec<f32>,
+    pub(super) st: AlignedBuf,
+    pub(super) acct: AlignedBuf,
     pub(super) acc: Vec<f32>,
+    /// `bf16` tasks: the queries and probabilities pair-interleaved (allocated on first use).
+    pub(super) qt2: Vec<u16>,
+    pub(super) pt2: Vec<u16>,
     pub(super) m: Vec<f32>,
     pub(super) l: Vec<f32>,
     pub(super) rescale: Vec<f32>,
@@ -27,13 +34,32 @@ pub(super) struct Workspace {
 }
 
 impl Workspace {
+    /// The bytes [`Workspace::new`] allocates.
+    pub(super) fn bytes(t: Tiling, d: usize, v_dim: usize) -> u64 {
+        let (ldq, ldv) = (dispatch::padded(t.bq), dispatch::padded(v_dim));
+        let lines = AlignedBuf::bytes(d * ldq)
+            + AlignedBuf::bytes(t.bk * ldq)
+            + AlignedBuf::bytes(v_dim * ldq);
+        let floats = t.bk * d + t.bk * ldv + t.bq * ldv + 5 * ldq + t.bk;
+        (lines + 4 * floats) as u64
+    }
+
+    /// The bytes a `bf16` task adds to a [`Workspace`] (its pair-interleaved buffers).
+    pub(super) fn bf16_bytes(t: Tiling, d: usize) -> u64 {
+        let ldq = dispatch::padded(t.bq);
+        ((d * ldq + t.bk.div_ceil(2) * 2 * ldq) * 2) as u64
+    }
+
     pub(super) fn new(t: Tiling, d: usize, v_dim: usize) -> Self {
         let (ldq, ldv) = (dispatch::padded(t.bq), dispatch::padded(v_dim));
         Self {
-            qt: vec![0.0; d * ldq],
+            qt: AlignedBuf::zeros(d * ldq),
             k: vec![0.0; t.bk * d],
             v: vec![0.0; t.bk * ldv],
-            st: vec![0.0; t.bk * ldq],
+            st: AlignedBuf::zeros(t.bk * ldq),
+            acct: AlignedBuf::zeros(v_dim * ldq),
+            qt2: Vec::new(),
+            pt2: Vec::new(),
             acc: vec![0.0; t.bq * ldv],
             m: vec![0.0; ldq],
             l: vec![0.0; ldq],
@@ -67,6 +93,8 @@ pub(super) struct Task<'a> {
     keys: std::ops::Range<usize>,
     isa: Isa,
     mods: ScoreMods,
+    /// The keys and values in `bf16`, for a `bf16` task.
+    bf16: Option<Bf16Head<'a>>,
 }
 
 impl<'a> Task<'a> {
@@ -125,6 +153,7 @@ impl<'a> Task<'a> {
             keys,
             isa,
             mods: p.score_mods(h),
+            bf16: None,
         }
     }
 
@@ -138,6 +167,13 @@ impl<'a> Task<'a> {
         debug_assert_eq!(k.nrows(), self.kmap.len());
         self.kmap = Gather::contiguous(0, k.nrows());
         (self.k, self.v) = (k, v);
+        self
+    }
+
+    /// The same task in `bf16`, reading its keys and values from `kv` (this batch element's
+    /// and KV head's, converted once per call).
+    pub(super) fn with_bf16(mut self, kv: Bf16Head<'a>) -> Self {
+        self.bf16 = Some(kv);
         self
     }
 
@@ -274,26 +310,18 @@ impl<'a> Task<'a> {
     /// Leaves the running maxima, sums and unnormalized accumulator of the block's rows over
     /// its keys in `ws`.
     pub(super) fn accumulate(&self, ws: &mut Workspace) {
+        if let Some(kv) = self.bf16 {
+            return self.accumulate_bf16(ws, kv);
+        }
         if self.rows == 1 {
             return self.accumulate_one(ws);
         }
         let (rows, d) = (self.rows, self.q.ncols());
         let dv = self.v.ncols();
         let (ldq, ldv) = (dispatch::padded(rows), dispatch::padded(dv));
-        let row_range = self.r0..self.r0 + rows;
         // The query block, transposed; padding queries are zero.
-        let qt = &mut ws.qt[..d * ldq];
-        qt.fill(0.0);
-        for i in 0..rows {
-            for (p, &x) in self.q_row(i).iter().enumerate() {
-                qt[p * ldq + i] = x;
-            }
-        }
-        ws.m[..ldq].fill(f32::NEG_INFINITY);
-        ws.l[..ldq].fill(0.0);
-        ws.acc[..rows * ldv].fill(0.0);
-
-        for (c0, c1, tile) in self.tiles(row_range.clone()) {
+        self.transpose_queries(ws, |x| x);
+        for (c0, c1, tile) in self.tiles(self.r0..self.r0 + rows) {
             let cols = c1 - c0;
             let (k, v) = self.kv_tile(&mut ws.k, &mut ws.v, c0..c1);
             let mut t = dispatch::Tile {
@@ -307,20 +335,6 @@ impl<'a> Task<'a> {
                 ldv,
             };
             dispatch::scores(self.isa, &mut t, self.scale);
-            if !self.mods.is_identity() {
-                self.mods
-                    .apply_key_major(t.st, (self.r0, rows), (c0, cols), ldq);
-            }
-            if tile == Tile::Partial {
-                let mut key_major = KeyMajor {
-                    rows: row_range.clone(),
-                    c0,
-                    cols,
-                    st: t.st,
-                    ld: ldq,
-                };
-                self.mask.mask_key_major(self.g, &mut key_major);
-            }
             let mut state = dispatch::OnlineState {
                 m: &mut ws.m,
                 l: &mut ws.l,
@@ -328,14 +342,262 @@ impl<'a> Task<'a> {
                 shift: &mut ws.shift,
                 sums: &mut ws.sums,
             };
-            dispatch::online_softmax(self.isa, t.st, cols, ldq, &mut state);
-            dispatch::accumulate(
+            self.softmax_tile(t.st, &mut state, (c0, cols, tile), ldq);
+            dispatch::accumulate_t(
                 self.isa,
                 &t,
-                &mut ws.acc[..rows * ldv],
-                rows,
+                &mut ws.acct[..dv * ldq],
+                dv,
                 &ws.rescale[..ldq],
             );
+        }
+        self.untranspose(ws);
+    }
+
+    /// Fills the transposed query block (`d x ldq`, zero padding) with `f` of each query
+    /// element, and resets the online-softmax state and the transposed accumulator.
+    fn transpose_queries(&self, ws: &mut Workspace, f: impl Fn(f32) -> f32) {
+        let (rows, d, dv) = (self.rows, self.q.ncols(), self.v.ncols());
+        let ldq = dispatch::padded(rows);
+        let qt = &mut ws.qt[..d * ldq];
+        qt.fill(0.0);
+        for i in 0..rows {
+            for (p, &x) in self.q_row(i).iter().enumerate() {
+                qt[p * ldq + i] = f(x);
+            }
+        }
+        ws.m[..ldq].fill(f32::NEG_INFINITY);
+        ws.l[..ldq].fill(0.0);
+        ws.acct[..dv * ldq].fill(0.0);
+    }
+
+    /// The score modifiers and the mask of one tile (keys `c0..c0 + cols`, class `tile`),
+    /// then its online-softmax step: `st` becomes the tile's probabilities.
+    fn softmax_tile(
+        &self,
+        st: &mut [f32],
+        state: &mut dispatch::OnlineState<'_>,
+        (c0, cols, tile): (usize, usize, Tile),
+        ldq: usize,
+    ) {
+        let rows = self.rows;
+        if !self.mods.is_identity() {
+            self.mods
+                .apply_key_major(st, (self.r0, rows), (c0, cols), ldq);
+        }
+        if tile == Tile::Partial {
+            let mut key_major = KeyMajor {
+                rows: self.r0..self.r0 + rows,
+                c0,
+                cols,
+                st,
+                ld: ldq,
+            };
+            self.mask.mask_key_major(self.g, &mut key_major);
+        }
+        dispatch::online_softmax(self.isa, st, cols, ldq, state);
+    }
+
+    /// The transposed accumulator in rows (`[rows][ldv]`), as the callers read it.
+    fn untranspose(&self, ws: &mut Workspace) {
+        let (rows, dv) = (self.rows, self.v.ncols());
+        let (ldq, ldv) = (dispatch::padded(rows), dispatch::padded(dv));
+        for (c, col) in ws.acct.chunks_exact(ldq).take(dv).enumerate() {
+            for (i, &x) in col[..rows].iter().enumerate() {
+                ws.acc[i * ldv + c] = x;
+            }
+        }
+    }
+
+    /// [`accumulate`](Self::accumulate) in `bf16`: the queries, keys, values and each tile's
+    /// probabilities rounded to `bf16`, both products accumulated in `f32`, the softmax in
+    /// `f32`. With AVX512-BF16 (and an even head dimension) the products are `vdpbf16ps` on
+    /// the pair-interleaved operands; otherwise (any other path, `isa=portable` included)
+    /// the same rounded values are widened and run through the `f32` kernels.
+    fn accumulate_bf16(&self, ws: &mut Workspace, kv: Bf16Head<'a>) {
+        let (rows, d, dv) = (self.rows, self.q.ncols(), self.v.ncols());
+        let (ldq, ldv) = (dispatch::padded(rows), dispatch::padded(dv));
+        self.transpose_queries(ws, round_bf16);
+        let dot = dispatch::Bf16Dot::detect(self.isa).filter(|_| d.is_multiple_of(2));
+        if dot.is_some() {
+            ws.qt2.resize(ws.qt2.len().max(d * ldq), 0);
+            ws.pt2.resize(
+                ws.pt2
+                    .len()
+                    .max(ws.st.len().div_ceil(ldq).div_ceil(2) * 2 * ldq),
+                0,
+            );
+            for p in 0..d {
+                for i in 0..ldq {
+                    ws.qt2[((p / 2) * ldq + i) * 2 + p % 2] = f32_to_bf16(ws.qt[p * ldq + i]);
+                }
+            }
+        }
+        for (c0, c1, tile) in self.tiles(self.r0..self.r0 + rows) {
+            let cols = c1 - c0;
+            // Pairs of keys start at even keys: tiles do (they start at multiples of an even
+            // `bk`, or at 0); any other tile takes the widening path.
+            let dot = dot.filter(|_| c0.is_multiple_of(2));
+            let st = &mut ws.st[..cols * ldq];
+            match dot {
+                Some(tok) => dispatch::scores_bf16(
+                    tok,
+                    &ws.qt2[..d * ldq],
+                    &kv.k[c0 * d..c1 * d],
+                    st,
+                    (cols, d, ldq),
+                    self.scale,
+                ),
+                None => {
+                    for (dst, &h) in ws.k.iter_mut().zip(&kv.k[c0 * d..c1 * d]) {
+                        *dst = bf16_to_f32(h);
+                    }
+                    let mut t = dispatch::Tile {
+                        qt: &ws.qt[..d * ldq],
+                        k: &ws.k[..cols * d],
+                        v: &[],
+                        st,
+                        cols,
+                        d,
+                        ldq,
+                        ldv,
+                    };
+                    dispatch::scores(self.isa, &mut t, self.scale);
+                }
+            }
+            let st = &mut ws.st[..cols * ldq];
+            let mut state = dispatch::OnlineState {
+                m: &mut ws.m,
+                l: &mut ws.l,
+                rescale: &mut ws.rescale,
+                shift: &mut ws.shift,
+                sums: &mut ws.sums,
+            };
+            self.softmax_tile(st, &mut state, (c0, cols, tile), ldq);
+            let pairs = cols.div_ceil(2);
+            match dot {
+                Some(tok) => {
+                    let pt2 = &mut ws.pt2[..pairs * 2 * ldq];
+                    dispatch::pack_pairs_bf16(tok, st, cols, ldq, pt2);
+                    let v2 = &kv.v2[c0 * dv..(c0 / 2 + pairs) * 2 * dv];
+                    dispatch::accumulate_t_bf16(
+                        tok,
+                        pt2,
+                        v2,
+                        &mut ws.acct[..dv * ldq],
+                        (pairs, dv, ldq),
+                        &ws.rescale[..ldq],
+                    );
+                }
+                None => {
+                    for x in st.iter_mut() {
+                        *x = round_bf16(*x);
+                    }
+                    for j in 0..cols {
+                        let key = c0 + j;
+                        let row = &mut ws.v[j * ldv..(j + 1) * ldv];
+                        for (c, x) in row.iter_mut().enumerate() {
+                            *x = if c < dv {
+                                bf16_to_f32(kv.v2[((key / 2) * dv + c) * 2 + key % 2])
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    let t = dispatch::Tile {
+                        qt: &ws.qt[..d * ldq],
+                        k: &[],
+                        v: &ws.v[..cols * ldv],
+                        st,
+                        cols,
+                        d,
+                        ldq,
+                        ldv,
+                    };
+                    dispatch::accumulate_t(
+                        self.isa,
+                        &t,
+                        &mut ws.acct[..dv * ldq],
+                        dv,
+                        &ws.rescale[..ldq],
+                    );
+                }
+            }
+        }
+        self.untranspose(ws);
+    }
+}
+
+/// One (batch, KV head)'s keys and values in `bf16` ([`Bf16Kv::head`]).
+#[derive(Clone, Copy)]
+pub(super) struct Bf16Head<'a> {
+    /// Keys, `[n_kv][d]`.
+    k: &'a [u16],
+    /// Values pair-interleaved over keys, `[n_kv.div_ceil(2)][d_v][2]`.
+    v2: &'a [u16],
+}
+
+/// A call's keys and values rounded to `bf16` once, per (batch, KV head): keys row-major,
+/// values pair-interleaved over keys (a zero partner for an odd last key), as the `bf16` tile
+/// products read them. `O(n_kv (d + d_v))` per KV head, half the `f32` inputs' bytes.
+pub(crate) struct Bf16Kv {
+    k: Vec<u16>,
+    v2: Vec<u16>,
+    kv_heads: usize,
+    /// Elements per head of `k` and of `v2`.
+    k_head: usize,
+    v_head: usize,
+}
+
+impl Bf16Kv {
+    /// The keys and values of `p` in `bf16`.
+    pub(crate) fn new(p: &Call<'_>) -> Self {
+        let s = p.shape();
+        let (n, d, dv) = (s.n_kv(), s.head_dim(), s.v_dim());
+        let (k_head, v_head) = (n * d, n.div_ceil(2) * 2 * dv);
+        let heads = s.batch() * s.kv_heads();
+        let mut k = Vec::with_capacity(heads * k_head);
+        let mut v2 = vec![0u16; heads * v_head];
+        for b in 0..s.batch() {
+            for h in 0..s.kv_heads() {
+                let kh = p
+                    .k()
+                    .index_axis_move(Axis(0), b)
+                    .index_axis_move(Axis(0), h);
+                k.extend(kh.iter().map(|&x| f32_to_bf16(x)));
+                let vh = p
+                    .v()
+                    .index_axis_move(Axis(0), b)
+                    .index_axis_move(Axis(0), h);
+                let dst = &mut v2[(b * s.kv_heads() + h) * v_head..][..v_head];
+                for (j, row) in vh.outer_iter().enumerate() {
+                    for (c, &x) in row.iter().enumerate() {
+                        dst[((j / 2) * dv + c) * 2 + j % 2] = f32_to_bf16(x);
+                    }
+                }
+            }
+        }
+        Self {
+            k,
+            v2,
+            kv_heads: s.kv_heads(),
+            k_head,
+            v_head,
+        }
+    }
+
+    /// The bytes [`Bf16Kv::new`] allocates for `shape`.
+    pub(crate) fn bytes(shape: &crate::shape::Shape) -> u64 {
+        let (n, heads) = (shape.n_kv(), shape.batch() * shape.kv_heads());
+        (heads * (n * shape.head_dim() + n.div_ceil(2) * 2 * shape.v_dim()) * 2) as u64
+    }
+
+    /// Batch `b`'s KV head `kvh`.
+    pub(super) fn head(&self, b: usize, kvh: usize) -> Bf16Head<'_> {
+        let i = b * self.kv_heads + kvh;
+        Bf16Head {
+            k: &self.k[i * self.k_head..(i + 1) * self.k_head],
+            v2: &self.v2[i * self.v_head..(i + 1) * self.v_head],
         }
     }
 }

@@ -11,11 +11,11 @@ use super::config::{FLAG_FLOOR, SweepConfig};
 use super::inputs::LayerInputs;
 use super::memory;
 use super::timing::{TimingConfig, minor_faults, samples, summarize, time};
-use crate::attention::{Attention, Fidelity, Options, Problem};
+use crate::attention::{Attention, Fidelity, Options, Precision, Problem};
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::oracle::{
-    compare, dropped_mass, dropped_mass_chosen, oracle_chosen, oracle_rows, plain_f32_chosen,
-    plain_f32_rows,
+    compare, dropped_mass, dropped_mass_chosen, oracle_chosen, oracle_rows, plain_bf16_rows,
+    plain_f32_chosen, plain_f32_rows,
 };
 use crate::pattern::Pattern;
 use crate::results::record::{Record, Status};
@@ -311,8 +311,19 @@ impl Cell<'_> {
                 // The dense oracle is the own one for dense variants; a pattern needs its own.
                 let own_oracle = v.pattern().map(|pat| oracle_rows(p, Some(pat), self.rows));
                 let reference = own_oracle.as_ref().unwrap_or(self.dense);
-                let plain = plain_f32_rows(p, v.pattern(), self.rows);
-                own_check(r, &got, reference, &plain, "its own pattern's oracle");
+                // A bf16 variant is held to a plain bf16 computation (FlashAttention's rule
+                // for low precision); err_f32_plain then holds that computation's error.
+                let (plain, precision) = match v.precision() {
+                    Precision::F32 => (plain_f32_rows(p, v.pattern(), self.rows), "f32"),
+                    Precision::Bf16 => (plain_bf16_rows(p, v.pattern(), self.rows), "bf16"),
+                };
+                own_check(
+                    r,
+                    &got,
+                    reference,
+                    (&plain, precision),
+                    "its own pattern's oracle",
+                );
             }
             Fidelity::Selected => {
                 let Some(chosen) = crate::attention::chosen(v, p, self.rows)? else {
@@ -327,7 +338,7 @@ impl Cell<'_> {
                     r,
                     &got,
                     &reference,
-                    &plain,
+                    (&plain, "f32"),
                     "the oracle under the keys it chose",
                 );
                 r.dropped_mass = Some(dropped_mass_chosen(p, &chosen));
@@ -452,13 +463,14 @@ impl Cell<'_> {
 }
 
 /// The own check of an exact or selected variant: its error on the oracle rows against its
-/// own `reference`, flagged above twice the error of the `plain` f32 implementation under the
-/// same keys plus [`FLAG_FLOOR`].
+/// own `reference`, flagged above twice the error of the `plain` implementation (at the
+/// variant's precision, named by the pair's second element) under the same keys plus
+/// [`FLAG_FLOOR`].
 fn own_check(
     r: &mut Record,
     got: &Array4<f32>,
     reference: &Array4<f64>,
-    plain: &Array4<f32>,
+    (plain, precision): (&Array4<f32>, &str),
     what: &str,
 ) {
     let own = compare(got.view(), reference.view());
@@ -471,7 +483,7 @@ fn own_check(
     if own.rel_frobenius.is_nan() || own.rel_frobenius > tolerance {
         r.status = Status::Flagged;
         r.note = format!(
-            "error {:.2e} against {what} exceeds {tolerance:.2e} (twice a plain f32 implementation's {:.2e}, plus {FLAG_FLOOR:e}): a kernel bug",
+            "error {:.2e} against {what} exceeds {tolerance:.2e} (twice a plain {precision} implementation's {:.2e}, plus {FLAG_FLOOR:e}): a kernel bug",
             own.rel_frobenius, plain.rel_frobenius
         );
     }

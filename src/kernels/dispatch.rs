@@ -12,9 +12,10 @@
 //! `ldq` and `ldv` must be multiples of [`PAD`] on every path.
 
 use super::exp;
-pub use super::isa::{Isa, Path};
+pub use super::isa::{Bf16Dot, Isa, Path};
 use super::portable::{
-    HAS_FMA, dot_rows_lanes, elu1_slice, fma_portable, pv_block, scores_block, softmax_cols,
+    HAS_FMA, dot_rows_lanes, elu1_slice, fma_portable, pv_block, pv_t_block, scores_block,
+    softmax_cols,
 };
 use super::tile::holds;
 pub use super::tile::{KV_BLOCK, KvData, KvPartial, OnlineState, PAD, Tile, padded};
@@ -82,7 +83,99 @@ pub fn accumulate(isa: Isa, t: &Tile<'_>, acc: &mut [f32], rows: usize, rescale:
     )
 }
 
-/// Replaces each `x` with `e^(x - shift)` and returns their sum, on the given path.
+/// `acct[c][i] = acct[c][i] * rescale[i] + sum_j st[j][i] v[j][c]` for every value column
+/// `c < dv` and query `i < ldq`: [`accumulate`] into a transposed accumulator (`dv x ldq`,
+/// row stride `ldq`), whose rows are vectors over queries like the score tile's.
+pub fn accumulate_t(isa: Isa, t: &Tile<'_>, acct: &mut [f32], dv: usize, rescale: &[f32]) {
+    assert!(
+        t.ldq.is_multiple_of(PAD) && t.ldv.is_multiple_of(PAD),
+        "ldq and ldv must be multiples of {PAD}"
+    );
+    dispatch!(
+        isa,
+        super::tiles::avx512::pv_t(t, acct, dv, rescale),
+        super::tiles::avx2::pv_t(t, acct, dv, rescale),
+        pv_t_block::<4, HAS_FMA>(t, acct, dv, rescale)
+    )
+}
+
+/// The scores of one tile from `bf16` operands with `vdpbf16ps`: `st[j][i] = scale * sum_p
+/// k[j][p] q[i][p]` for keys `j < cols`, queries `i < ldq`; keys row-major (`cols x d`, `d`
+/// even), queries pair-interleaved (`[d / 2][ldq][2]`). `dims` is `(cols, d, ldq)`.
+pub fn scores_bf16(
+    tok: Bf16Dot,
+    qt2: &[u16],
+    k: &[u16],
+    st: &mut [f32],
+    dims: (usize, usize, usize),
+    scale: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = tok;
+        // SAFETY: a `Bf16Dot` exists only after avx512f, avx512bw and avx512bf16 were
+        // detected (`isa.rs`); the kernel asserts its slice lengths.
+        unsafe { super::bf16::scores(qt2, k, st, dims, scale) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    match tok.0 {}
+}
+
+/// Rounds the probability tile `st` (`cols x ldq`) to `bf16`, pair-interleaved over keys
+/// (`pt2`, `[cols.div_ceil(2)][ldq][2]`; a zero partner for an odd last key).
+pub fn pack_pairs_bf16(tok: Bf16Dot, st: &[f32], cols: usize, ldq: usize, pt2: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = tok;
+        // SAFETY: as in `scores_bf16`.
+        unsafe { super::bf16::pack_pairs(st, cols, ldq, pt2) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    match tok.0 {}
+}
+
+/// [`accumulate_t`] from `bf16` operands with `vdpbf16ps`, over `pairs` key pairs:
+/// probabilities as [`pack_pairs_bf16`] writes them, values pair-interleaved
+/// (`[pairs][dv][2]`). `dims` is `(pairs, dv, ldq)`.
+pub fn accumulate_t_bf16(
+    tok: Bf16Dot,
+    pt2: &[u16],
+    v2: &[u16],
+    acct: &mut [f32],
+    dims: (usize, usize, usize),
+    rescale: &[f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = tok;
+        // SAFETY: as in `scores_bf16`.
+        unsafe { super::bf16::pv_t(pt2, v2, acct, dims, rescale) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    match tok.0 {}
+}
+
+/// Runs `iters` rounds of 24 independent `vdpbf16ps` chains and returns the flops performed
+/// (64 per instruction) and a value that depends on them: the `bf16` dot-product peak, to
+/// compare with [`fma_chains`]'. (Measured on a full-width AVX-512 Xeon VM: half the `f32`
+/// FMA rate, so `bf16` products there cannot beat `f32` ones.)
+pub fn bf16_dot_chains(tok: Bf16Dot, iters: usize) -> (f64, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = tok;
+        // SAFETY: as in `scores_bf16`.
+        let v = unsafe { super::bf16::dot_chains(iters) };
+        (iters as f64 * 24.0 * 64.0, v)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    match tok.0 {}
+}
+
+/// Replaces each `x` with `e^(x - shift)` and returns their sum, on the given path: a
+/// softmax's exponentials, so `shift` is at least every `x` (the row's maximum) and the
+/// arguments are `<= 0`. Within 3 ulp of the correctly rounded result down to the normal
+/// limit (`e^-87.3`); below it the result is zero or the subnormal it approximates, and
+/// `-inf` gives exactly 0 on every path.
 pub fn exp_shifted_sum(isa: Isa, xs: &mut [f32], shift: f32) -> f32 {
     dispatch!(
         isa,
@@ -360,6 +453,11 @@ mod tests {
             let StateBufs { m, l, rescale, .. } = bufs;
             let mut acc = vec![0.0f32; rows * ldv];
             accumulate(isa, &t, &mut acc, rows, &rescale);
+            // The transposed accumulator, from a state that the rescale factors must scale
+            // (2 before this tile, factors 0.5 on odd queries): the same sums.
+            let mut acct = vec![2.0f32; dv * ldq];
+            let halves: Vec<f32> = (0..ldq).map(|i| [1.0, 0.5][i % 2]).collect();
+            accumulate_t(isa, &t, &mut acct, dv, &halves);
             for i in 0..rows {
                 let mx = (0..cols)
                     .map(|j| raw[j * ldq + i])
@@ -376,6 +474,11 @@ mod tests {
                     assert!(
                         (got - want).abs() < 1e-4 * want.abs().max(1.0),
                         "{isa}: {got} vs {want}"
+                    );
+                    let got_t = acct[c * ldq + i] as f64 - 2.0 * halves[i] as f64;
+                    assert!(
+                        (got_t - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "{isa} transposed: {got_t} vs {want}"
                     );
                 }
             }
@@ -489,33 +592,70 @@ mod tests {
     #[test]
     fn exp_is_accurate_on_every_path() {
         for &isa in Isa::available() {
-            // The whole range whose results are normal floats: -87.33 to 88.3.
-            let (lo, hi, steps) = (-87.33f32, 88.3f32, 400_000);
+            // A softmax's arguments: every result down to the normal limit, e^-87.33.
+            let (lo, steps) = (-87.33f32, 400_000);
             let mut xs: Vec<f32> = (0..=steps)
-                .map(|i| lo + (hi - lo) * i as f32 / steps as f32)
+                .map(|i| lo - lo * i as f32 / steps as f32)
+                .chain([0.0, -0.0, -1e-30, -f32::MIN_POSITIVE])
                 .collect();
             let orig = xs.clone();
-            exp_shifted_sum(isa, &mut xs, 0.0);
+            let sum = exp_shifted_sum(isa, &mut xs, 0.0);
             for (x, e) in orig.iter().zip(&xs) {
                 let want = (*x as f64).exp() as f32;
                 let ulps = (e.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
                 assert!(ulps <= 3, "{isa}: exp({x}) = {e}, want {want} ({ulps} ulp)");
             }
-            let mut under = [f32::NEG_INFINITY, -100.0, -87.5, -1e30, -87.3];
-            exp_shifted_sum(isa, &mut under, 0.0);
-            assert_eq!(
-                under[..4],
-                [0.0; 4],
-                "{isa}: underflow flushes to zero, -inf gives 0"
-            );
-            assert!(under[4] > 0.0, "{isa}");
-            let mut over = [100.0f32, 1e30];
-            exp_shifted_sum(isa, &mut over, 0.0);
+            let want: f64 = orig.iter().map(|&x| (x as f64).exp()).sum();
             assert!(
-                over.iter().all(|x| x.is_finite() && *x > 1e38),
-                "{isa}: clamped"
+                ((sum as f64) - want).abs() < 1e-5 * want,
+                "{isa}: {sum} vs {want}"
             );
-            assert_eq!(max(isa, &orig), hi);
+            // The shift is subtracted first: e^(x - shift) for large scores too.
+            let mut shifted = [80.0f32, 100.0, 120.0];
+            exp_shifted_sum(isa, &mut shifted, 120.0);
+            let want = [(-40f64).exp(), (-20f64).exp(), 1.0];
+            for (e, w) in shifted.iter().zip(want) {
+                assert!(((*e as f64) - w).abs() <= 3e-7 * w, "{isa}: {e} vs {w}");
+            }
+            // Masked scores give exactly 0; below the normal range the result is zero or the
+            // subnormal it approximates, never more.
+            let mut under = [f32::NEG_INFINITY, -1e30, -105.0, -200.0, -87.5, -100.0];
+            exp_shifted_sum(isa, &mut under, 0.0);
+            assert_eq!(under[..4], [0.0; 4], "{isa}: -inf and far below give 0");
+            for (e, x) in under[4..].iter().zip([-87.5f64, -100.0]) {
+                assert!(
+                    *e >= 0.0 && (*e as f64) <= 1.01 * x.exp(),
+                    "{isa}: e^{x} = {e}"
+                );
+            }
+            let all = [orig.clone(), vec![0.5, 1.0]].concat();
+            assert_eq!(max(isa, &all), 1.0);
+        }
+    }
+
+    #[test]
+    fn the_nonpositive_exponential_is_within_three_ulp() {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::new(Path::Avx512).is_some() {
+            // Every f32 in [-87.33, 0] down to steps of 2^-13 near 0 (the polynomial's
+            // range is crossed ~126 times), plus the edges.
+            let mut xs: Vec<f32> = (0..=2_000_000)
+                .map(|i| -87.33 * (i as f32 / 2_000_000.0))
+                .chain((0..8192).map(|i| -(i as f32) / 8192.0))
+                .chain([f32::NEG_INFINITY, -105.0, -104.9, f32::NAN])
+                .collect();
+            let orig = xs.clone();
+            // SAFETY: an `Isa` for the AVX-512 path exists, so the CPU has its features.
+            unsafe { super::super::avx512::exp_nonpos(&mut xs) };
+            let n = orig.len();
+            for (x, e) in orig[..n - 4].iter().zip(&xs) {
+                let want = (*x as f64).exp() as f32;
+                let ulps = (e.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
+                assert!(ulps <= 3, "exp({x}) = {e}, want {want} ({ulps} ulp)");
+            }
+            assert_eq!(xs[n - 4..n - 2], [0.0, 0.0], "-inf and -105 give exactly 0");
+            assert!(xs[n - 2] >= 0.0 && xs[n - 2] < 1e-44);
+            assert_eq!(xs[n - 1], 0.0, "NaN (never a softmax argument) gives 0");
         }
     }
 }

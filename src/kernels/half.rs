@@ -73,6 +73,11 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     (b.wrapping_add(round) >> 16) as u16
 }
 
+/// `x` rounded to the nearest `bf16` and widened back: the value a `bf16` store keeps.
+pub fn round_bf16(x: f32) -> f32 {
+    bf16_to_f32(f32_to_bf16(x))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

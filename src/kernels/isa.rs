@@ -91,6 +91,44 @@ impl fmt::Display for Isa {
     }
 }
 
+/// Proof that this CPU has AVX512-BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`) with AVX512-BW: only
+/// [`Bf16Dot::detect`] makes one, so holding it is the precondition of the `bf16` tile
+/// products ([`dispatch::scores_bf16`](super::dispatch::scores_bf16) and
+/// [`dispatch::accumulate_t_bf16`](super::dispatch::accumulate_t_bf16)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16Dot(Bf16Proof);
+
+/// What a [`Bf16Dot`] holds: nothing on x86_64, and on other targets a type with no values,
+/// so no token exists there and its kernels need no body.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Bf16Proof;
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bf16Proof {}
+
+impl Bf16Dot {
+    /// The token on the AVX-512 path of a CPU with AVX512-BF16 and AVX512-BW; `None` on any
+    /// other path (so `isa=portable` or `isa=avx2` runs the widening fallback).
+    pub fn detect(isa: Isa) -> Option<Bf16Dot> {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = *HAS.get_or_init(|| {
+                cpu_has(Path::Avx512)
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            });
+            (has && isa.path == Path::Avx512).then_some(Bf16Dot(Bf16Proof))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (isa, &HAS);
+            None
+        }
+    }
+}
+
 /// Whether this CPU has the features of `path` (run-time detection).
 fn cpu_has(path: Path) -> bool {
     match path {

@@ -140,6 +140,39 @@ pub(super) fn pv_block<const R: usize, const C: usize, const F: bool>(
     }
 }
 
+/// `acct[c][i] = acct[c][i] * rescale[i] + sum_j v[j][c] st[j][i]` for `c < dv`, `i < ldq`
+/// (the transposed accumulator of [`dispatch::accumulate_t`](super::dispatch::accumulate_t)):
+/// `C` value columns at a time, each key's probabilities a row LLVM vectorizes.
+pub(super) fn pv_t_block<const C: usize, const F: bool>(
+    t: &Tile<'_>,
+    acct: &mut [f32],
+    dv: usize,
+    rescale: &[f32],
+) {
+    let (cols, ldq, ldv) = (t.cols, t.ldq, t.ldv);
+    assert!(dv <= ldv && holds(t.v.len(), cols, ldv) && holds(acct.len(), dv, ldq));
+    assert!(holds(t.st.len(), cols, ldq) && rescale.len() >= ldq);
+    let rescale = &rescale[..ldq];
+    for c0 in (0..dv).step_by(C) {
+        let width = C.min(dv - c0);
+        let block = &mut acct[c0 * ldq..(c0 + width) * ldq];
+        for row in block.chunks_exact_mut(ldq) {
+            for (x, &f) in row.iter_mut().zip(rescale) {
+                *x *= f;
+            }
+        }
+        for j in 0..cols {
+            let p = &t.st[j * ldq..(j + 1) * ldq];
+            let vj = &t.v[j * ldv + c0..j * ldv + c0 + width];
+            for (row, &s) in block.chunks_exact_mut(ldq).zip(vj) {
+                for (x, &y) in row.iter_mut().zip(p) {
+                    *x = madd::<F>(s, y, *x);
+                }
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn pv_rows<const R: usize, const C: usize, const F: bool>(

@@ -1,21 +1,34 @@
 //! Explicit x86 microkernels for the tiled engine's two tile products, generated for
 //! AVX-512 and for AVX2+FMA by one macro.
 //!
-//! LLVM's autovectorized kernels in [`portable`](super::portable) keep a block of 4 accumulators in
-//! registers but spill larger ones, and spend several instructions on indexing per FMA
-//! (callgrind on the AVX2 path: 4.4 instructions per FMA in the score product). These hold
-//! `R x V` accumulator vectors (up to 16 of AVX-512's 32 registers, 12 of AVX2's 16), loading `V`
-//! query (or value) vectors and broadcasting `R` key (or probability) scalars per step:
-//! `R * V` FMAs for `R + V` loads, enough independent chains to cover the FMA latency.
+//! Both products are one kernel, a *panel*: `out[r][i] = sum_p a(r, p) b[p][i]` with `b` a
+//! row-major tile whose rows are vectors over the block's queries. The scores take `a` = the
+//! keys (`r` a key, `p` a dimension) and `b` = the transposed queries; P V takes `a` = the
+//! values (`r` a value column, `p` a key) and `b` = the probability tile the softmax wrote,
+//! into a transposed accumulator (`d_v x ldq`), so that both products load only aligned
+//! vectors from the workspace and broadcast scalars from the inputs in place, and the online
+//! softmax's rescale is one vector multiply per accumulator vector. A register block holds
+//! `R x V` accumulators (AVX-512: 6 x 4 = 24 of its 32 registers; AVX2: 2 x 4 of 16),
+//! loading `V` vectors of `b` and broadcasting `R` scalars of `a` per step: `R V` FMAs for
+//! `R + V` loads. The earlier P V kernel, in rows (queries x value columns), broadcast one
+//! probability per query from a key-major tile and re-read the value tile once per 4 queries
+//! from L2: 80% of the one-core peak on one tile in cache on a full-width AVX-512 core, where
+//! the transposed panel reaches 89-100% (`examples/kernels`).
+//!
+//! LLVM's autovectorized kernels in [`portable`](super::portable) keep a block of 4
+//! accumulators in registers but spill larger ones, and spend several instructions on
+//! indexing per FMA. The row-layout `pv` stays for the single-query (decoding)
+//! block, whose one query sits in lane 0 of each key's row.
 //!
 //! # Safety
 //!
 //! Every function is `#[target_feature]` with its module's features: callers must have
 //! confirmed the CPU supports them (the dispatchers in [`dispatch`](super::dispatch) do: they
-//! hold an `Isa` token, which only detection makes). The loads and stores go through raw pointers; each public entry
-//! point asserts, with overflow-checked products, the slice lengths that make every access
-//! in bounds, and each `unsafe` block says which assertion covers it. The register block
-//! chosen (4, 2 or 1 vectors per row) divides `ldq` or `ldv` by its branch condition.
+//! hold an `Isa` token, which only detection makes). The loads and stores go through raw
+//! pointers; each public entry point asserts, with overflow-checked products, the slice
+//! lengths that make every access in bounds, and each `unsafe` block says which assertion
+//! covers it. The register block chosen (4, 2 or 1 vectors per row) divides `ldq` or `ldv` by
+//! its branch condition.
 
 /// The tile products for one instruction set: its target features, vector type, lane count,
 /// intrinsics, and the key (or query) block `R` used with 4, 2 and 1 vectors per row.
@@ -29,7 +42,8 @@ macro_rules! tile_products {
         set1: $set1:ident,
         fmadd: $fmadd:ident,
         mul: $mul:ident,
-        rows: ($r4:literal, $r2:literal, $r1:literal) $(,)?
+        rows: ($r4:literal, $r2:literal, $r1:literal),
+        panel: ($p4:literal, $p2:literal, $p1:literal) $(,)?
     ) => {
         use std::arch::x86_64::*;
 
@@ -50,87 +64,182 @@ macro_rules! tile_products {
                 ldq.is_multiple_of(L) && holds(t.qt.len(), d, ldq) && holds(t.k.len(), cols, d)
             );
             assert!(holds(t.st.len(), cols, ldq));
-            let (qt, k, st) = (t.qt.as_ptr(), t.k.as_ptr(), t.st.as_mut_ptr());
-            // SAFETY (all calls below): the blocks stay within `cols` keys and `ldq` queries, which
-            // the assertions above bound by the slice lengths.
-            unsafe {
-                if ldq.is_multiple_of(4 * L) {
-                    scores_keys::<$r4, 4>(qt, k, st, cols, d, ldq, scale);
-                } else if ldq.is_multiple_of(2 * L) {
-                    scores_keys::<$r2, 2>(qt, k, st, cols, d, ldq, scale);
-                } else {
-                    scores_keys::<$r1, 1>(qt, k, st, cols, d, ldq, scale);
-                }
-            }
+            let a = Panel {
+                a: t.k.as_ptr(),
+                row_stride: d,
+                step: 1,
+                b: t.qt.as_ptr(),
+                depth: d,
+                ldq,
+            };
+            // SAFETY: output row r < cols reads k[r * d + p] for p < d and qt[p * ldq + i] for
+            // i < ldq, and writes st[r * ldq + i]: all within the lengths asserted above.
+            unsafe { panel(&a, t.st.as_mut_ptr(), cols, Epilogue::Scale(scale)) }
         }
 
-        /// All keys of the tile in blocks of `R`, the remainder one at a time.
+        /// `acct[c][i] = acct[c][i] * rescale[i] + sum_j v[j][c] st[j][i]` for every value
+        /// column `c < d_v` and query `i < ldq`: the P V product into a transposed
+        /// accumulator (`d_v x ldq`), vectors over queries like the scores, so that both
+        /// products stream the tile the softmax wrote in rows and rescale by a vector.
         ///
         /// # Safety
         ///
-        /// As [`scores`], with `qt`, `k` and `st` valid for the lengths it asserts.
+        /// The CPU must support the module's target features.
         #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn scores_keys<const R: usize, const V: usize>(
-            qt: *const f32,
-            k: *const f32,
-            st: *mut f32,
-            cols: usize,
-            d: usize,
-            ldq: usize,
-            scale: f32,
+        pub(in crate::kernels) unsafe fn pv_t(
+            t: &Tile<'_>,
+            acct: &mut [f32],
+            dv: usize,
+            rescale: &[f32],
         ) {
-            let full = cols - cols % R;
-            // SAFETY: forwarded from the caller; `j + R <= cols` in the first loop, `j < cols` in
-            // the second.
+            let (cols, ldq, ldv) = (t.cols, t.ldq, t.ldv);
+            assert!(ldq.is_multiple_of(L) && dv <= ldv && holds(t.v.len(), cols, ldv));
+            assert!(
+                holds(t.st.len(), cols, ldq) && holds(acct.len(), dv, ldq) && rescale.len() >= ldq
+            );
+            let a = Panel {
+                a: t.v.as_ptr(),
+                row_stride: 1,
+                step: ldv,
+                b: t.st.as_ptr(),
+                depth: cols,
+                ldq,
+            };
+            // SAFETY: output row c < dv reads v[c + j * ldv] for j < cols (c < ldv) and
+            // st[j * ldq + i] for i < ldq, and updates acct[c * ldq + i], reading
+            // rescale[i]: all within the lengths asserted above.
             unsafe {
-                for j in (0..full).step_by(R) {
-                    scores_block::<R, V>(qt, k, st, j, d, ldq, scale);
-                }
-                for j in full..cols {
-                    scores_block::<1, V>(qt, k, st, j, d, ldq, scale);
+                panel(
+                    &a,
+                    acct.as_mut_ptr(),
+                    dv,
+                    Epilogue::Rescale(rescale.as_ptr()),
+                )
+            }
+        }
+
+        /// One operand pair of [`panel`]: `out[r][i] = sum_p a[r * row_stride + p * step] *
+        /// b[p * ldq + i]` for `p < depth`.
+        struct Panel {
+            a: *const f32,
+            row_stride: usize,
+            step: usize,
+            b: *const f32,
+            depth: usize,
+            ldq: usize,
+        }
+
+        /// What [`panel`] does with each output vector.
+        #[derive(Clone, Copy)]
+        enum Epilogue {
+            /// Stores `scale * sum`.
+            Scale(f32),
+            /// Stores `out * rescale[i] + sum` (reading `ldq` factors).
+            Rescale(*const f32),
+        }
+
+        /// Every output row of a [`Panel`] in register blocks of `R` rows by `V` vectors of
+        /// queries: full blocks of the widest `R` that `ldq` allows, then the remainder in
+        /// blocks of 4, 2 and 1 rows.
+        ///
+        /// # Safety
+        ///
+        /// Every element the panel's formula touches for rows `< rows` and `i < ldq` is
+        /// readable (and `out`'s, `rows * ldq`, writable); `ldq` is a multiple of `L`.
+        #[target_feature(enable = $feat)]
+        unsafe fn panel(a: &Panel, out: *mut f32, rows: usize, e: Epilogue) {
+            // SAFETY (every call): forwarded from the caller; each call's rows lie below
+            // `rows`, and its `V` divides `ldq` by the branch condition.
+            unsafe {
+                if a.ldq.is_multiple_of(4 * L) {
+                    panel_rows::<$p4, 4>(a, out, rows, e);
+                } else if a.ldq.is_multiple_of(2 * L) {
+                    panel_rows::<$p2, 2>(a, out, rows, e);
+                } else {
+                    panel_rows::<$p1, 1>(a, out, rows, e);
                 }
             }
         }
 
-        /// Keys `j..j + R` against every query, `V` vectors of queries at a time.
+        /// [`panel`] for one `V`.
         ///
         /// # Safety
         ///
-        /// Keys `j..j + R` exist in `k` (`d` floats each) and `st` (`ldq` each); `qt` holds `d` rows
-        /// of `ldq`; `ldq` is a multiple of `L * V`.
+        /// As [`panel`], with `ldq` a multiple of `L * V`.
+        #[target_feature(enable = $feat)]
+        unsafe fn panel_rows<const R: usize, const V: usize>(
+            a: &Panel,
+            out: *mut f32,
+            rows: usize,
+            e: Epilogue,
+        ) {
+            let full = rows - rows % R;
+            let mut r = full;
+            // SAFETY: every block's rows `r..r + R'` lie below `rows`: the first loop's by
+            // `full <= rows`, the remainder's because each block of `R'` is taken only while
+            // that many rows are left.
+            unsafe {
+                for r0 in (0..full).step_by(R) {
+                    block::<R, V>(a, out, r0, e);
+                }
+                while R > 4 && rows - r >= 4 {
+                    block::<4, V>(a, out, r, e);
+                    r += 4;
+                }
+                if R > 2 && rows - r >= 2 {
+                    block::<2, V>(a, out, r, e);
+                    r += 2;
+                }
+                if rows - r >= 1 && R > 1 {
+                    block::<1, V>(a, out, r, e);
+                }
+            }
+        }
+
+        /// Output rows `r0..r0 + R` of a [`Panel`], `V` vectors of queries at a time.
+        ///
+        /// # Safety
+        ///
+        /// As [`panel`] for these rows; `ldq` is a multiple of `L * V`.
         #[target_feature(enable = $feat)]
         #[inline]
-        unsafe fn scores_block<const R: usize, const V: usize>(
-            qt: *const f32,
-            k: *const f32,
-            st: *mut f32,
-            j: usize,
-            d: usize,
-            ldq: usize,
-            scale: f32,
+        unsafe fn block<const R: usize, const V: usize>(
+            a: &Panel,
+            out: *mut f32,
+            r0: usize,
+            e: Epilogue,
         ) {
-            let s = $set1(scale);
+            let ldq = a.ldq;
             for i0 in (0..ldq).step_by(L * V) {
                 let mut acc = [[$zero(); V]; R];
-                for p in 0..d {
-                    let mut q = [$zero(); V];
-                    for (v, qv) in q.iter_mut().enumerate() {
-                        // SAFETY: row p < d of qt, columns i0 + Lv .. +L <= ldq.
-                        *qv = unsafe { $load(qt.add(p * ldq + i0 + L * v)) };
+                for p in 0..a.depth {
+                    let mut bv = [$zero(); V];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        // SAFETY: row p < depth of b, columns i0 + Lv .. +L <= ldq.
+                        *x = unsafe { $load(a.b.add(p * ldq + i0 + L * v)) };
                     }
                     for (r, row) in acc.iter_mut().enumerate() {
-                        // SAFETY: key j + r < j + R, element p < d.
-                        let kb = $set1(unsafe { *k.add((j + r) * d + p) });
-                        for (a, &qv) in row.iter_mut().zip(&q) {
-                            *a = $fmadd(kb, qv, *a);
+                        // SAFETY: element (r0 + r, p) of the panel's `a`.
+                        let s = $set1(unsafe { *a.a.add((r0 + r) * a.row_stride + p * a.step) });
+                        for (x, &y) in row.iter_mut().zip(&bv) {
+                            *x = $fmadd(s, y, *x);
                         }
                     }
                 }
                 for (r, row) in acc.iter().enumerate() {
-                    for (v, &a) in row.iter().enumerate() {
-                        // SAFETY: key j + r < j + R, columns i0 + Lv .. +L <= ldq.
-                        unsafe { $store(st.add((j + r) * ldq + i0 + L * v), $mul(a, s)) };
+                    for (v, &x) in row.iter().enumerate() {
+                        let at = (r0 + r) * ldq + i0 + L * v;
+                        // SAFETY: output row r0 + r, columns i0 + Lv .. +L <= ldq; the
+                        // rescale factors of those columns.
+                        unsafe {
+                            let y = match e {
+                                Epilogue::Scale(s) => $mul(x, $set1(s)),
+                                Epilogue::Rescale(f) => {
+                                    $fmadd($load(out.add(at)), $load(f.add(i0 + L * v)), x)
+                                }
+                            };
+                            $store(out.add(at), y);
+                        }
                     }
                 }
             }
@@ -258,7 +367,8 @@ macro_rules! tile_products {
     };
 }
 
-/// AVX-512F: 16 lanes; 4x4 (16), 8x2 (16) and 8x1 (8) accumulator vectors.
+/// AVX-512F: 16 lanes; the row-layout P V with 4x4 (16), 8x2 (16) and 8x1 (8) accumulator
+/// vectors, the panel with 6x4 (24), 12x2 (24) and 12x1 (12).
 pub(super) mod avx512 {
     tile_products! {
         features: "avx512f,avx2,fma",
@@ -270,11 +380,12 @@ pub(super) mod avx512 {
         fmadd: _mm512_fmadd_ps,
         mul: _mm512_mul_ps,
         rows: (4, 8, 8),
+        panel: (6, 12, 12),
     }
 }
 
-/// AVX2 with FMA: 8 lanes; 2x4 (8), 6x2 (12) and 6x1 (6) accumulator vectors (3x4 would
-/// need 17 of the 16 registers and spilled: 39 against 63 GFLOP/s).
+/// AVX2 with FMA: 8 lanes; 2x4 (8), 6x2 (12) and 6x1 (6) accumulator vectors for both
+/// kernels (3x4 would need 17 of the 16 registers and spilled: 39 against 63 GFLOP/s).
 pub(super) mod avx2 {
     tile_products! {
         features: "avx2,fma",
@@ -286,5 +397,6 @@ pub(super) mod avx2 {
         fmadd: _mm256_fmadd_ps,
         mul: _mm256_mul_ps,
         rows: (2, 6, 6),
+        panel: (2, 6, 6),
     }
 }
