@@ -55,7 +55,7 @@ impl Default for Tiling {
     /// L1d, 1 MiB L2), one thread at n = 4096, every `bq` in 32..256 and `bk` in 32..256 ran
     /// within 5% of the best at d = 32, 64 and 128 (`cargo run --release --example baseline
     /// -- tiling`, or `attnbench sweep --threads 1` over `flash(bq=..,bk=..)` specs). `bq = 64`
-    /// fills the AVX-512 kernel's 4 x 4 register block (64 queries); its 128 x 64 score tile
+    /// is the 4 query vectors of the AVX-512 panel's 6 x 4 register block; its 128 x 64 score tile
     /// (32 KiB) is L1-sized, and the K and V tiles (32 KiB each at d = 64) stay in L2.
     fn default() -> Self {
         Self { bq: 64, bk: 128 }

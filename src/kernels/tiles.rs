@@ -13,7 +13,7 @@
 //! `R + V` loads. The earlier P V kernel, in rows (queries x value columns), broadcast one
 //! probability per query from a key-major tile and re-read the value tile once per 4 queries
 //! from L2: 80% of the one-core peak on one tile in cache on a full-width AVX-512 core, where
-//! the transposed panel reaches 89-100% (`examples/kernels`).
+//! the transposed panel reaches 89-96% (`examples/kernels`).
 //!
 //! LLVM's autovectorized kernels in [`portable`](super::portable) keep a block of 4
 //! accumulators in registers but spill larger ones, and spend several instructions on
