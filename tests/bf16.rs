@@ -146,3 +146,23 @@ fn the_spec_names_its_precision_and_refuses_what_it_cannot_run() {
     let err = reg.build("flash(bk=5,dtype=bf16)").unwrap_err().to_string();
     assert!(err.contains("bk must be even"), "{err}");
 }
+
+#[test]
+fn pair_counts_whose_products_overflow_are_refused() {
+    let Some(tok) = Bf16Dot::detect(Isa::detect()) else {
+        return;
+    };
+    // 2 * pairs wraps to 0 in usize: the kernel must panic, not read past the empty slices.
+    let refused = std::panic::catch_unwind(|| {
+        let mut acct = vec![0.0f32; 16];
+        attnbench::kernels::dispatch::accumulate_t_bf16(
+            tok,
+            &[],
+            &[],
+            &mut acct,
+            (1 << 63, 1, 16),
+            &[1.0; 16],
+        );
+    });
+    assert!(refused.is_err());
+}

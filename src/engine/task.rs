@@ -421,12 +421,8 @@ impl<'a> Task<'a> {
         let dot = dispatch::Bf16Dot::detect(self.isa).filter(|_| d.is_multiple_of(2));
         if dot.is_some() {
             ws.qt2.resize(ws.qt2.len().max(d * ldq), 0);
-            ws.pt2.resize(
-                ws.pt2
-                    .len()
-                    .max(ws.st.len().div_ceil(ldq).div_ceil(2) * 2 * ldq),
-                0,
-            );
+            ws.pt2
+                .resize(ws.pt2.len().max(ws.row.len().div_ceil(2) * 2 * ldq), 0);
             for p in 0..d {
                 for i in 0..ldq {
                     ws.qt2[((p / 2) * ldq + i) * 2 + p % 2] = f32_to_bf16(ws.qt[p * ldq + i]);
@@ -435,8 +431,8 @@ impl<'a> Task<'a> {
         }
         for (c0, c1, tile) in self.tiles(self.r0..self.r0 + rows) {
             let cols = c1 - c0;
-            // Pairs of keys start at even keys: tiles do (they start at multiples of an even
-            // `bk`, or at 0); any other tile takes the widening path.
+            // Pairs of keys start at even keys: tiles do when `bk` is even (flash requires it
+            // with dtype=bf16); any other tile takes the widening path.
             let dot = dot.filter(|_| c0.is_multiple_of(2));
             let st = &mut ws.st[..cols * ldq];
             match dot {

@@ -9,7 +9,7 @@
 //!   32-bit broadcast straight from row-major `bf16` keys;
 //! - P V: `acct[c][i] = acct[c][i] * rescale[i] + sum_j v[j][c] p[j][i]`, reducing over key
 //!   pairs; the probabilities are stored `[cols / 2][ldq][2]` (written by [`pack_pairs`]
-//!   from the softmax's `f32` tile) and the values `[n / 2][d_v][2]`, so `v[2jj..2jj + 2][c]`
+//!   from the softmax's `f32` tile) and the values `[n.div_ceil(2)][d_v][2]`, so `v[2jj..2jj + 2][c]`
 //!   is one 32-bit broadcast.
 //!
 //! # Safety
@@ -17,7 +17,8 @@
 //! Every function is `#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]`: callers
 //! must hold a [`Bf16Dot`](super::isa::Bf16Dot) token, which only detection makes (the
 //! dispatchers in [`dispatch`](super::dispatch) take one). Each public entry point asserts,
-//! with overflow-checked products, the slice lengths that bound its raw-pointer accesses.
+//! with overflow-checked products (pair counts against half the slice lengths), the slice
+//! lengths that bound its raw-pointer accesses.
 
 use std::arch::x86_64::*;
 
@@ -110,7 +111,7 @@ pub(super) unsafe fn pv_t(
     rescale: &[f32],
 ) {
     assert!(ldq.is_multiple_of(L) && rescale.len() >= ldq);
-    assert!(holds(pt2.len(), 2 * pairs, ldq) && holds(vt2.len(), 2 * pairs, dv));
+    assert!(holds(pt2.len() / 2, pairs, ldq) && holds(vt2.len() / 2, pairs, dv));
     assert!(holds(acct.len(), dv, ldq));
     let a = Panel {
         a: vt2.as_ptr().cast(),
@@ -141,7 +142,7 @@ pub(super) unsafe fn pv_t(
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn pack_pairs(st: &[f32], cols: usize, ldq: usize, pt2: &mut [u16]) {
     assert!(ldq.is_multiple_of(L) && holds(st.len(), cols, ldq));
-    assert!(holds(pt2.len(), 2 * cols.div_ceil(2), ldq));
+    assert!(holds(pt2.len() / 2, cols.div_ceil(2), ldq));
     // Word lane w of the result takes 16-bit elements w (first row) and 16 + w (second).
     let mut idx = [0u16; 32];
     for (w, pair) in idx.chunks_exact_mut(2).enumerate() {
