@@ -69,6 +69,7 @@ pub mod harness;
 pub mod kernels;
 pub mod layer;
 pub mod maps;
+pub mod model;
 pub mod modifier;
 pub mod npy;
 pub mod options;
