@@ -182,9 +182,74 @@ fn decode(header: &Header, data: &[u8]) -> ArrayD<f32> {
         .expect("the element count is the shape's product")
 }
 
+/// Reads a 1-D `.npy` of token ids (`<i4` or `<i8`); an error for another dtype or rank, a
+/// truncated file, or an id that is negative or above `u32::MAX`.
+pub fn read_token_ids(path: &Path) -> Result<Vec<u32>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(format_error(path, "not a regular file".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let header = parse_header_of(&bytes, INTS).map_err(|m| format_error(path, m))?;
+    if header.shape.len() != 1 {
+        return Err(format_error(
+            path,
+            format!("token ids must be 1-D, got shape {:?}", header.shape),
+        ));
+    }
+    let data = &bytes[header.data_offset..];
+    if data.len() < header.data_bytes() {
+        return Err(format_error(
+            path,
+            format!(
+                "truncated: {} bytes of data announced, {} present",
+                header.data_bytes(),
+                data.len()
+            ),
+        ));
+    }
+    data[..header.data_bytes()]
+        .chunks_exact(header.width)
+        .enumerate()
+        .map(|(i, c)| {
+            let v = if header.width == 4 {
+                i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            } else {
+                i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+            };
+            u32::try_from(v).map_err(|_| {
+                format_error(path, format!("token id {v} at index {i} is out of range"))
+            })
+        })
+        .collect()
+}
+
 /// Parses the magic, version and header dict at the start of `bytes` (which may stop anywhere
 /// after the header).
 pub fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
+    parse_header_of(bytes, FLOATS)
+}
+
+/// The dtypes a reader accepts (`descr` and width) and how an error names them.
+struct Dtypes {
+    accepted: &'static [(&'static str, usize)],
+    expected: &'static str,
+}
+
+/// The float dtypes [`parse_header`] accepts.
+const FLOATS: Dtypes = Dtypes {
+    accepted: &[("<f4", 4), ("=f4", 4), ("<f2", 2), ("=f2", 2)],
+    expected: "little-endian float32 ('<f4') or float16 ('<f2')",
+};
+
+/// The integer dtypes [`read_token_ids`] accepts: 32- and 64-bit signed, little-endian.
+const INTS: Dtypes = Dtypes {
+    accepted: &[("<i4", 4), ("=i4", 4), ("<i8", 8), ("=i8", 8)],
+    expected: "little-endian int32 ('<i4') or int64 ('<i8')",
+};
+
+/// [`parse_header`] for the dtypes in `dtypes`.
+fn parse_header_of(bytes: &[u8], dtypes: Dtypes) -> std::result::Result<Header, String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not a .npy file (missing the \\x93NUMPY magic)".into());
     }
@@ -225,7 +290,7 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
         raw.iter().map(|&b| char::from(b)).collect()
     };
     let dict = literal::parse(&text)?;
-    let (width, shape) = header_fields(dict)?;
+    let (width, shape) = header_fields(dict, dtypes)?;
     let header = Header {
         width,
         shape,
@@ -241,7 +306,10 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
 }
 
 /// The dtype width and shape of a parsed header dict, held to `numpy.load`'s rules.
-fn header_fields(dict: literal::Value) -> std::result::Result<(usize, Vec<usize>), String> {
+fn header_fields(
+    dict: literal::Value,
+    dtypes: Dtypes,
+) -> std::result::Result<(usize, Vec<usize>), String> {
     use literal::Value;
     let Value::Dict(entries) = dict else {
         return Err("the header is not a dict".into());
@@ -264,13 +332,13 @@ fn header_fields(dict: literal::Value) -> std::result::Result<(usize, Vec<usize>
         }
     }
     let width = match descr.ok_or("the header has no 'descr'")? {
-        Value::Str(s) => match s.as_str() {
-            "<f4" | "=f4" => 4,
-            "<f2" | "=f2" => 2,
-            _ => {
+        Value::Str(s) => match dtypes.accepted.iter().find(|(d, _)| *d == s) {
+            Some(&(_, width)) => width,
+            None => {
                 return Err(format!(
-                    "dtype is '{}', expected little-endian float32 ('<f4') or float16 ('<f2')",
-                    literal::shorten(&s)
+                    "dtype is '{}', expected {}",
+                    literal::shorten(&s),
+                    dtypes.expected
                 ));
             }
         },

@@ -67,6 +67,67 @@ pub(super) enum Command {
     /// state); time per token, state bytes, read bandwidth and error against f64 attention;
     /// write results/<UTC time>-decode.csv and .json and a report.
     Decode(Box<DecodeArgs>),
+    /// What each variant does to a real model: the perplexity of a Llama-family GGUF model on
+    /// a text with the variant doing the attention of every layer, per context length, with
+    /// its time and its error against dense attention on the model's own activations; write
+    /// results/<UTC time>-perplexity.csv and .json and a report.
+    Perplexity(Box<PerplexityArgs>),
+}
+
+/// The variants `perplexity` runs by default (after `full`, the reference): every built-in
+/// that runs causally, windows and sinks at two budgets.
+pub(super) const PERPLEXITY_VARIANTS: &str = "flash,window(w=256),window(w=1024),sinks(s=4,w=252),sinks(s=4,w=1020),longformer(w=256,g=16),bigbird,strided,fixed,dilated,local,blocktopk(score=mean),blocktopk(score=bound),topk(k=256),lsh,linear(phi=elu1),retention(phi=none)";
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
+pub(super) struct PerplexityArgs {
+    /// The model: a Llama-family GGUF file (F32, F16, BF16, Q4_0, Q4_1 or Q8_0 tensors).
+    #[arg(long, value_name = "FILE.gguf")]
+    pub(super) model: PathBuf,
+    /// Token ids to score: a 1-D .npy of int32 or int64.
+    #[arg(long, value_name = "FILE.npy")]
+    pub(super) tokens: Option<PathBuf>,
+    /// A UTF-8 text to score, tokenized with the model's own tokenizer.
+    #[arg(long, value_name = "FILE")]
+    pub(super) text: Option<PathBuf>,
+    /// Context lengths: tokens per window (consecutive windows of the text).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "2048,8192"
+    )]
+    pub(super) n: Vec<usize>,
+    /// Comma-separated variant specs; `full` (the reference) always runs first.
+    #[arg(long, value_name = "SPEC,...", default_value = PERPLEXITY_VARIANTS)]
+    pub(super) variants: String,
+    /// Replace dense attention only from this layer on (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub(super) from_layer: usize,
+    /// At most this many windows per length; default: every whole window of the text.
+    #[arg(long)]
+    pub(super) max_windows: Option<usize>,
+    /// Worker threads; default: all cores.
+    #[arg(long)]
+    pub(super) threads: Option<usize>,
+    /// A directory of captured activations (`*_L<layer>_q.npy`, `_k.npy`, `_v.npy`, shape
+    /// [heads, tokens, head_dim]) to check the model's Q, K, V against, e.g. the real-LLM
+    /// data's directory.
+    #[arg(long, value_name = "DIR")]
+    pub(super) check_activations: Option<PathBuf>,
+    /// Refuse a run whose weights, activations and attention workspace exceed this many
+    /// bytes (suffixes K, M, G); default: half the machine's RAM.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(super) max_memory: Option<u64>,
+    /// Directory of the results files.
+    #[arg(long, default_value = "results")]
+    pub(super) out_dir: PathBuf,
+    /// Label in the results file names.
+    #[arg(long, default_value = "perplexity")]
+    pub(super) label: String,
+    /// Do not write the report.
+    #[arg(long)]
+    pub(super) no_report: bool,
 }
 
 /// The variants `decode` runs by default: the exact KV cache, a window and sinks in ring

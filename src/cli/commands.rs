@@ -5,7 +5,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::args::{CompareArgs, DecodeArgs, MapsArgs, SweepArgs, decode_config, sweep_config};
+use super::args::{
+    CompareArgs, DecodeArgs, MapsArgs, PerplexityArgs, SweepArgs, decode_config, sweep_config,
+};
 use super::print_error;
 use super::progress::{print_summary, run_with_progress};
 use crate::attention::{Attention, Fidelity, Options};
@@ -372,6 +374,99 @@ pub(super) fn decode(registry: &Registry, args: DecodeArgs) -> io::Result<ExitCo
                 return Ok(ExitCode::FAILURE);
             }
             Ok(code)
+        }
+        Err(e) => {
+            print_error(&e);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+pub(super) fn perplexity(registry: &Registry, args: PerplexityArgs) -> io::Result<ExitCode> {
+    use crate::harness::perplexity::{PerplexityConfig, TokenSource, run_perplexity};
+    let built = registry
+        .build_list(&args.variants)
+        .and_then(|v| Ok((v, registry.build("full")?)));
+    let (variants, full) = match built {
+        Ok(v) => v,
+        Err(e) => {
+            print_error(&e);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let tokens = match (args.tokens, args.text) {
+        (Some(p), None) => TokenSource::Ids(p),
+        (None, Some(p)) => TokenSource::Text(p),
+        _ => unreachable!("clap requires exactly one of --tokens and --text"),
+    };
+    let cfg = PerplexityConfig {
+        model: args.model,
+        tokens,
+        lengths: args.n,
+        from_layer: args.from_layer,
+        max_windows: args.max_windows,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        out_dir: args.out_dir,
+        label: args.label,
+        check_activations: args.check_activations,
+        max_memory: args
+            .max_memory
+            .unwrap_or_else(crate::harness::machine::default_budget),
+    };
+    let width = variants
+        .iter()
+        .map(|v| v.to_string().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:>6} {:<width$} {:>9} {:>7} {:>10} {:>10} {:>6} {:>9}  status",
+        "n", "variant", "ppl", "x full", "forward s", "attn s", "attn %", "err mid"
+    );
+    let num = |x: f64, f: &dyn Fn(f64) -> String| if x.is_finite() { f(x) } else { "-".into() };
+    let mut line = |r: &crate::results::perplexity::PerplexityRecord| {
+        let status = if r.note.is_empty() {
+            r.status.clone()
+        } else {
+            format!("{}: {}", r.status, r.note)
+        };
+        println!(
+            "{:>6} {:<width$} {:>9} {:>7} {:>10} {:>10} {:>6} {:>9}  {status}",
+            r.n,
+            r.variant,
+            num(r.ppl, &|x| format!("{x:.3}")),
+            num(r.ppl_ratio, &|x| format!("{x:.4}")),
+            num(r.forward_s, &|x| format!("{x:.2}")),
+            num(r.attention_s, &|x| format!("{x:.2}")),
+            num(r.attention_share, &|x| format!("{:.0}", 100.0 * x)),
+            num(r.err_middle.unwrap_or(f64::NAN), &|x| format!("{x:.2e}")),
+        );
+    };
+    let command_line = std::env::args().collect();
+    match run_perplexity(&cfg, &variants, full, command_line, &mut line) {
+        Ok(run) => {
+            for c in &run.meta.activation_check {
+                println!(
+                    "activations of layer {} (n = {}) against {}: relative error q {:.2e}, k {:.2e}, v {:.2e}",
+                    c.layer,
+                    c.n,
+                    cfg.check_activations
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display(),
+                    c.q,
+                    c.k,
+                    c.v
+                );
+            }
+            println!("results: {} ({})", run.csv.display(), run.json.display());
+            if args.no_report {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                report(std::slice::from_ref(&run.csv), None)
+            }
         }
         Err(e) => {
             print_error(&e);

@@ -81,6 +81,7 @@ where
         Command::Compare(args) => commands::compare(args),
         Command::Maps(args) => commands::maps(&registry, args),
         Command::Decode(args) => commands::decode(&registry, *args),
+        Command::Perplexity(args) => commands::perplexity(&registry, *args),
     };
     match result {
         Ok(code) => code,

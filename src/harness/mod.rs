@@ -14,6 +14,7 @@ mod inputs;
 pub mod machine;
 pub mod maps;
 pub mod memory;
+pub mod perplexity;
 pub mod runfiles;
 pub mod sweep;
 pub mod timing;

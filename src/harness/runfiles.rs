@@ -96,7 +96,7 @@ pub(super) fn end_run<M: Ending>(json: &Path, meta: &mut M, body: Result<()>) ->
 /// Writes `rows` as the whole CSV at `path`: into a temporary file beside it, then renamed
 /// over it, so the file always holds whole rows of one consistent moment of the run, and a
 /// failed write (a full disk) leaves the previous contents.
-pub(super) fn replace_csv(path: &Path, rows: &[crate::results::record::Record]) -> Result<()> {
+pub(super) fn replace_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);

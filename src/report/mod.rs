@@ -26,6 +26,7 @@ pub mod frontier;
 mod gallery;
 pub mod heatmaps;
 mod markdown;
+pub mod perplexity;
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,21 @@ pub fn write_report(csvs: &[PathBuf], out: Option<&Path>) -> Result<ReportOutput
         return Err(Error::new(ErrorKind::NoInput {
             what: "results CSV files to report",
         }));
+    }
+    let perplexities = csvs
+        .iter()
+        .map(|p| crate::results::perplexity::is_perplexity_csv(p))
+        .collect::<Result<Vec<bool>>>()?;
+    if perplexities.iter().any(|&d| d) {
+        if !perplexities.iter().all(|&d| d) {
+            return Err(Error::new(ErrorKind::BadOption {
+                option: "csv",
+                message: "a perplexity run's results (attnbench perplexity) and a sweep's cannot share one report".into(),
+            }));
+        }
+        let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+        let markdown = perplexity::write(csvs, &dir)?;
+        return Ok(ReportOutput { dir, markdown });
     }
     let decodes = csvs
         .iter()

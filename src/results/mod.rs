@@ -4,4 +4,5 @@
 
 pub mod artefacts;
 pub mod decode;
+pub mod perplexity;
 pub mod record;
