@@ -150,3 +150,30 @@ fn committed_runs_re_plot_to_their_committed_reports() {
     }
     assert!(checked >= 1, "no committed run with artefacts to re-plot");
 }
+
+#[test]
+fn committed_perplexity_runs_re_plot_to_their_committed_reports() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("reports").unwrap() {
+        let report = entry.unwrap().path();
+        let stem = report.file_name().unwrap().to_str().unwrap().to_string();
+        let csv = Path::new("results").join(format!("{stem}.csv"));
+        if !csv.exists() || !attnbench::results::perplexity::is_perplexity_csv(&csv).unwrap() {
+            continue;
+        }
+        let dir = temp_dir(&stem);
+        copy_run(&csv, &dir);
+        report_in(&dir, &format!("{stem}.csv"), "report");
+        let committed = std::fs::read_to_string(report.join("report.md")).unwrap();
+        let again = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+        assert!(
+            committed == again,
+            "{stem}: report.md differs when re-plotted"
+        );
+        let names = |d: &Path| tree(d).into_keys().collect::<Vec<_>>();
+        assert_eq!(names(&report), names(&dir.join("report")), "{stem}: files");
+        std::fs::remove_dir_all(&dir).unwrap();
+        checked += 1;
+    }
+    assert!(checked >= 1, "no committed perplexity run to re-plot");
+}

@@ -75,8 +75,8 @@ pub(super) enum Command {
 }
 
 /// The variants `perplexity` runs by default (after `full`, the reference): every built-in
-/// that runs causally, windows and sinks at two budgets.
-pub(super) const PERPLEXITY_VARIANTS: &str = "flash,window(w=256),window(w=1024),sinks(s=4,w=252),sinks(s=4,w=1020),longformer(w=256,g=16),bigbird,strided,fixed,dilated,local,blocktopk(score=mean),blocktopk(score=bound),topk(k=256),lsh,linear(phi=elu1),retention(phi=none)";
+/// that runs causally, windows, sinks, Longformer and block selection at several budgets.
+pub(super) const PERPLEXITY_VARIANTS: &str = "flash,window(w=256),window(w=1024),window(w=2048),sinks(s=4,w=252),sinks(s=4,w=1020),sinks(s=4,w=2044),longformer(w=256,g=16),longformer(w=1024,g=16),bigbird,strided,fixed,dilated,local,blocktopk(score=mean),blocktopk(score=bound),blocktopk(k=16,score=bound),blocktopk(k=32,score=bound),topk(k=256),lsh,linear(phi=elu1),retention(phi=none)";
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
@@ -90,6 +90,10 @@ pub(super) struct PerplexityArgs {
     /// A UTF-8 text to score, tokenized with the model's own tokenizer.
     #[arg(long, value_name = "FILE")]
     pub(super) text: Option<PathBuf>,
+    /// How --text is split before BPE: `auto` (the model's `tokenizer.ggml.pre`), `gpt2`
+    /// (the GPT-2 rule) or `smollm` (digits one by one, then the GPT-2 rule).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gpt2", "smollm"], requires = "text")]
+    pub(super) pre_tokenizer: String,
     /// Context lengths: tokens per window (consecutive windows of the text).
     #[arg(
         long,

@@ -396,7 +396,15 @@ pub(super) fn perplexity(registry: &Registry, args: PerplexityArgs) -> io::Resul
     };
     let tokens = match (args.tokens, args.text) {
         (Some(p), None) => TokenSource::Ids(p),
-        (None, Some(p)) => TokenSource::Text(p),
+        (None, Some(p)) => {
+            use crate::model::tokenizer::PreTokenizer;
+            let pre = match args.pre_tokenizer.as_str() {
+                "gpt2" => Some(PreTokenizer::Gpt2),
+                "smollm" => Some(PreTokenizer::Gpt2Digits),
+                _ => None,
+            };
+            TokenSource::Text(p, pre)
+        }
         _ => unreachable!("clap requires exactly one of --tokens and --text"),
     };
     let cfg = PerplexityConfig {

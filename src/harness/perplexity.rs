@@ -25,7 +25,7 @@ use crate::attention::{Attention, Options, Problem, reasons, run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::gguf::Gguf;
 use crate::model::llama::{Captured, Llama};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::tokenizer::{PreTokenizer, Tokenizer};
 use crate::results::artefacts::write_json;
 use crate::results::perplexity::{ActivationCheck, BUCKETS, PerplexityMeta, PerplexityRecord};
 use crate::results::record::{Machine, RunState};
@@ -35,15 +35,17 @@ use crate::results::record::{Machine, RunState};
 pub enum TokenSource {
     /// A 1-D `.npy` of token ids (`<i4` or `<i8`).
     Ids(PathBuf),
-    /// A UTF-8 text file, tokenized with the model's own tokenizer.
-    Text(PathBuf),
+    /// A UTF-8 text file, tokenized with the model's own tokenizer, with its own
+    /// pre-tokenizer unless one is given.
+    Text(PathBuf, Option<PreTokenizer>),
 }
 
 impl std::fmt::Display for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TokenSource::Ids(p) => write!(f, "ids:{}", p.display()),
-            TokenSource::Text(p) => write!(f, "text:{}", p.display()),
+            TokenSource::Text(p, None) => write!(f, "text:{}", p.display()),
+            TokenSource::Text(p, Some(pre)) => write!(f, "text:{} ({pre:?})", p.display()),
         }
     }
 }
@@ -103,9 +105,12 @@ fn bad(option: &'static str, message: String) -> Error {
 pub fn load_tokens(source: &TokenSource, g: &Gguf) -> Result<Vec<u32>> {
     match source {
         TokenSource::Ids(p) => crate::npy::read_token_ids(p),
-        TokenSource::Text(p) => {
+        TokenSource::Text(p, pre) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            let tok = Tokenizer::from_gguf(g)?;
+            let mut tok = Tokenizer::from_gguf(g)?;
+            if let Some(pre) = pre {
+                tok.pre = *pre;
+            }
             tok.encode(&text)
                 .map_err(|m| Error::format(p, m, "tokenizing"))
         }

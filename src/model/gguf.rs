@@ -208,7 +208,7 @@ impl TensorInfo {
 }
 
 /// A parsed GGUF file: metadata, the tensor table and the data.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Gguf {
     path: PathBuf,
     /// The format version (2 or 3).
@@ -219,6 +219,19 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
     bytes: Vec<u8>,
     data_start: usize,
+}
+
+impl fmt::Debug for Gguf {
+    /// The file, its version and the sizes of its tables (not the data).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gguf")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// A bounds-checked little-endian cursor over the file's bytes.
@@ -533,14 +546,8 @@ impl Gguf {
     /// that its shape is `dims`.
     pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
         let (t, raw) = self.raw(name)?;
-        if t.dims != dims {
+        if !t.ty.decodable() {
             return Err(self.error(format!(
-                "tensor {name} has shape {:?}, expected {dims:?}",
-                t.dims
-            )));
-        }
-        dequantize(t.ty, raw).ok_or_else(|| {
-            self.error(format!(
                 "tensor {name} is of type {}, which attnbench does not decode (it decodes {})",
                 t.ty,
                 TYPES
@@ -549,8 +556,15 @@ impl Gguf {
                     .map(|t| t.name)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))
-        })
+            )));
+        }
+        if t.dims != dims {
+            return Err(self.error(format!(
+                "tensor {name} has shape {:?}, expected {dims:?}",
+                t.dims
+            )));
+        }
+        Ok(dequantize(t.ty, raw).expect("a decodable type"))
     }
 }
 

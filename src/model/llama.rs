@@ -5,7 +5,7 @@
 //! `output.weight`: tied embeddings).
 //!
 //! The attention of each block is any [`Attention`] variant, called through the checked path
-//! ([`Problem::new`] then [`run`](crate::attention::run)) with causal masking and the default
+//! ([`Problem::new`] then [`run`]) with causal masking and the default
 //! `1/sqrt(head_dim)` scale; grouped-query attention is the variant's own (query head `h`
 //! reads KV head `h / (heads / kv_heads)`).
 //!

@@ -181,23 +181,29 @@ pub fn write(csvs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The verdicts of one length: the exact dense variants' agreement with `full`, and the
-/// cheapest variant within [`WITHIN`] of its perplexity.
+/// Relative perplexity difference below which a variant counts as dense attention itself:
+/// the 4 significant digits exact variants are held to.
+pub const SAME: f64 = 5e-5;
+
+/// The verdicts of one length: which variants give full attention's perplexity (the exact
+/// dense ones, and patterns that cover every pair at this `n`), and the cheapest of the
+/// others within [`WITHIN`] of it, its attention time against the fastest of the dense ones.
 fn verdict(rows: &[&PerplexityRecord]) -> String {
     let mut out = String::new();
-    let ok: Vec<&&PerplexityRecord> = rows.iter().filter(|r| r.status == "ok").collect();
+    let ok: Vec<&PerplexityRecord> = rows.iter().copied().filter(|r| r.status == "ok").collect();
     let Some(full) = ok.iter().find(|r| r.variant == "full") else {
         return out;
     };
+    let same = |r: &PerplexityRecord| (r.ppl - full.ppl).abs() / full.ppl < SAME;
     for r in ok.iter().filter(|r| r.variant != "full") {
         let rel = (r.ppl - full.ppl).abs() / full.ppl;
-        if r.variant.starts_with("flash") || rel < 1e-6 {
+        if r.variant.starts_with("flash") || same(r) {
             let _ = writeln!(
                 out,
                 "\n- {} gives full attention's perplexity to a relative {:.1e} ({}).",
                 text(&r.variant),
                 rel,
-                if rel < 5e-5 {
+                if rel < SAME {
                     "equal to 4 significant digits"
                 } else {
                     "**not** equal to 4 significant digits"
@@ -205,41 +211,56 @@ fn verdict(rows: &[&PerplexityRecord]) -> String {
             );
         }
     }
-    let within: Vec<&&&PerplexityRecord> = ok
+    let dense = ok
         .iter()
-        .filter(|r| r.variant != "full" && !r.variant.starts_with("flash"))
-        .filter(|r| r.ppl_ratio <= WITHIN)
+        .filter(|r| same(r))
+        .min_by(|a, b| a.attention_s.total_cmp(&b.attention_s))
+        .expect("full itself");
+    let within: Vec<&&PerplexityRecord> = ok
+        .iter()
+        .filter(|r| !same(r) && r.ppl_ratio <= WITHIN)
         .collect();
     match within
         .iter()
         .min_by(|a, b| a.attention_s.total_cmp(&b.attention_s))
     {
         Some(best) => {
+            let ratio = best.attention_s / dense.attention_s;
             let _ = writeln!(
                 out,
-                "\n- **Cheapest within {:.0}% of full attention's perplexity**: {} (ppl {:.3}, x{:.4}), attention {:.2} s per forward against full's {:.2} s ({:.0}%); {} of {} other variants are within {:.0}%.",
+                "\n- **Cheapest within {:.0}% of full attention's perplexity** ({} of the {} variants that differ from it {} within): {} (ppl {:.3}, x{:.4}), attention {:.2} s per forward against {:.2} s for {}, the fastest that gives full attention's perplexity ({:.0}%{}).",
                 100.0 * (WITHIN - 1.0),
+                within.len(),
+                ok.iter().filter(|r| !same(r)).count(),
+                if within.len() == 1 { "is" } else { "are" },
                 text(&best.variant),
                 best.ppl,
                 best.ppl_ratio,
                 best.attention_s,
-                full.attention_s,
-                100.0 * best.attention_s / full.attention_s,
-                within.len(),
-                ok.len() - 1,
-                100.0 * (WITHIN - 1.0),
+                dense.attention_s,
+                text(&dense.variant),
+                100.0 * ratio,
+                if ratio > 0.9 {
+                    "; within the noise of one pass, so not shown faster"
+                } else {
+                    ""
+                },
             );
         }
         None => {
             let _ = writeln!(
                 out,
-                "\n- No variant other than the exact dense ones is within {:.0}% of full attention's perplexity.",
+                "\n- No variant that differs from full attention is within {:.0}% of its perplexity.",
                 100.0 * (WITHIN - 1.0)
             );
         }
     }
     out
 }
+
+/// Variants whose perplexity exceeds this multiple of full attention's at some length are
+/// left out of the charts (and named in their note), so the useful range stays legible.
+pub const CHART_CAP: f64 = 3.0;
 
 fn charts(records: &[PerplexityRecord], lengths: &BTreeSet<usize>, dir: &Path) -> Result<()> {
     let mut order: Vec<&str> = Vec::new();
@@ -248,38 +269,59 @@ fn charts(records: &[PerplexityRecord], lengths: &BTreeSet<usize>, dir: &Path) -
             order.push(&r.variant);
         }
     }
-    let line = |i: usize, v: &str, x: &dyn Fn(&PerplexityRecord) -> f64| {
-        let mut points: Vec<(f64, f64)> = records
-            .iter()
-            .filter(|r| r.variant == v && r.status == "ok" && r.ppl.is_finite())
-            .map(|r| (x(r), r.ppl))
-            .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Line {
-            label: v.to_string(),
-            color: palette(i),
-            points,
-            stroke: Stroke::Solid,
-        }
-    };
+    let ok = |r: &&PerplexityRecord| r.status == "ok" && r.ppl_ratio.is_finite();
+    let off: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|v| {
+            records
+                .iter()
+                .filter(ok)
+                .any(|r| r.variant == *v && r.ppl_ratio > CHART_CAP)
+        })
+        .collect();
+    let note = (!off.is_empty()).then(|| {
+        format!(
+            "{} variant(s) above {CHART_CAP}x full attention's perplexity left out (see the tables)",
+            off.len()
+        )
+    });
     let lines = |x: &dyn Fn(&PerplexityRecord) -> f64| -> Vec<Line> {
         order
             .iter()
             .enumerate()
-            .map(|(i, v)| line(i, v, x))
+            .filter(|(_, v)| !off.contains(v))
+            .map(|(i, v)| {
+                let mut points: Vec<(f64, f64)> = records
+                    .iter()
+                    .filter(ok)
+                    .filter(|r| r.variant == *v)
+                    .map(|r| (x(r), r.ppl_ratio))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Line {
+                    label: v.to_string(),
+                    color: palette(i),
+                    points,
+                    stroke: Stroke::Solid,
+                }
+            })
             .filter(|l| !l.points.is_empty())
             .collect()
     };
+    let y_desc = "perplexity / full attention's at the same n";
     save(
         &Chart {
             title: "Perplexity against the context length".into(),
             x_desc: "context length n (tokens per window)".into(),
-            y_desc: "perplexity".into(),
+            y_desc: y_desc.into(),
             x_pow2: true,
-            log_y: true,
             lines: lines(&|r| r.n as f64),
-            note: (lengths.len() < 2)
-                .then(|| "one context length: each variant is a single point".into()),
+            note: if lengths.len() < 2 {
+                Some("one context length: each variant is a single point".into())
+            } else {
+                note.clone()
+            },
             ..Chart::default()
         },
         dir,
@@ -289,10 +331,10 @@ fn charts(records: &[PerplexityRecord], lengths: &BTreeSet<usize>, dir: &Path) -
         &Chart {
             title: "Perplexity against attention time (points: context lengths)".into(),
             x_desc: "attention seconds per forward pass (all layers)".into(),
-            y_desc: "perplexity".into(),
+            y_desc: y_desc.into(),
             log_x: true,
-            log_y: true,
             lines: lines(&|r| r.attention_s),
+            note,
             ..Chart::default()
         },
         dir,
