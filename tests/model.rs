@@ -32,6 +32,8 @@ struct Tensor {
     dims: Vec<u64>,
     ty: u32,
     data: Vec<u8>,
+    /// Added to the offset written for it (0: where it belongs).
+    shift: u64,
 }
 
 #[derive(Clone, Default)]
@@ -78,6 +80,7 @@ impl Writer {
             dims: dims.to_vec(),
             ty,
             data,
+            shift: 0,
         });
     }
     /// The file: header, metadata, tensor table, data aligned to 32.
@@ -95,7 +98,7 @@ impl Writer {
                 out.extend(d.to_le_bytes());
             }
             out.extend(t.ty.to_le_bytes());
-            out.extend(offset.to_le_bytes());
+            out.extend((offset + t.shift).to_le_bytes());
             offset = (offset + t.data.len() as u64).next_multiple_of(32);
         }
         while !out.len().is_multiple_of(32) {
@@ -226,6 +229,8 @@ struct Reference {
     blocks: Vec<[Mat; 7]>,
     norms: Vec<[Vec<f64>; 2]>,
     out_norm: Vec<f64>,
+    /// A separate output head (`output.weight`), when the file has one.
+    head: Option<Mat>,
 }
 
 /// A vocabulary of the 256 byte symbols and `merges` merged ones, with their merges.
@@ -362,8 +367,18 @@ fn tiny_model(seed: u64) -> (Writer, Reference) {
         blocks,
         norms,
         out_norm,
+        head: None,
     };
     (w, reference)
+}
+
+/// Adds a separate output head (`output.weight`, F16) to the tiny model.
+fn with_output_head(w: &mut Writer, r: &mut Reference, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vocab = r.embed.len();
+    let (bytes, values) = random_tensor(&mut rng, F16, vocab, D);
+    w.tensor("output.weight", &[D as u64, vocab as u64], F16, bytes);
+    r.head = Some(rows_of(&values, vocab, D));
 }
 
 fn matvec(m: &Mat, x: &[f64]) -> Vec<f64> {
@@ -449,7 +464,7 @@ fn reference_forward(r: &Reference, tokens: &[u32]) -> (Vec<f64>, Vec<Vec<f64>>)
     let nll = (0..n - 1)
         .map(|p| {
             let h = rms(&x[p], &r.out_norm);
-            let logits = matvec(&r.embed, &h);
+            let logits = matvec(r.head.as_ref().unwrap_or(&r.embed), &h);
             let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = m + logits.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
             lse - logits[tokens[p + 1] as usize]
@@ -570,6 +585,27 @@ fn the_forward_pass_matches_a_plain_f64_one_in_every_tensor_type() {
 }
 
 #[test]
+fn a_separate_output_head_is_used_when_the_file_has_one() {
+    let (mut w, mut reference) = tiny_model(9);
+    let tokens = random_tokens(10, 24, reference.embed.len());
+    let tied = reference_forward(&reference, &tokens).0;
+    with_output_head(&mut w, &mut reference, 11);
+    let (want, _) = reference_forward(&reference, &tokens);
+    let model = Llama::from_gguf(&parse(w.bytes()).unwrap()).unwrap();
+    let v = Registry::builtin().build("flash").unwrap();
+    let plan: Vec<&dyn Attention> = (0..LAYERS).map(|_| v.as_ref()).collect();
+    let f = model.forward(&tokens, &plan, &[]).unwrap();
+    let diff = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0, f64::max)
+    };
+    assert!(diff(&f.nll, &want) < 1e-6, "{:e}", diff(&f.nll, &want));
+    assert!(diff(&want, &tied) > 1e-2, "the head made no difference");
+}
+
+#[test]
 fn the_permutation_matters_so_the_check_can_fail() {
     // The same model with Q and K stored unpermuted gives other attention: the check above
     // would catch a reader that skipped the un-permutation.
@@ -681,6 +717,23 @@ fn a_bad_file_is_a_clear_error() {
     let mut b = good.clone();
     b[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(msg(parse(b)).contains("the length of metadata key 0"));
+    // A tensor that does not start where the previous one ends (aliasing is refused).
+    let mut bad = w.clone();
+    bad.tensors[1].shift = 32;
+    assert!(msg(parse(bad.bytes())).contains(", expected "));
+    // A file that ends inside the padding before its data section (a zero-size tensor).
+    let mut empty = Writer::default();
+    empty.tensor("t", &[0], F32, Vec::new());
+    let mut b = empty.bytes();
+    b.truncate(57);
+    assert!(msg(parse(b)).contains("the data section starts at byte 64"));
+    // Scaled RoPE is refused rather than run unscaled.
+    let mut scaled = w.clone();
+    scaled.str("llama.rope.scaling.type", "linear");
+    let e = Llama::from_gguf(&parse(scaled.bytes()).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scales its RoPE"), "{e}");
     // Not a Llama.
     let mut other = Writer::default();
     other.str("general.architecture", "mamba");
@@ -738,6 +791,19 @@ fn the_tokenizer_splits_and_merges_as_gpt2_does() {
         pre_tokens("in 2007,  42", PreTokenizer::Gpt2Digits),
         vec!["in", " ", "2", "0", "0", "7", ",", "  ", "4", "2"]
     );
+    // Letters and digits as \p{L} and \p{N}: a Roman numeral is a number.
+    assert_eq!(pre_tokens("aⅫ", PreTokenizer::Gpt2), vec!["a", "Ⅻ"]);
+    // A file naming no pre-tokenizer (llama.cpp's "default" is another rule set) needs one.
+    let (tokens, merges) = vocabulary();
+    let mut bare = Writer::default();
+    bare.str("tokenizer.ggml.model", "gpt2");
+    bare.strs("tokenizer.ggml.tokens", &tokens);
+    bare.strs("tokenizer.ggml.merges", &merges);
+    let g = parse(bare.bytes()).unwrap();
+    let e = Tokenizer::from_gguf(&g).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.pre is None"), "{e}");
+    let t = Tokenizer::from_gguf_with(&g, Some(PreTokenizer::Gpt2)).unwrap();
+    assert_eq!(t.pre, PreTokenizer::Gpt2);
     let (w, _) = tiny_model(6);
     let g = parse(w.bytes()).unwrap();
     let t = Tokenizer::from_gguf(&g).unwrap();
@@ -915,6 +981,8 @@ fn perplexity_runs_every_variant_writes_rows_and_a_report_and_never_clobbers() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(bad(&["--n", "128"]).contains("outside 2..=64"));
+    assert!(bad(&["--n", "8", "--max-windows", "0"]).contains("at least 1"));
+    assert!(bad(&["--n", "8", "--max-memory", "10K"]).contains("over --max-memory"));
     assert!(bad(&["--n", "8", "--from-layer", "2"]).contains("not below the model's 2 layers"));
     write_ids(&ids, &[1, 2, 100_000]);
     assert!(bad(&["--n", "2"]).contains("token id 100000 is outside"));

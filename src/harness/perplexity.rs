@@ -24,7 +24,7 @@ use super::thread_pool;
 use crate::attention::{Attention, Options, Problem, reasons, run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::gguf::Gguf;
-use crate::model::llama::{Captured, Llama};
+use crate::model::llama::{Captured, Llama, LlamaConfig};
 use crate::model::tokenizer::{PreTokenizer, Tokenizer};
 use crate::results::artefacts::write_json;
 use crate::results::perplexity::{ActivationCheck, BUCKETS, PerplexityMeta, PerplexityRecord};
@@ -107,10 +107,7 @@ pub fn load_tokens(source: &TokenSource, g: &Gguf) -> Result<Vec<u32>> {
         TokenSource::Ids(p) => crate::npy::read_token_ids(p),
         TokenSource::Text(p, pre) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            let mut tok = Tokenizer::from_gguf(g)?;
-            if let Some(pre) = pre {
-                tok.pre = *pre;
-            }
+            let tok = Tokenizer::from_gguf_with(g, *pre)?;
             tok.encode(&text)
                 .map_err(|m| Error::format(p, m, "tokenizing"))
         }
@@ -136,11 +133,26 @@ pub fn run_perplexity(
 ) -> Result<PerplexityRun> {
     let started = SystemTime::now();
     let clock = Instant::now();
-    let g = Gguf::open(&cfg.model)?;
     let model_bytes = std::fs::metadata(&cfg.model).map_or(0, |m| m.len());
+    if model_bytes > cfg.max_memory {
+        return Err(bad(
+            "max-memory",
+            format!(
+                "the model file has {} MB, over --max-memory {} MB",
+                model_bytes >> 20,
+                cfg.max_memory >> 20
+            ),
+        ));
+    }
+    if cfg.max_windows == Some(0) {
+        return Err(bad(
+            "max-windows",
+            "--max-windows must be at least 1".into(),
+        ));
+    }
+    let g = Gguf::open(&cfg.model)?;
     let tokens = load_tokens(&cfg.tokens, &g)?;
-    let model = Llama::from_gguf(&g)?;
-    let c = model.cfg;
+    let c = LlamaConfig::from_gguf(&g)?;
     if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
         return Err(bad(
             "tokens",
@@ -189,7 +201,8 @@ pub fn run_perplexity(
             .map(|v| v.as_ref())
             .filter(|v| v.to_string() != full.to_string()),
     );
-    check_memory(cfg, &model, &all)?;
+    check_memory(cfg, &c, model_bytes, &all)?;
+    let model = Llama::from_gguf(&g)?;
     let stamp = utc_stamp(started);
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
     let (run_id, csv, json, _file) = create_run_files(&cfg.out_dir, &stamp, &cfg.label)?;
@@ -233,7 +246,7 @@ pub fn run_perplexity(
             let windows = (tokens.len() / n).min(cfg.max_windows.unwrap_or(usize::MAX));
             let mut reference: Option<Reference> = None;
             let shape = model.shape(n)?;
-            for variant in &all {
+            for (i, variant) in all.iter().enumerate() {
                 let why = reasons(*variant, &shape, &Options::new().causal(true), false);
                 let row = if why.is_empty() {
                     Ok(())
@@ -248,6 +261,7 @@ pub fn run_perplexity(
                         windows,
                         *variant,
                         all[0],
+                        i == 0,
                         cfg.from_layer,
                         &capture,
                         &mut reference,
@@ -282,7 +296,7 @@ pub fn run_perplexity(
                     note: String::new(),
                 };
                 match row {
-                    Ok(Ok(cell)) => cell.fill(&mut r, reference.as_ref().map(|x| x.nll)),
+                    Ok(Ok(cell)) => cell.fill(&mut r, reference.as_ref().map(|x| x.nll), c.layers),
                     Ok(Err(e)) => {
                         r.status = "error".into();
                         r.note = e.to_string();
@@ -320,11 +334,12 @@ struct Cell {
     nll: Vec<Vec<f64>>,
     forward: Vec<Duration>,
     attention: Vec<Duration>,
-    errors: Vec<f64>,
+    /// `(layer, error)` per captured layer.
+    errors: Vec<(usize, f64)>,
 }
 
 impl Cell {
-    fn fill(&self, r: &mut PerplexityRecord, full_nll: Option<f64>) {
+    fn fill(&self, r: &mut PerplexityRecord, full_nll: Option<f64>, layers: usize) {
         let all: Vec<f64> = self.nll.iter().flatten().copied().collect();
         r.nll = mean(&all);
         r.ppl = r.nll.exp();
@@ -350,8 +365,13 @@ impl Cell {
         r.forward_s = median(&self.forward);
         r.attention_s = median(&self.attention);
         r.attention_share = r.attention_s / r.forward_s;
-        let err = |i: usize| self.errors.get(i).copied();
-        (r.err_first, r.err_middle, r.err_last) = (err(0), err(1), err(2));
+        let err = |layer: usize| {
+            self.errors
+                .iter()
+                .find(|(l, _)| *l == layer)
+                .map(|&(_, e)| e)
+        };
+        (r.err_first, r.err_middle, r.err_last) = (err(0), err(layers / 2), err(layers - 1));
     }
 }
 
@@ -360,6 +380,9 @@ fn mean(xs: &[f64]) -> f64 {
 }
 
 fn median(xs: &[Duration]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
     let mut s: Vec<f64> = xs.iter().map(Duration::as_secs_f64).collect();
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
@@ -379,8 +402,10 @@ struct Reference {
 }
 
 /// Runs `variant` over the windows of `n` tokens, with `dense` in the layers before
-/// `from_layer`. Without a `reference` yet, `variant` is the dense reference itself: its
-/// first window's activations at `capture` and its outputs on them become the reference.
+/// `from_layer`. When `is_reference`, `variant` is the dense reference itself (`full`): its
+/// mean NLL, its first window's activations at `capture` and its outputs on them become
+/// `reference`. Otherwise the variant's attention is compared with the reference's, when
+/// there is one (there is none when `full` failed at this length).
 #[allow(clippy::too_many_arguments)]
 fn cell(
     model: &Llama,
@@ -389,11 +414,11 @@ fn cell(
     windows: usize,
     variant: &dyn Attention,
     dense: &dyn Attention,
+    is_reference: bool,
     from_layer: usize,
     capture: &[usize],
     reference: &mut Option<Reference>,
 ) -> Result<Cell> {
-    let is_reference = reference.is_none();
     let plan: Vec<&dyn Attention> = (0..model.cfg.layers)
         .map(|l| if l < from_layer { dense } else { variant })
         .collect();
@@ -416,7 +441,7 @@ fn cell(
         out.attention.push(f.attention);
     }
     match reference {
-        None => {
+        None if is_reference => {
             let outputs = captured
                 .iter()
                 .map(|c| attend(dense, c))
@@ -427,11 +452,13 @@ fn cell(
                 outputs,
             });
         }
-        Some(r) => {
+        Some(r) if !is_reference => {
             for (c, d) in r.captured.iter().zip(&r.outputs) {
-                out.errors.push(rel_frobenius(&attend(variant, c)?, d));
+                out.errors
+                    .push((c.layer, rel_frobenius(&attend(variant, c)?, d)));
             }
         }
+        _ => {}
     }
     Ok(out)
 }
@@ -512,12 +539,17 @@ fn check_activations(dir: &Path, caps: &[Captured]) -> Result<Vec<ActivationChec
     Ok(out)
 }
 
-/// Refuses a run that would not fit in `cfg.max_memory`: the `f32` weights, the activations
-/// of the longest window, and the largest attention workspace.
-fn check_memory(cfg: &PerplexityConfig, model: &Llama, variants: &[&dyn Attention]) -> Result<()> {
-    let c = model.cfg;
+/// Refuses a run that would not fit in `cfg.max_memory`, before any weight is decoded: the
+/// file (held whole), the `f32` weights, the activations of the longest window, and the
+/// largest attention workspace.
+fn check_memory(
+    cfg: &PerplexityConfig,
+    c: &LlamaConfig,
+    file_bytes: u64,
+    variants: &[&dyn Attention],
+) -> Result<()> {
     let n = *cfg.lengths.iter().max().expect("checked non-empty");
-    let shape = model.shape(n)?;
+    let shape = crate::shape::Shape::new(1, c.heads, c.kv_heads, n, n, c.head_dim, c.head_dim)?;
     let opts = Options::new().causal(true);
     let workspace = variants
         .iter()
@@ -529,12 +561,12 @@ fn check_memory(cfg: &PerplexityConfig, model: &Llama, variants: &[&dyn Attentio
     let width = (4 * c.d_model + 2 * (c.heads + c.kv_heads) * c.head_dim + 3 * c.d_ff) as u64;
     let activations = 4 * (n as u64 * width + 256 * c.vocab as u64)
         + 3 * 4 * n as u64 * ((c.heads + 2 * c.kv_heads) * c.head_dim) as u64 * 2;
-    let need = c.weight_bytes() + activations + workspace;
+    let need = file_bytes + c.weight_bytes() + activations + workspace;
     if need > cfg.max_memory {
         return Err(bad(
             "max-memory",
             format!(
-                "the model ({} MB of f32 weights), its activations at n = {n} and the largest attention workspace need {} MB, over --max-memory {} MB",
+                "the model (its file and {} MB of f32 weights), its activations at n = {n} and the largest attention workspace need {} MB, over --max-memory {} MB",
                 c.weight_bytes() >> 20,
                 need >> 20,
                 cfg.max_memory >> 20

@@ -13,6 +13,7 @@
 //! Shapes are given as GGUF does, `ne[0]` first: `ne[0]` is the contiguous axis, so a weight
 //! of shape `[in, out]` holds `out` rows of `in` elements.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,9 @@ pub const MAGIC: &[u8; 4] = b"GGUF";
 
 /// The data alignment when the file does not set `general.alignment`.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// The most elements reserved up front for a table or an array read from the file.
+const RESERVE: usize = 1 << 12;
 
 /// The most axes a ggml tensor has.
 pub const MAX_DIMS: usize = 4;
@@ -326,7 +330,9 @@ impl<'a> Cursor<'a> {
                     t => return Err(self.error(format!("{key}: unknown array element type {t}"))),
                 };
                 let n = self.count(&format!("the length of array {key}"), min)?;
-                let mut items = Vec::with_capacity(n);
+                // Reserve no more than a bounded amount up front: a count is only checked
+                // against the bytes left at the element's smallest size.
+                let mut items = Vec::with_capacity(n.min(RESERVE));
                 for _ in 0..n {
                     items.push(self.value(inner, key, depth - 1)?);
                 }
@@ -381,12 +387,13 @@ impl Gguf {
         // Each tensor entry takes at least 8 (name length) + 4 + 4 + 8 bytes; each pair 8 + 4 + 1.
         let n_tensors = c.count("the tensor count", 24)?;
         let n_kv = c.count("the metadata count", 13)?;
-        let mut metadata = Vec::with_capacity(n_kv);
+        let mut metadata = Vec::with_capacity(n_kv.min(RESERVE));
+        let mut keys = HashSet::new();
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key {i}"))?;
             let ty = c.u32(&key)?;
             let value = c.value(ty, &key, 2)?;
-            if metadata.iter().any(|(k, _)| *k == key) {
+            if !keys.insert(key.clone()) {
                 return Err(c.error(format!("metadata key {key} appears twice")));
             }
             metadata.push((key, value));
@@ -394,16 +401,21 @@ impl Gguf {
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v.as_u64() {
-                Some(a) if a.is_power_of_two() => a,
+                Some(a) if a.is_power_of_two() && a <= 1 << 31 => a,
                 _ => {
                     return Err(format_error(
                         path,
-                        format!("general.alignment must be a power of two, got {v:?}"),
+                        format!(
+                            "general.alignment must be a power of two of at most 2^31, got {v:?}"
+                        ),
                     ));
                 }
             },
         };
-        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors.min(RESERVE));
+        let mut names = HashSet::new();
+        // llama.cpp's rule: each tensor starts where the previous one ends, aligned.
+        let mut expected = 0u64;
         for i in 0..n_tensors {
             let name = c.string(&format!("the name of tensor {i}"))?;
             let n_dims = c.u32(&name)? as usize;
@@ -440,23 +452,38 @@ impl Gguf {
                     dims[0], ty.block
                 )));
             }
-            if !offset.is_multiple_of(alignment) {
+            if offset != expected {
                 return Err(c.error(format!(
-                    "tensor {name}: offset {offset} is not a multiple of the alignment {alignment}"
+                    "tensor {name}: offset {offset}, expected {expected} (the end of the previous tensor, aligned to {alignment})"
                 )));
             }
-            if tensors.iter().any(|t| t.name == name) {
+            if !names.insert(name.clone()) {
                 return Err(c.error(format!("tensor {name} appears twice")));
             }
+            let size = (len / ty.block)
+                .checked_mul(ty.block_bytes)
+                .ok_or_else(|| c.error(format!("tensor {name} is too large")))?;
+            expected = offset
+                .saturating_add(size as u64)
+                .next_multiple_of(alignment);
             tensors.push(TensorInfo {
                 name,
                 dims,
                 ty,
                 offset,
-                bytes: len / ty.block * ty.block_bytes,
+                bytes: size,
             });
         }
         let data_start = (c.pos as u64).next_multiple_of(alignment);
+        if data_start > bytes.len() as u64 && !tensors.is_empty() {
+            return Err(format_error(
+                path,
+                format!(
+                    "truncated: the data section starts at byte {data_start}, past the end of the file ({} bytes)",
+                    bytes.len()
+                ),
+            ));
+        }
         let data_len = (bytes.len() as u64).saturating_sub(data_start);
         for t in &tensors {
             let end = t.offset.checked_add(t.bytes as u64);
@@ -472,7 +499,8 @@ impl Gguf {
                 ));
             }
         }
-        let data_start = data_start as usize;
+        // At most the file's length (checked above when there are tensors).
+        let data_start = (data_start as usize).min(bytes.len());
         Ok(Self {
             path: path.to_path_buf(),
             version,
@@ -539,7 +567,11 @@ impl Gguf {
         let t = self.info(name)?;
         let start = self.data_start + t.offset as usize;
         // In bounds: checked against the data section when the file was parsed.
-        Ok((t, &self.bytes[start..start + t.bytes]))
+        let raw = self
+            .bytes
+            .get(start..start + t.bytes)
+            .ok_or_else(|| self.error(format!("tensor {name} lies outside the file")))?;
+        Ok((t, raw))
     }
 
     /// Tensor `name` decoded to `f32` (in storage order, `ne[0]` contiguous), after checking

@@ -100,6 +100,21 @@ impl LlamaConfig {
             None => 10_000.0,
             Some(_) => g.f64(&key("rope.freq_base"))?,
         };
+        // Scaled RoPE (linear, YaRN, Llama 3's frequency factors) is not implemented: refuse
+        // it rather than run unscaled frequencies.
+        let scaling = g
+            .get(&key("rope.scaling.type"))
+            .and_then(|v| v.as_str())
+            .filter(|t| *t != "none");
+        let factor = g
+            .get(&key("rope.scaling.factor"))
+            .and_then(|v| v.as_f64())
+            .filter(|f| *f != 0.0 && *f != 1.0);
+        if scaling.is_some() || factor.is_some() || g.info("rope_freqs.weight").is_ok() {
+            return Err(g.error(format!(
+                "the model scales its RoPE (type {scaling:?}, factor {factor:?}, or rope_freqs.weight), which attnbench does not implement"
+            )));
+        }
         let eps = g.f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
         if !(rope_base > 1.0 && rope_base.is_finite() && eps >= 0.0 && eps.is_finite()) {
             return Err(g.error(format!(
@@ -207,7 +222,9 @@ impl Llama {
             Ok(_) => transposed(rows("output.weight", d, cfg.vocab)?),
             Err(_) => transposed(embed.clone()),
         };
-        let mut blocks = Vec::with_capacity(cfg.layers);
+        // No reservation from `block_count`: the file's tensors bound the layers, and the
+        // first missing one ends the loop with an error.
+        let mut blocks = Vec::new();
         for l in 0..cfg.layers {
             let name = |t: &str| format!("blk.{l}.{t}.weight");
             let q = unpermute_rope_rows(rows(&name("attn_q"), d, wq)?, cfg.heads, hd);

@@ -10,10 +10,11 @@
 //! no special-token parsing: `<|im_start|>` in the text is tokenized as the characters it
 //! is.
 //!
-//! Letters and digits are Rust's [`char::is_alphabetic`] and [`char::is_numeric`], which
-//! agree with the regex classes `\p{L}` and `\p{N}` except for combining marks that Unicode
-//! counts as alphabetic (a few scripts' vowel signs): text in those scripts may split
-//! differently from the reference tokenizer.
+//! Digits are Rust's [`char::is_numeric`] (exactly `\p{N}`) and letters the other
+//! [`char::is_alphabetic`] characters, which agree with `\p{L}` except for the marks and
+//! symbols Unicode also calls alphabetic (combining vowel signs of some scripts, circled
+//! letters such as `Ⓐ`): text holding those may split differently from the reference
+//! tokenizer. ASCII and ordinary prose in Latin, Greek and Cyrillic scripts split exactly.
 
 use std::collections::HashMap;
 
@@ -42,20 +43,29 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// The tokenizer stored in `g`; an error when it is not byte-level BPE or is malformed.
+    /// The tokenizer stored in `g`; an error when it is not byte-level BPE or is malformed,
+    /// or its pre-tokenizer is not one of ours.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Self::from_gguf_with(g, None)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) with the pre-tokenizer `pre` instead of the file's,
+    /// when given.
+    pub fn from_gguf_with(g: &Gguf, pre: Option<PreTokenizer>) -> Result<Self> {
         let model = g.str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(g.error(format!(
                 "tokenizer.ggml.model is '{model}'; only byte-level BPE ('gpt2') is supported"
             )));
         }
-        let pre = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
-            None | Some("default" | "gpt2") => PreTokenizer::Gpt2,
-            Some("smollm") => PreTokenizer::Gpt2Digits,
-            Some(other) => {
+        // llama.cpp's "default" (and an absent name) is another rule set than GPT-2's.
+        let pre = match (pre, g.get("tokenizer.ggml.pre").and_then(|v| v.as_str())) {
+            (Some(pre), _) => pre,
+            (None, Some("gpt2")) => PreTokenizer::Gpt2,
+            (None, Some("smollm")) => PreTokenizer::Gpt2Digits,
+            (None, other) => {
                 return Err(g.error(format!(
-                    "tokenizer.ggml.pre is '{other}'; the pre-tokenizers supported are gpt2 and smollm"
+                    "tokenizer.ggml.pre is {other:?}; the pre-tokenizers supported are gpt2 and smollm (give one with --pre-tokenizer)"
                 )));
             }
         };
@@ -237,8 +247,8 @@ pub fn byte_alphabet() -> [char; 256] {
 pub fn pre_tokens(text: &str, pre: PreTokenizer) -> Vec<&str> {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let end_of = |i: usize| chars.get(i).map_or(text.len(), |&(o, _)| o);
-    let letter = |c: char| c.is_alphabetic();
     let digit = |c: char| c.is_numeric();
+    let letter = |c: char| c.is_alphabetic() && !c.is_numeric();
     let other = |c: char| !c.is_whitespace() && !letter(c) && !digit(c);
     let mut out = Vec::new();
     let mut i = 0;
