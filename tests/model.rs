@@ -182,26 +182,25 @@ fn random_scaled(
                 let d = random_half(rng, lo, lo + 2, false);
                 bytes.extend(d.to_le_bytes());
                 let d = half(d);
-                if ty == Q4_1 {
-                    let mh = random_half(rng, -5, -3, true);
-                    bytes.extend(mh.to_le_bytes());
-                    let m = half(mh);
-                    let q: Vec<u8> = (0..32).map(|_| rng.random_range(0..16)).collect();
-                    for j in 0..16 {
-                        bytes.push(q[j] | (q[j + 16] << 4));
-                    }
-                    values.extend(q.iter().map(|&x| f64::from(x) * d + m));
-                } else if ty == Q4_0 {
-                    let q: Vec<u8> = (0..32).map(|_| rng.random_range(0..16)).collect();
-                    for j in 0..16 {
-                        bytes.push(q[j] | (q[j + 16] << 4));
-                    }
-                    values.extend(q.iter().map(|&x| (f64::from(x) - 8.0) * d));
-                } else {
+                if ty == Q8_0 {
                     let q: Vec<i8> = (0..32).map(|_| rng.random_range(-127..=127)).collect();
                     bytes.extend(q.iter().map(|&x| x as u8));
                     values.extend(q.iter().map(|&x| f64::from(x) * d));
+                    continue;
                 }
+                // Q4_1 stores its offset m after d; Q4_0's is -8 d.
+                let m = if ty == Q4_1 {
+                    let mh = random_half(rng, -5, -3, true);
+                    bytes.extend(mh.to_le_bytes());
+                    half(mh)
+                } else {
+                    -8.0 * d
+                };
+                let q: Vec<u8> = (0..32).map(|_| rng.random_range(0..16)).collect();
+                for j in 0..16 {
+                    bytes.push(q[j] | (q[j + 16] << 4));
+                }
+                values.extend(q.iter().map(|&x| f64::from(x) * d + m));
             }
         }
         _ => unreachable!(),

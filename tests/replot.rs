@@ -123,6 +123,23 @@ fn a_run_re_plots_identically_without_its_workload() {
     std::fs::remove_dir_all(&there).unwrap();
 }
 
+/// Reports the committed run `csv` in a temporary directory and checks that it gives the
+/// committed `report`'s `report.md` and the same files.
+fn re_plots_identically(report: &Path, stem: &str, csv: &Path) {
+    let dir = temp_dir(stem);
+    copy_run(csv, &dir);
+    report_in(&dir, &format!("{stem}.csv"), "report");
+    let committed = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let again = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(
+        committed == again,
+        "{stem}: report.md differs when re-plotted"
+    );
+    let names = |d: &Path| tree(d).into_keys().collect::<Vec<_>>();
+    assert_eq!(names(report), names(&dir.join("report")), "{stem}: files");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn committed_runs_re_plot_to_their_committed_reports() {
     let mut checked = 0;
@@ -134,18 +151,7 @@ fn committed_runs_re_plot_to_their_committed_reports() {
         if !csv.exists() || !patterns_path(&csv).exists() {
             continue;
         }
-        let dir = temp_dir(&stem);
-        copy_run(&csv, &dir);
-        report_in(&dir, &format!("{stem}.csv"), "report");
-        let committed = std::fs::read_to_string(report.join("report.md")).unwrap();
-        let again = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
-        assert!(
-            committed == again,
-            "{stem}: report.md differs when re-plotted"
-        );
-        let names = |d: &Path| tree(d).into_keys().collect::<Vec<_>>();
-        assert_eq!(names(&report), names(&dir.join("report")), "{stem}: files");
-        std::fs::remove_dir_all(&dir).unwrap();
+        re_plots_identically(&report, &stem, &csv);
         checked += 1;
     }
     assert!(checked >= 1, "no committed run with artefacts to re-plot");
@@ -161,18 +167,7 @@ fn committed_perplexity_runs_re_plot_to_their_committed_reports() {
         if !csv.exists() || !attnbench::results::perplexity::is_perplexity_csv(&csv).unwrap() {
             continue;
         }
-        let dir = temp_dir(&stem);
-        copy_run(&csv, &dir);
-        report_in(&dir, &format!("{stem}.csv"), "report");
-        let committed = std::fs::read_to_string(report.join("report.md")).unwrap();
-        let again = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
-        assert!(
-            committed == again,
-            "{stem}: report.md differs when re-plotted"
-        );
-        let names = |d: &Path| tree(d).into_keys().collect::<Vec<_>>();
-        assert_eq!(names(&report), names(&dir.join("report")), "{stem}: files");
-        std::fs::remove_dir_all(&dir).unwrap();
+        re_plots_identically(&report, &stem, &csv);
         checked += 1;
     }
     assert!(checked >= 1, "no committed perplexity run to re-plot");

@@ -308,9 +308,9 @@ impl Llama {
         let mut out = Array4::<f32>::zeros((1, h, n, hd));
         for (l, (block, variant)) in self.blocks.iter().zip(attention).enumerate() {
             let normed = rms_norm(x.view(), &block.attn_norm, cfg.eps);
-            let q = heads_first(&linear(normed.view(), block.wq.view()), h, &rope);
-            let k = heads_first(&linear(normed.view(), block.wk.view()), kvh, &rope);
-            let v = heads_first(&linear(normed.view(), block.wv.view()), kvh, &Rope::none());
+            let q = heads_first(&linear(normed.view(), block.wq.view()), h, Some(&rope));
+            let k = heads_first(&linear(normed.view(), block.wk.view()), kvh, Some(&rope));
+            let v = heads_first(&linear(normed.view(), block.wv.view()), kvh, None);
             let t0 = Instant::now();
             let problem = Problem::new(q.view(), k.view(), v.view(), opts)
                 .map_err(|e| model_error(format!("layer {l}: {e}")))?;
@@ -443,19 +443,10 @@ impl Rope {
             sin: Array2::from_shape_fn((n, half), |(p, i)| angle(p, i).sin() as f32),
         }
     }
-
-    /// No rotation (for V).
-    fn none() -> Self {
-        Self {
-            cos: Array2::zeros((0, 0)),
-            sin: Array2::zeros((0, 0)),
-        }
-    }
 }
 
-/// `[n, heads * hd]` to `[1, heads, n, hd]`, each head's halves rotated by `rope` (unless it
-/// is [`Rope::none`]).
-fn heads_first(x: &Array2<f32>, heads: usize, rope: &Rope) -> Array4<f32> {
+/// `[n, heads * hd]` to `[1, heads, n, hd]`, each head's halves rotated by `rope` when given.
+fn heads_first(x: &Array2<f32>, heads: usize, rope: Option<&Rope>) -> Array4<f32> {
     let n = x.nrows();
     let hd = x.ncols() / heads;
     let half = hd / 2;
@@ -463,10 +454,10 @@ fn heads_first(x: &Array2<f32>, heads: usize, rope: &Rope) -> Array4<f32> {
     Zip::indexed(out.index_axis_mut(Axis(0), 0).outer_iter_mut()).par_for_each(|h, mut head| {
         for (p, mut row) in head.outer_iter_mut().enumerate() {
             let src = x.slice(s![p, h * hd..(h + 1) * hd]);
-            if rope.cos.is_empty() {
+            let Some(rope) = rope else {
                 row.assign(&src);
                 continue;
-            }
+            };
             for i in 0..half {
                 let (c, sn) = (rope.cos[[p, i]], rope.sin[[p, i]]);
                 let (a, b) = (src[i], src[i + half]);

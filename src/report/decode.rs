@@ -18,12 +18,7 @@ use crate::results::record::RunState;
 
 /// Whether `path` is a generation benchmark's CSV (its header names `us_per_token`).
 pub fn is_decode_csv(path: &Path) -> Result<bool> {
-    let mut r = csv::Reader::from_path(path)
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-    let header = r
-        .headers()
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-    Ok(header.iter().any(|h| h == "us_per_token"))
+    crate::results::has_column(path, "us_per_token")
 }
 
 /// One line of the charts: a (variant, mode, store) over the contexts, `ok` cells only.

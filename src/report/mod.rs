@@ -62,6 +62,19 @@ pub fn default_dir(csvs: &[PathBuf]) -> PathBuf {
     PathBuf::from("reports").join(name)
 }
 
+/// Whether every one of `csvs` is of the schema `is` tells (`what` names it in the error
+/// when only some are); `false` when none is.
+fn of_kind(csvs: &[PathBuf], is: fn(&Path) -> Result<bool>, what: &str) -> Result<bool> {
+    let kinds = csvs.iter().map(|p| is(p)).collect::<Result<Vec<bool>>>()?;
+    if kinds.iter().any(|&k| k) && !kinds.iter().all(|&k| k) {
+        return Err(Error::new(ErrorKind::BadOption {
+            option: "csv",
+            message: format!("{what} and a sweep's cannot share one report"),
+        }));
+    }
+    Ok(kinds.iter().any(|&k| k))
+}
+
 /// Reads `csvs` (and the metadata and artefacts beside them) and writes every figure of
 /// [`FIGURES`] and `report.md` into `out` (default: [`default_dir`]).
 pub fn write_report(csvs: &[PathBuf], out: Option<&Path>) -> Result<ReportOutput> {
@@ -70,39 +83,28 @@ pub fn write_report(csvs: &[PathBuf], out: Option<&Path>) -> Result<ReportOutput
             what: "results CSV files to report",
         }));
     }
-    let perplexities = csvs
-        .iter()
-        .map(|p| crate::results::perplexity::is_perplexity_csv(p))
-        .collect::<Result<Vec<bool>>>()?;
-    if perplexities.iter().any(|&d| d) {
-        if !perplexities.iter().all(|&d| d) {
-            return Err(Error::new(ErrorKind::BadOption {
-                option: "csv",
-                message: "a perplexity run's results (attnbench perplexity) and a sweep's cannot share one report".into(),
-            }));
-        }
-        let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+    let dir = || out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+    if of_kind(
+        csvs,
+        crate::results::perplexity::is_perplexity_csv,
+        "a perplexity run's results (attnbench perplexity)",
+    )? {
+        let dir = dir();
         let markdown = perplexity::write(csvs, &dir)?;
         return Ok(ReportOutput { dir, markdown });
     }
-    let decodes = csvs
-        .iter()
-        .map(|p| decode::is_decode_csv(p))
-        .collect::<Result<Vec<bool>>>()?;
-    if decodes.iter().any(|&d| d) {
-        if !decodes.iter().all(|&d| d) {
-            return Err(Error::new(ErrorKind::BadOption {
-                option: "csv",
-                message: "a generation benchmark's results (attnbench decode) and a sweep's cannot share one report".into(),
-            }));
-        }
-        let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+    if of_kind(
+        csvs,
+        decode::is_decode_csv,
+        "a generation benchmark's results (attnbench decode)",
+    )? {
+        let dir = dir();
         let markdown = decode::write(csvs, &dir)?;
         return Ok(ReportOutput { dir, markdown });
     }
     let results = read_results(csvs)?;
     let previews = gallery::previews(csvs)?;
-    let dir = out.map_or_else(|| default_dir(csvs), Path::to_path_buf);
+    let dir = dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut all = series(&results.records);
     data::mark_external(&mut all, &results.baselines);

@@ -143,12 +143,7 @@ pub struct PerplexityMeta {
 
 /// Whether `path` is a perplexity CSV (its header names `ppl_ratio`).
 pub fn is_perplexity_csv(path: &Path) -> Result<bool> {
-    let mut r = csv::Reader::from_path(path)
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-    let header = r
-        .headers()
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-    Ok(header.iter().any(|h| h == "ppl_ratio"))
+    super::has_column(path, "ppl_ratio")
 }
 
 /// Reads a perplexity CSV. A last line cut short by an interrupted write is left out.
