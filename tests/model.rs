@@ -981,6 +981,12 @@ fn perplexity_runs_every_variant_writes_rows_and_a_report_and_never_clobbers() {
     };
     assert!(bad(&["--n", "128"]).contains("outside 2..=64"));
     assert!(bad(&["--n", "8", "--max-windows", "0"]).contains("at least 1"));
+    assert!(bad(&["--n", "8", "--threads", "0"]).contains("at least 1"));
+    assert!(bad(&["--n", "8,8"]).contains("n = 8 is given twice"));
+    let empty = dir.join("no-activations");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = bad(&["--n", "8", "--check-activations", empty.to_str().unwrap()]);
+    assert!(e.contains("holds no *_L<layer>_q.npy"), "{e}");
     assert!(bad(&["--n", "8", "--max-memory", "10K"]).contains("over --max-memory"));
     assert!(bad(&["--n", "8", "--from-layer", "2"]).contains("not below the model's 2 layers"));
     write_ids(&ids, &[1, 2, 100_000]);

@@ -45,7 +45,13 @@ impl std::fmt::Display for TokenSource {
         match self {
             TokenSource::Ids(p) => write!(f, "ids:{}", p.display()),
             TokenSource::Text(p, None) => write!(f, "text:{}", p.display()),
-            TokenSource::Text(p, Some(pre)) => write!(f, "text:{} ({pre:?})", p.display()),
+            TokenSource::Text(p, Some(pre)) => {
+                let name = match pre {
+                    PreTokenizer::Gpt2 => "gpt2",
+                    PreTokenizer::Gpt2Digits => "smollm",
+                };
+                write!(f, "text:{} (pre-tokenizer {name})", p.display())
+            }
         }
     }
 }
@@ -162,6 +168,28 @@ pub fn run_perplexity(
             ),
         ));
     }
+    if let Some(n) = cfg
+        .lengths
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| cfg.lengths[..i].contains(n).then_some(n))
+    {
+        return Err(bad("n", format!("n = {n} is given twice")));
+    }
+    if let Some(dir) = &cfg.check_activations {
+        let layers = capture_layers(c.layers);
+        let found = activation_files(dir, &layers)?;
+        if !found.iter().any(|f| f.iter().all(Option::is_some)) {
+            return Err(bad(
+                "check-activations",
+                format!(
+                    "{} holds no *_L<layer>_q.npy, _k.npy and _v.npy for any of layers {layers:?}",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    super::check_threads(cfg.threads)?;
     if cfg.lengths.is_empty() {
         return Err(bad("n", "no context lengths given".into()));
     }
@@ -492,20 +520,10 @@ fn rel_frobenius<D: ndarray::Dimension>(
 /// Compares the captured layers with `dir/*_L<layer>_{q,k,v}.npy` (their first `n` tokens);
 /// layers without files are left out.
 fn check_activations(dir: &Path, caps: &[Captured]) -> Result<Vec<ActivationCheck>> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
     let mut out = Vec::new();
-    for c in caps {
-        let find = |what: &str| {
-            let suffix = format!("_L{}_{what}.npy", c.layer);
-            entries
-                .iter()
-                .find(|p| p.to_string_lossy().ends_with(&suffix))
-                .cloned()
-        };
-        let (Some(q), Some(k), Some(v)) = (find("q"), find("k"), find("v")) else {
+    let layers: Vec<usize> = caps.iter().map(|c| c.layer).collect();
+    for (c, [q, k, v]) in caps.iter().zip(activation_files(dir, &layers)?) {
+        let (Some(q), Some(k), Some(v)) = (q, k, v) else {
             continue;
         };
         let n = c.q.shape()[1];
@@ -537,6 +555,26 @@ fn check_activations(dir: &Path, caps: &[Captured]) -> Result<Vec<ActivationChec
         });
     }
     Ok(out)
+}
+
+/// The `*_L<layer>_q.npy`, `_k.npy`, `_v.npy` files of `dir` for each of `layers`.
+fn activation_files(dir: &Path, layers: &[usize]) -> Result<Vec<[Option<PathBuf>; 3]>> {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    Ok(layers
+        .iter()
+        .map(|l| {
+            ["q", "k", "v"].map(|what| {
+                let suffix = format!("_L{l}_{what}.npy");
+                entries
+                    .iter()
+                    .find(|p| p.to_string_lossy().ends_with(&suffix))
+                    .cloned()
+            })
+        })
+        .collect())
 }
 
 /// Refuses a run that would not fit in `cfg.max_memory`, before any weight is decoded: the
