@@ -66,6 +66,12 @@ fn every_cell_is_measured_against_the_oracle_and_written() {
             "{r:?}"
         );
         assert!(r.state_bytes > 0 && r.bytes_per_token > 0, "{r:?}");
+        // Each cell's read probe covers its own footprint, in whole MiB.
+        assert!(
+            r.probe_bytes >= r.bytes_per_token && r.probe_bytes.is_multiple_of(1 << 20),
+            "{r:?}"
+        );
+        assert!(r.read_gbytes_per_s > 0.0 && r.read_fraction > 0.0, "{r:?}");
     }
     for ctx in [40, 300] {
         // The exact decoders with an f32 cache are the oracle to f32 rounding, under their

@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::machine::{measure_limits, read_bandwidth};
+use super::machine::{ReadProbe, measure_limits};
 use super::runfiles::{create_run_files, end_run, utc_iso, utc_stamp};
 use super::thread_pool;
 use crate::attention::{self, Attention, Fidelity, Problem};
@@ -471,6 +471,7 @@ fn run_in_pool(
                 state_bytes: 0,
                 bytes_per_token: 0,
                 read_gbytes_per_s: f64::NAN,
+                probe_bytes: 0,
                 read_fraction: f64::NAN,
                 err_max: f64::NAN,
                 err_median: f64::NAN,
@@ -540,9 +541,10 @@ fn run_in_pool(
             }
             let rounds = ROUNDS.min(cfg.tokens);
             let per_round = cfg.tokens.div_ceil(rounds);
-            let mut bandwidths = Vec::with_capacity(rounds);
+            // The probe buffer counts against the budget: at most what the cells leave.
+            let room = cfg.memory_budget.saturating_sub(inputs + held);
+            let mut probe = ReadProbe::default();
             for round in 0..rounds {
-                bandwidths.push(read_bandwidth(4));
                 let n = cells.len();
                 for i in 0..n {
                     let c = &mut cells[(i + round) % n];
@@ -553,14 +555,13 @@ fn run_in_pool(
                         }
                     }
                 }
+                probe_round(&mut cells, &mut probe, room);
             }
-            let mut sorted = bandwidths.clone();
-            sorted.sort_by(f64::total_cmp);
-            let bandwidth = sorted[sorted.len() / 2];
+            drop(probe);
             for c in cells {
                 let r = match c {
                     Cell::Done(r) => *r,
-                    Cell::Live(live) => live.finish(bandwidth),
+                    Cell::Live(live) => live.finish(),
                 };
                 writer.serialize(&r).map_err(|e| csv_error(&csv_path, e))?;
                 writer.flush().map_err(|e| Error::io(&csv_path, e))?;
@@ -585,6 +586,42 @@ fn run_in_pool(
 
 /// Rounds a context's cells are stepped in, interleaved.
 const ROUNDS: usize = 4;
+
+/// The largest buffer a read probe reads: beyond every last-level cache seen, so a larger
+/// state reads from memory at the rate this measures.
+const PROBE_MAX_BYTES: u64 = 1 << 30;
+
+/// Bytes a cell's read probe reads: the bytes its last step read, rounded up to whole MiB
+/// (so that a cache growing by a token per step keeps one probe), at most
+/// [`PROBE_MAX_BYTES`] and `room` (what the memory budget leaves; at least 1 MiB).
+fn probe_bytes(read: u64, room: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    read.max(1)
+        .next_multiple_of(MIB)
+        .min(PROBE_MAX_BYTES)
+        .min(room.max(MIB) / MIB * MIB)
+}
+
+/// After a round: probes the read bandwidth once per distinct footprint of the live cells
+/// and gives each cell the rate of its own.
+fn probe_round(cells: &mut [Cell<'_>], probe: &mut ReadProbe, room: u64) {
+    let mut rates: Vec<(u64, f64)> = Vec::new();
+    for c in cells {
+        if let Cell::Live(live) = c {
+            let bytes = probe_bytes(live.dec.bytes_read() as u64, room);
+            let rate = match rates.iter().find(|(b, _)| *b == bytes) {
+                Some(&(_, r)) => r,
+                None => {
+                    let r = probe.rate(bytes, 4);
+                    rates.push((bytes, r));
+                    r
+                }
+            };
+            live.probe_bytes = bytes;
+            live.rates.push(rate);
+        }
+    }
+}
 
 /// What every cell of one context shares.
 struct CellInput<'a> {
@@ -615,6 +652,9 @@ struct Live<'a> {
     times: Vec<f64>,
     planned: usize,
     cell_budget_s: f64,
+    /// The read probes after each round, GB/s, and the bytes the last one read.
+    rates: Vec<f64>,
+    probe_bytes: u64,
 }
 
 /// Why a run of a decoder stopped, as the cell's record.
@@ -745,6 +785,8 @@ fn open_cell<'a>(
                 times: Vec::with_capacity(cfg.tokens),
                 planned: cfg.tokens,
                 cell_budget_s: cfg.cell_budget_s,
+                rates: Vec::new(),
+                probe_bytes: 0,
             }))
         }
         Ok(Err(e)) => Cell::Done(Box::new(failed(r, Ok(e)))),
@@ -792,8 +834,15 @@ impl Live<'_> {
         Ok(())
     }
 
-    /// The cell's record: times, state, read fraction against `bandwidth` (GB/s) and errors.
-    fn finish(self, bandwidth: f64) -> DecodeRecord {
+    /// The cell's record: times, state, read fraction against the median of its probes and
+    /// errors.
+    fn finish(mut self) -> DecodeRecord {
+        self.rates.sort_by(f64::total_cmp);
+        let bandwidth = self
+            .rates
+            .get(self.rates.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN);
         let n = self.times.len();
         let (med, lo, hi) = median_interval(&self.times);
         let got = self.outs.slice(s![.., .., ..n, ..]).to_owned();
@@ -813,6 +862,7 @@ impl Live<'_> {
             state_bytes: self.dec.state_bytes() as u64,
             bytes_per_token: read,
             read_gbytes_per_s: bandwidth,
+            probe_bytes: self.probe_bytes,
             read_fraction: read as f64 / med / (bandwidth * 1e9),
             err_max: emax,
             err_median: emed,
@@ -828,5 +878,29 @@ impl Live<'_> {
             },
             ..self.rec
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_reads_the_footprint_in_whole_mib_within_its_caps() {
+        const MIB: u64 = 1 << 20;
+        let room = 64 << 30;
+        assert_eq!(probe_bytes(0, room), MIB);
+        assert_eq!(probe_bytes(1, room), MIB);
+        assert_eq!(probe_bytes(MIB, room), MIB);
+        assert_eq!(probe_bytes(MIB + 1, room), 2 * MIB);
+        // A cache growing by a token per step keeps its probe.
+        assert_eq!(
+            probe_bytes(300 * MIB + 1024, room),
+            probe_bytes(300 * MIB + 9000, room)
+        );
+        assert_eq!(probe_bytes(5 << 30, room), PROBE_MAX_BYTES);
+        // What the budget leaves, rounded down to MiB, and never below 1 MiB.
+        assert_eq!(probe_bytes(900 * MIB, 100 * MIB + 5), 100 * MIB);
+        assert_eq!(probe_bytes(900 * MIB, 0), MIB);
     }
 }

@@ -163,29 +163,105 @@ pub fn measure_limits() -> Limits {
         },
         threads,
         read_gbytes_per_s: bw,
+        read_probe_bytes: Some(read_probe_bytes()),
     }
 }
 
-/// Sustained read bandwidth, GB/s: every worker thread of the current pool summing its share
-/// of a 256 MiB buffer (far beyond the last-level cache), the median of `passes - 1` passes
-/// after a warm-up one.
+/// The run-wide read-bandwidth probe's buffer: 256 MiB, or twice the largest CPU cache where
+/// that is more (a 2-core VM slice of a Xeon can report a 260 MiB L3), so that it reads from
+/// memory.
+pub fn read_probe_bytes() -> u64 {
+    (256u64 << 20).max(2 * largest_cache_bytes().unwrap_or(0))
+}
+
+/// Sustained read bandwidth, GB/s, over a buffer of [`read_probe_bytes`]: see
+/// [`ReadProbe::rate`].
 pub fn read_bandwidth(passes: usize) -> f64 {
-    use crate::kernels::dispatch::{self, Isa};
-    use rayon::prelude::*;
-    let isa = Isa::detect();
-    let buf = vec![1.0f32; 64 << 20];
-    let chunk = buf.len().div_ceil(rayon::current_num_threads());
-    let mut rates: Vec<f64> = (0..passes.max(2))
-        .map(|_| {
-            let t = std::time::Instant::now();
-            let s: f32 = buf.par_chunks(chunk).map(|c| dispatch::sum(isa, c)).sum();
-            std::hint::black_box(s);
-            (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+    ReadProbe::default().rate(read_probe_bytes(), passes)
+}
+
+/// The largest CPU cache of CPU 0 (sysfs), bytes, when readable.
+pub fn largest_cache_bytes() -> Option<u64> {
+    (0..8)
+        .map_while(|index| {
+            read_trimmed(&format!(
+                "/sys/devices/system/cpu/cpu0/cache/index{index}/size"
+            ))
         })
-        .skip(1)
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+        .filter_map(|size| parse_cache_size(&size))
+        .max()
+}
+
+/// A sysfs cache size (`48K`, `2048K`, `260M`, `512`) in bytes.
+fn parse_cache_size(s: &str) -> Option<u64> {
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// Buffers from this size up are read by every worker thread; smaller ones by one, as the
+/// decoders scan small states (a rayon round trip costs more than the read).
+const PARALLEL_READ_BYTES: u64 = 4 << 20;
+
+/// Each timed pass repeats its read until at least this long, so that small buffers are
+/// timed above the clock's resolution.
+const MIN_PASS: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A read-bandwidth probe: a buffer (grown on demand, never shrunk, first touched outside
+/// any timing) and the streaming read [`dispatch::sum`](crate::kernels::dispatch::sum) over
+/// a prefix of it.
+#[derive(Debug, Default)]
+pub struct ReadProbe {
+    buf: Vec<f32>,
+}
+
+impl ReadProbe {
+    /// Bytes the probe holds.
+    pub fn bytes(&self) -> u64 {
+        (self.buf.len() * 4) as u64
+    }
+
+    /// GB/s reading `bytes` (rounded down to whole floats, at least one): every worker thread
+    /// of the current pool its contiguous share from [`PARALLEL_READ_BYTES`] up, one thread
+    /// below; the median of `passes - 1` passes after a warm-up one, each repeating the read
+    /// for at least [`MIN_PASS`].
+    pub fn rate(&mut self, bytes: u64, passes: usize) -> f64 {
+        use crate::kernels::dispatch::{self, Isa};
+        use rayon::prelude::*;
+        let isa = Isa::detect();
+        let floats = ((bytes / 4) as usize).max(1);
+        if self.buf.len() < floats {
+            self.buf.resize(floats, 1.0);
+        }
+        let buf = &self.buf[..floats];
+        let parallel = bytes >= PARALLEL_READ_BYTES && rayon::current_num_threads() > 1;
+        let chunk = floats.div_ceil(rayon::current_num_threads());
+        let read = || -> f32 {
+            if parallel {
+                buf.par_chunks(chunk).map(|c| dispatch::sum(isa, c)).sum()
+            } else {
+                dispatch::sum(isa, buf)
+            }
+        };
+        let mut rates: Vec<f64> = (0..passes.max(2))
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let mut reads = 0usize;
+                while reads == 0 || t.elapsed() < MIN_PASS {
+                    std::hint::black_box(read());
+                    reads += 1;
+                }
+                (reads * floats * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .skip(1)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    }
 }
 
 /// The GEMM reference rate of attention at `n_q` queries and `n_kv` keys: GFLOP/s of
@@ -252,4 +328,36 @@ fn gemm_rate(rows: usize, n: usize, d: usize, min_time: std::time::Duration, tri
         .min()
         .expect("at least one trial");
     4.0 * (threads * rows * d * n) as f64 / best.as_secs_f64() / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse_with_their_units() {
+        assert_eq!(parse_cache_size("48K"), Some(48 << 10));
+        assert_eq!(parse_cache_size("266240K"), Some(266240 << 10));
+        assert_eq!(parse_cache_size("260M"), Some(260 << 20));
+        assert_eq!(parse_cache_size("1G"), Some(1 << 30));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("x2K"), None);
+        assert_eq!(parse_cache_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn the_probe_reads_small_and_large_buffers_and_keeps_the_larger() {
+        let mut probe = ReadProbe::default();
+        for bytes in [0, 4, 1000, 1 << 20, 6 << 20] {
+            let rate = probe.rate(bytes, 2);
+            assert!(rate.is_finite() && rate > 0.0, "{bytes}: {rate}");
+        }
+        assert_eq!(probe.bytes(), 6 << 20);
+        probe.rate(1 << 20, 2);
+        assert_eq!(probe.bytes(), 6 << 20);
+        assert!(read_probe_bytes() >= 256 << 20);
+        assert!(read_probe_bytes() >= 2 * largest_cache_bytes().unwrap_or(0));
+    }
 }

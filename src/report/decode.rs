@@ -285,11 +285,19 @@ fn markdown(
     let mut t = String::from("# Generation benchmark\n\n");
     let files: Vec<String> = csvs.iter().map(|p| format!("`{}`", p.display())).collect();
     let _ = writeln!(t, "Results: {}.", files.join(", "));
+    // Runs before per-cell probes (no `probe_bytes`) read 256 MiB before every round.
+    let own_probes = records.iter().any(|r| r.probe_bytes > 0);
     if let Some(m) = meta {
         let [b, h, hk, d, dv] = m.shape;
+        let probe_mib = m.limits.read_probe_bytes.unwrap_or(256 << 20) >> 20;
+        let again = if own_probes {
+            "each cell's own footprint probed after every round of its context"
+        } else {
+            "probed again before every round of every context"
+        };
         let _ = writeln!(
             t,
-            "Workload `{}`: batch {b}, {h} query heads over {hk} KV heads, d = {d}, dv = {dv}; {} tokens generated per cell after a prompt of each context; {} threads on {} ({}). Read bandwidth at the start of the run: {:.1} GB/s (median of passes over 256 MiB); probed again before every round of every context: {}.\n",
+            "Workload `{}`: batch {b}, {h} query heads over {hk} KV heads, d = {d}, dv = {dv}; {} tokens generated per cell after a prompt of each context; {} threads on {} ({}). Read bandwidth at the start of the run: {:.1} GB/s (median of passes over {probe_mib} MiB); {again}: {}.\n",
             m.workload,
             m.tokens,
             m.threads,
@@ -300,8 +308,13 @@ fn markdown(
         );
     }
     t.push_str(
-        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; slopes are log-log least-squares fits of the medians with 95% intervals, over every context and over the longer half of them (1 = linear in the context, 0 = constant). The read fraction is the bytes a step reads (the state it scans) per time, over the median read bandwidth probed before each of the cell's rounds (on a shared machine it moves by tens of percent within minutes; the cells of a context are stepped in four interleaved rounds); above 100% the state fits in the caches.\n\n",
+        "Each step appends one token's key and value and attends its query over the decoder's state: a KV cache (f32 or a half-precision store) for exact attention, a ring of the last keys (and the sinks) for window and sinks, a d x d state for linear attention and retention. `stateless` cells decode through the batch call with one query over the whole cache. Times are the median of the per-token times with a 95% order-statistic interval; slopes are log-log least-squares fits of the medians with 95% intervals, over every context and over the longer half of them (1 = linear in the context, 0 = constant). ",
     );
+    t.push_str(if own_probes {
+        "The read fraction is the bytes a step reads (the state it scans) per time, over the rate of a plain streaming read (software-prefetched, every thread its share) of a buffer of that many bytes, rounded up to whole MiB and at most 1 GiB: the median of the probes after each of the cell's rounds (on a shared machine the rate moves by tens of percent within minutes; the cells of a context are stepped in four interleaved rounds). A state that fits in a cache is thus compared with reading as much from that cache; 100% is the read loop's rate.\n\n"
+    } else {
+        "The read fraction is the bytes a step reads (the state it scans) per time, over the median read bandwidth probed before each of the cell's rounds (on a shared machine it moves by tens of percent within minutes; the cells of a context are stepped in four interleaved rounds); above 100% the state fits in the caches.\n\n"
+    });
     t.push_str("![time per token](decode_time.svg)\n\n");
     t.push_str("| decoder | mode | slope, all contexts | slope, longer half | us/token at the shortest | at the longest context | state at the longest | read % at the longest | error vs dense (median row) | error vs own definition (max) |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for s in all {

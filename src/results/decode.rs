@@ -35,10 +35,16 @@ pub struct DecodeRecord {
     pub state_bytes: u64,
     /// Bytes the last step read.
     pub bytes_per_token: u64,
-    /// Read bandwidth while the cell ran, GB/s: the median of the probes before each of its
+    /// Read bandwidth while the cell ran, GB/s: the median of the probes after each of its
     /// context's interleaved rounds (the shared machine's bandwidth moves by tens of percent
-    /// within minutes).
+    /// within minutes), each a streaming read of `probe_bytes`.
     pub read_gbytes_per_s: f64,
+    /// Bytes the cell's probes read: its own `bytes_per_token` rounded up to whole MiB (at
+    /// most 1 GiB and what the memory budget leaves), so that a state held in a cache is
+    /// compared with reading that much from the same level. 0 in runs before this column,
+    /// whose probes read 256 MiB before each round.
+    #[serde(default)]
+    pub probe_bytes: u64,
     /// `bytes_per_token / us_per_token` over `read_gbytes_per_s`.
     pub read_fraction: f64,
     /// The largest relative error of a generated output row against dense f64 attention.

@@ -514,11 +514,15 @@ pub struct Limits {
     pub lanes: Option<usize>,
     /// Worker threads of the all-threads figure.
     pub threads: usize,
-    /// Sustained read bandwidth over a 256 MiB buffer (far beyond the last-level cache),
-    /// every worker thread reading its share, GB/s: the median of 7 passes after a warm-up
-    /// one. (On a shared VM single passes ranged from 23 to 42 GB/s; the median is the rate
-    /// a long decode can count on, the maximum a burst.)
+    /// Sustained read bandwidth over a buffer of `read_probe_bytes`, every worker thread
+    /// reading its share, GB/s: the median of 7 passes after a warm-up one. (On a shared VM
+    /// single passes ranged from 23 to 42 GB/s; the median is the rate a long decode can
+    /// count on, the maximum a burst.)
     pub read_gbytes_per_s: f64,
+    /// The probe's buffer: 256 MiB or twice the largest CPU cache, whichever is more
+    /// (`None`: a run from before it was recorded, which read 256 MiB).
+    #[serde(default)]
+    pub read_probe_bytes: Option<u64>,
 }
 
 /// The JSON beside a CSV of external baselines (`baselines/run.py`): rows timed by other
