@@ -54,16 +54,20 @@ fn exp16(x: __m512) -> __m512 {
     _mm512_maskz_scalef_ps(keep, p, n)
 }
 
-/// Below this, [`exp16_nonpos`] clamps its argument: `e^-105` rounds to zero (the reduction
-/// gives `n = -151`), so every argument at or below it, `-inf` included, gives exactly 0.
+/// At or below this, [`exp16_nonpos`] gives 0 (`e^-105` rounds to zero: the reduction gives
+/// `n = -151`), `-inf` included.
 const NONPOS_LO: f32 = -105.0;
 
-/// `e^x` on 16 lanes for `x <= 0` (a softmax's argument, `score - max`), in 11 instructions
+/// `e^x` on 16 lanes for `x <= 0` (a softmax's argument, `score - max`), in 12 instructions
 /// to [`exp16`]'s 17: the same two-part reduction, a degree-5 polynomial for `e^r` on
 /// `|r| <= ln2 / 2` (coefficients fitted for least relative error, 7.5e-8 in exact
 /// arithmetic, 9.1e-8 with the constant term held at 1), and `vscalefps`, which also gives
-/// subnormal results. No upper clamp and no mask: one `max` with [`NONPOS_LO`] maps `-inf`
-/// (and NaN) to an argument whose result is exactly 0. Within 2 ulp of the correctly rounded
+/// subnormal results. No upper clamp. Arguments at or below [`NONPOS_LO`] (`-inf`, a masked
+/// score, and NaN) are clamped for the arithmetic and their lanes zeroed by the final
+/// `vscalefps`'s mask rather than by its underflow: on Intel cores an underflowing result
+/// takes a microcode assist (measured on a Xeon, model 207: causal `flash` at n = 4096, one
+/// thread, 157-159 -> 136-137 ms per call with the mask; causal `local(block=128)` at
+/// n = 8192, 19.3 -> 15-16 ms, its softmax 44% -> 8% of the profile). Within 2 ulp of the correctly rounded
 /// result over `[-87.3, 0]` (an f32 emulation of these steps in numpy, 4 million points; the
 /// tests of [`dispatch`](super::dispatch) pin 3 ulp); positive arguments are outside its
 /// contract.
@@ -71,6 +75,7 @@ const NONPOS_LO: f32 = -105.0;
 #[inline]
 fn exp16_nonpos(x: __m512) -> __m512 {
     let c = |v: f32| _mm512_set1_ps(v);
+    let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, c(NONPOS_LO));
     let x = _mm512_max_ps(x, c(NONPOS_LO));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, c(LOG2E)),
@@ -82,7 +87,7 @@ fn exp16_nonpos(x: __m512) -> __m512 {
     let p = _mm512_fmadd_ps(p, r, c(EXP5[2]));
     let p = _mm512_fmadd_ps(p, r, c(EXP5[1]));
     let p = _mm512_fmadd_ps(p, r, c(EXP5[0]));
-    _mm512_scalef_ps(p, n)
+    _mm512_maskz_scalef_ps(keep, p, n)
 }
 
 /// The coefficients of [`exp16_nonpos`]'s polynomial, constant term first: the constant held

@@ -22,8 +22,11 @@ const ROUND: f32 = 12_582_912.0;
 /// `e^x` in `f32`; see the [module docs](self) for accuracy and range.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    // Written as selects (not `clamp`) so they lower to vector min/max instructions.
-    let xc = if x > LO { x } else { LO };
+    // Written as selects (not `clamp`) so they lower to vector min/max and blends. An input
+    // below LO (-inf for a masked score, NaN) is computed as 0 and its result zeroed
+    // by the last select: clamping it to LO instead gave a subnormal product, which costs a
+    // microcode assist on Intel cores.
+    let xc = if x >= LO { x } else { 0.0 };
     let xc = if xc < HI { xc } else { HI };
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
@@ -39,7 +42,7 @@ pub fn exp(x: f32) -> f32 {
     let p67 = 1.0 / 720.0 + r * (1.0 / 5040.0);
     let p = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
-    if x < LO { 0.0 } else { p * scale }
+    if x >= LO { p * scale } else { 0.0 }
 }
 
 const LANES: usize = 16;
