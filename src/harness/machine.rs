@@ -226,9 +226,8 @@ impl ReadProbe {
     }
 
     /// GB/s reading `bytes` (rounded down to whole floats, at least one): every worker thread
-    /// of the current pool its contiguous share from [`PARALLEL_READ_BYTES`] up, one thread
-    /// below; the median of `passes - 1` passes after a warm-up one, each repeating the read
-    /// for at least [`MIN_PASS`].
+    /// of the current pool its contiguous share from 4 MiB up, one thread below; the median
+    /// of `passes - 1` passes after a warm-up one, each repeating the read for at least 2 ms.
     pub fn rate(&mut self, bytes: u64, passes: usize) -> f64 {
         use crate::kernels::dispatch::{self, Isa};
         use rayon::prelude::*;
