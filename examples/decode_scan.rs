@@ -30,10 +30,15 @@ fn best_of<F: FnMut()>(mut f: F) -> f64 {
 }
 
 fn main() {
-    let arg = |i: usize, default: usize| {
-        std::env::args()
-            .nth(i)
-            .map_or(default, |s| s.parse().expect("a whole number"))
+    let arg = |i: usize, default: usize| match std::env::args().nth(i).map(|s| s.parse()) {
+        None => default,
+        Some(Ok(v)) if v > 0 => v,
+        _ => {
+            eprintln!(
+                "error: arguments are the query group g and head dimension d, positive integers"
+            );
+            std::process::exit(2);
+        }
     };
     let (g, d) = (arg(1, 4), arg(2, 64));
     let isa = Isa::detect();

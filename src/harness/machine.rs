@@ -182,13 +182,10 @@ pub fn read_bandwidth(passes: usize) -> f64 {
 
 /// The largest CPU cache of CPU 0 (sysfs), bytes, when readable.
 pub fn largest_cache_bytes() -> Option<u64> {
-    (0..8)
-        .map_while(|index| {
-            read_trimmed(&format!(
-                "/sys/devices/system/cpu/cpu0/cache/index{index}/size"
-            ))
-        })
-        .filter_map(|size| parse_cache_size(&size))
+    // The sizes `caches` reads for the run metadata, e.g. `L3 266240K`.
+    caches()
+        .iter()
+        .filter_map(|c| parse_cache_size(c.split_whitespace().nth(1)?))
         .max()
 }
 
