@@ -86,8 +86,9 @@ pub(crate) fn parts_forward(
                     sc.kg.reserve_exact(g.n_kv * d);
                     sc.vg.reserve_exact(g.n_kv * dv);
                     for j in 0..g.n_kv {
-                        sc.kg.extend(k.row(group.keys.index(j)).iter());
-                        sc.vg.extend(v.row(group.keys.index(j)).iter());
+                        let i = group.keys.index(j);
+                        extend_row(&mut sc.kg, k.row(i));
+                        extend_row(&mut sc.vg, v.row(i));
                     }
                 }
                 for r0 in (0..g.n_q).step_by(t.bq) {
@@ -112,6 +113,15 @@ pub(crate) fn parts_forward(
             }
         }
     });
+}
+
+/// Appends `row` to `dst`: one copy where the row is contiguous (the usual layout), element
+/// by element otherwise.
+fn extend_row(dst: &mut Vec<f32>, row: ndarray::ArrayView1<'_, f32>) {
+    match row.as_slice() {
+        Some(r) => dst.extend_from_slice(r),
+        None => dst.extend(row.iter()),
+    }
 }
 
 /// The local key ranges of one query block's tasks: its key tiles (those meeting the
@@ -163,8 +173,11 @@ fn merge(
         let sum = a + l_t * w;
         // A convex combination of the normalized rows: f32 loses nothing the tolerance sees.
         let (keep, add) = ((a / sum) as f32, (w / sum) as f32);
-        for (o, &x) in o.iter_mut().zip(acc) {
-            *o = *o * keep + x * add;
+        let blend = |o: &mut f32, x: f32| *o = *o * keep + x * add;
+        match o.as_slice_mut() {
+            // Contiguous rows (the engine's own output): a loop the compiler vectorizes.
+            Some(o) => o.iter_mut().zip(acc).for_each(|(o, &x)| blend(o, x)),
+            None => o.iter_mut().zip(acc).for_each(|(o, &x)| blend(o, x)),
         }
         sc.m[q] = m_new;
         sc.l[q] = sum;
