@@ -173,11 +173,11 @@ pub(super) unsafe fn pack_pairs(st: &[f32], cols: usize, ldq: usize, pt2: &mut [
     }
 }
 
-/// The chains of [`dot_chains`]: enough to cover the instruction's latency at two per cycle
-/// (Zen 4 issues two), and few enough to stay in registers. With 24, rustc kept 15 in
-/// registers and spilled the rest, and each spilled chain's store-to-load round trip capped
-/// the probe at 86 GFLOP/s on a Zen 4 core where the instruction sustains 220 (`flash(dtype=bf16)`
-/// itself ran at 131 useful GFLOP/s there).
+/// The chains of [`dot_chains`]: enough to hide the instruction's latency at the throughput
+/// a Zen 4 core sustains (about one 512-bit `vdpbf16ps` per cycle), and few enough to stay in
+/// registers. With 24, rustc kept 15 in registers and spilled the rest, and each spilled
+/// chain's store-to-load round trip capped the probe at 86 GFLOP/s on a Zen 4 core where the
+/// instruction sustains 221 (`flash(dtype=bf16)` itself ran at 131 useful GFLOP/s there).
 pub(super) const DOT_CHAINS: usize = 12;
 
 /// `iters` rounds of [`DOT_CHAINS`] independent `vdpbf16ps` chains: the instruction's
@@ -190,7 +190,8 @@ pub(super) const DOT_CHAINS: usize = 12;
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn dot_chains(iters: usize) -> f32 {
     let a = as_bh(_mm512_set1_epi16(std::hint::black_box(0x3f80)));
-    let b = as_bh(_mm512_set1_epi16(std::hint::black_box(0x3380)));
+    // 2^-22: two ulps of 1, so every product survives the rounding of the accumulation.
+    let b = as_bh(_mm512_set1_epi16(std::hint::black_box(0x3480)));
     let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); DOT_CHAINS];
     for _ in 0..std::hint::black_box(iters) {
         for x in acc.iter_mut() {

@@ -372,8 +372,9 @@ mod tests {
     use super::*;
 
     /// The `bf16` dot-product probe counts the flops it performs: every chain starts at 1 and
-    /// each instruction adds two products of 1 and 2^-24 per lane, so the sum of all lanes
-    /// of all chains after `iters` rounds is known exactly, and the flop count must match it.
+    /// each instruction adds two products of 1 and 2^-22 per lane, each two ulps of 1 and
+    /// so exact, so the sum of all lanes after `iters` rounds says how many chains and rounds
+    /// ran, and the flop count must match both.
     #[test]
     fn the_bf16_probe_counts_what_it_computes() {
         let Some(tok) = Bf16Dot::detect(Isa::detect()) else {
@@ -381,14 +382,15 @@ mod tests {
         };
         let iters = 1000;
         let (flops, v) = bf16_dot_chains(tok, iters);
-        // Per lane: 1 + iters * 2 * 2^-24; 16 lanes per chain; 64 flops per instruction.
+        // 16 lanes per chain, each starting at 1; 64 flops per instruction.
         let chains = flops / (iters as f64 * 64.0);
         assert_eq!(chains, chains.round(), "{flops}");
-        let lane = 1.0 + iters as f64 * 2.0 * 2f64.powi(-24);
-        let want = chains * 16.0 * lane;
+        let lanes = chains * 16.0;
+        let excess = f64::from(v) - lanes;
+        let want = lanes * iters as f64 * 2f64.powi(-21);
         assert!(
-            (f64::from(v) - want).abs() < 1e-3 * want,
-            "{v} against {want}"
+            (excess - want).abs() < 1e-2 * want,
+            "{v}: {excess} above the lanes' starting sum, want {want}"
         );
     }
 
