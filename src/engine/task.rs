@@ -227,10 +227,7 @@ impl<'a> Task<'a> {
             Some(k) => k,
             None => {
                 for (j, dst) in kbuf.chunks_mut(d).take(cols).enumerate() {
-                    let krow = self.k.row(self.kmap.index(keys.start + j));
-                    for (dst, &x) in dst.iter_mut().zip(krow.iter()) {
-                        *dst = x;
-                    }
+                    copy_row(dst, self.k.row(self.kmap.index(keys.start + j)));
                 }
                 &kbuf[..cols * d]
             }
@@ -244,10 +241,7 @@ impl<'a> Task<'a> {
             Some(v) => v,
             None => {
                 for (j, dst) in vbuf.chunks_mut(ldv).take(cols).enumerate() {
-                    let vrow = self.v.row(self.kmap.index(keys.start + j));
-                    for (d, &x) in dst.iter_mut().zip(vrow.iter()) {
-                        *d = x;
-                    }
+                    copy_row(&mut dst[..dv], self.v.row(self.kmap.index(keys.start + j)));
                     dst[dv..].fill(0.0);
                 }
                 &vbuf[..cols * ldv]
@@ -595,5 +589,15 @@ impl Bf16Kv {
             k: &self.k[i * self.k_head..(i + 1) * self.k_head],
             v2: &self.v2[i * self.v_head..(i + 1) * self.v_head],
         }
+    }
+}
+
+/// Copies `row` into `dst` (the same length): one `memcpy` where the row is contiguous (the
+/// usual layout), element by element otherwise. A gathered tile's rows go through here;
+/// ndarray's element iterator does not vectorize.
+fn copy_row(dst: &mut [f32], row: ndarray::ArrayView1<'_, f32>) {
+    match row.as_slice() {
+        Some(r) => dst.copy_from_slice(r),
+        None => dst.iter_mut().zip(row.iter()).for_each(|(d, &x)| *d = x),
     }
 }
